@@ -1,0 +1,11 @@
+/* bench.h - entry points of `tandem bench` and its benchmarks. */
+#ifndef TANDEM_BENCH_H
+#define TANDEM_BENCH_H
+
+/* `tandem bench ...`; argv[0] is the benchmark name. Returns an exit code. */
+int bench_main(int argc, char **argv);
+
+/* Each benchmark: argv[0] is its first flag. Returns an exit code. */
+int bench_hash_main(int argc, char **argv);
+
+#endif /* TANDEM_BENCH_H */

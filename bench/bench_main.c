@@ -1,0 +1,42 @@
+/*
+ * bench_main.c - `tandem bench <name> [flags]`: dispatches to one benchmark.
+ * Each benchmark lives beside its subject and is listed in k_benches.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "bench.h"
+#include "cm_cli.h"
+
+typedef struct {
+    const char *name;
+    const char *summary;
+    int (*run)(int argc, char **argv); /* argv[0] is the first flag */
+} bench_entry_t;
+
+static const bench_entry_t k_benches[] = {
+    {"hash", "hashing and checksum throughput (XXH64, CRC-32C)", bench_hash_main},
+};
+enum { N_BENCHES = sizeof k_benches / sizeof k_benches[0] };
+
+static void bench_usage(FILE *out) {
+    fprintf(out, "usage: tandem bench <benchmark> [flags]\n\nbenchmarks:\n");
+    for (int i = 0; i < N_BENCHES; i++)
+        fprintf(out, "  %-10s %s\n", k_benches[i].name, k_benches[i].summary);
+    fprintf(out, "\nSee `tandem bench <benchmark> --help` for each one's flags.\n");
+}
+
+int bench_main(int argc, char **argv) {
+    if (argc < 1) {
+        bench_usage(stderr);
+        return CM_EXIT_USAGE;
+    }
+    if (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h")) {
+        bench_usage(stdout);
+        return CM_EXIT_OK;
+    }
+    for (int i = 0; i < N_BENCHES; i++)
+        if (!strcmp(argv[0], k_benches[i].name)) return k_benches[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "tandem bench: unknown benchmark '%s' (see tandem bench --help)\n", argv[0]);
+    return CM_EXIT_USAGE;
+}
