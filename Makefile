@@ -101,9 +101,9 @@ ifneq ($(SANITIZER),)
 endif
 ifeq ($(WITH_CUDA),1)
   NVCCFLAGS := -std=c++17 -O2 -g $(CUDA_ARCH) $(DEFS) $(INCLUDES) -MMD -MP \
-               -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter,-fno-strict-aliasing
+               -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter,-Wno-format-truncation,-fno-strict-aliasing
   LDFLAGS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64
-  LDLIBS += -lcublas -lcudart -lstdc++
+  LDLIBS += -lcudart -lstdc++
 endif
 
 # --- Rules ------------------------------------------------------------------
@@ -144,9 +144,16 @@ COMMIT := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
 $(BUILD)/gen/commit.txt: FORCE
 	@mkdir -p $(@D)
 	@echo '$(COMMIT)' | cmp -s - $@ || echo '$(COMMIT)' > $@
+# Objects are rebuilt when the compile configuration (flags, CUDA) changes.
+CONFIG_LINE := $(CC) $(CFLAGS) | $(WITH_CUDA) | $(NVCCFLAGS)
+$(BUILD)/gen/config.txt: FORCE
+	@mkdir -p $(@D)
+	@echo '$(CONFIG_LINE)' | cmp -s - $@ || echo '$(CONFIG_LINE)' > $@
+$(LIB_OBJS) $(MAIN_OBJ) $(TEST_OBJS): $(BUILD)/gen/config.txt
 $(OBJ)/common/base/cm_version.o: $(BUILD)/gen/commit.txt
 $(OBJ)/common/base/cm_version.o: CFLAGS += -DTANDEM_COMMIT='"$(COMMIT)"'
 FORCE:
+.SECONDARY: $(PROTO_C) $(PROTO_H)
 
 $(LIB): $(LIB_OBJS)
 	@mkdir -p $(@D)

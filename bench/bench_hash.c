@@ -15,16 +15,21 @@ static uint64_t g_size;
 static uint64_t g_min_ms;
 
 static const cm_flag_t k_flags[] = {
-    {.name = "size", .type = CM_FLAG_SIZE, .dst = &g_size, .def = "1M",
+    {.name = "size",
+     .type = CM_FLAG_SIZE,
+     .dst = &g_size,
+     .def = "1M",
      .help = "buffer size per call"},
-    {.name = "min-time", .type = CM_FLAG_DURATION, .dst = &g_min_ms, .def = "300ms",
+    {.name = "min-time",
+     .type = CM_FLAG_DURATION,
+     .dst = &g_min_ms,
+     .def = "300ms",
      .help = "minimum time per measurement"},
     {0},
 };
 
 /* Runs @fn repeatedly for at least g_min_ms; returns GB/s. */
-static double measure(int which, unsigned char *src, unsigned char *dst, size_t n,
-                      uint64_t *sink) {
+static double measure(int which, unsigned char *src, unsigned char *dst, size_t n, uint64_t *sink) {
     uint64_t t0 = cm_time_mono_ns(), iters = 0, t;
     do {
         for (int k = 0; k < 8; k++) {

@@ -26,6 +26,10 @@ PKGS=(
   python3-venv
 )
 
+# Extra package names (space-separated), e.g. for a test of the error path.
+# shellcheck disable=SC2206
+PKGS+=(${TANDEM_DEPS_EXTRA:-})
+
 missing=()
 for p in "${PKGS[@]}"; do
   # dpkg-query prints "install ok installed" for a fully installed package.

@@ -27,31 +27,31 @@ extern "C" {
  * Foreign error codes (errno, UCX, ZeroMQ, CUDA) are translated into these
  * where the foreign library is called.
  */
-#define CM_STATUS_LIST(X)                                                     \
-    X(OK, 0, "success")                                                       \
-    X(IN_PROGRESS, 1, "operation in progress")                                \
-    X(ERR_INVALID_ARG, -1, "invalid argument")                                \
-    X(ERR_NO_MEMORY, -2, "out of memory")                                     \
-    X(ERR_IO, -3, "input/output error")                                       \
-    X(ERR_TIMEOUT, -4, "deadline exceeded")                                   \
-    X(ERR_NOT_FOUND, -5, "not found")                                         \
-    X(ERR_EXISTS, -6, "already exists")                                       \
-    X(ERR_PROTOCOL, -7, "malformed message")                                  \
-    X(ERR_TOO_LARGE, -8, "too large")                                         \
-    X(ERR_OUT_OF_RANGE, -9, "value out of range")                             \
-    X(ERR_UNSUPPORTED, -10, "not supported")                                  \
-    X(ERR_CANCELED, -11, "canceled")                                          \
-    X(ERR_PEER_DEAD, -12, "peer unreachable or dead")                         \
-    X(ERR_BUSY, -13, "resource busy, try again")                              \
-    X(ERR_CLOSED, -14, "closed")                                              \
-    X(ERR_VERSION, -15, "protocol version mismatch")                          \
-    X(ERR_FINGERPRINT, -16, "model/layout fingerprint mismatch")              \
-    X(ERR_STALE, -17, "stale peer incarnation")                               \
-    X(ERR_NO_RESOURCES, -18, "no resources available")                        \
-    X(ERR_TRUNCATED, -19, "truncated input")                                  \
-    X(ERR_BAD_FORMAT, -20, "bad file format")                                 \
-    X(ERR_CHECKSUM, -21, "checksum mismatch")                                 \
-    X(ERR_NO_DEVICE, -22, "no such device")                                   \
+#define CM_STATUS_LIST(X)                                        \
+    X(OK, 0, "success")                                          \
+    X(IN_PROGRESS, 1, "operation in progress")                   \
+    X(ERR_INVALID_ARG, -1, "invalid argument")                   \
+    X(ERR_NO_MEMORY, -2, "out of memory")                        \
+    X(ERR_IO, -3, "input/output error")                          \
+    X(ERR_TIMEOUT, -4, "deadline exceeded")                      \
+    X(ERR_NOT_FOUND, -5, "not found")                            \
+    X(ERR_EXISTS, -6, "already exists")                          \
+    X(ERR_PROTOCOL, -7, "malformed message")                     \
+    X(ERR_TOO_LARGE, -8, "too large")                            \
+    X(ERR_OUT_OF_RANGE, -9, "value out of range")                \
+    X(ERR_UNSUPPORTED, -10, "not supported")                     \
+    X(ERR_CANCELED, -11, "canceled")                             \
+    X(ERR_PEER_DEAD, -12, "peer unreachable or dead")            \
+    X(ERR_BUSY, -13, "resource busy, try again")                 \
+    X(ERR_CLOSED, -14, "closed")                                 \
+    X(ERR_VERSION, -15, "protocol version mismatch")             \
+    X(ERR_FINGERPRINT, -16, "model/layout fingerprint mismatch") \
+    X(ERR_STALE, -17, "stale peer incarnation")                  \
+    X(ERR_NO_RESOURCES, -18, "no resources available")           \
+    X(ERR_TRUNCATED, -19, "truncated input")                     \
+    X(ERR_BAD_FORMAT, -20, "bad file format")                    \
+    X(ERR_CHECKSUM, -21, "checksum mismatch")                    \
+    X(ERR_NO_DEVICE, -22, "no such device")                      \
     X(ERR_INTERNAL, -23, "internal error")
 
 typedef enum {
@@ -100,8 +100,8 @@ void cm_log_write(cm_log_level_t level, const char *subsys, const char *file, in
 void cm_log_vwrite(cm_log_level_t level, const char *subsys, const char *file, int line,
                    const char *fmt, va_list ap);
 
-#define CM_LOG(level, subsys, ...)                                                      \
-    do {                                                                                \
+#define CM_LOG(level, subsys, ...)                                                               \
+    do {                                                                                         \
         if (cm_log_enabled(level)) cm_log_write(level, subsys, __FILE__, __LINE__, __VA_ARGS__); \
     } while (0)
 #define cm_log_trace(subsys, ...) CM_LOG(CM_LOG_TRACE, subsys, __VA_ARGS__)
@@ -184,9 +184,7 @@ static inline uint64_t cm_deadline_left_ns(cm_deadline_t d) {
 }
 /* Milliseconds left, rounded up, clamped to INT32_MAX (for poll()). */
 int cm_deadline_left_ms(cm_deadline_t d);
-static inline bool cm_deadline_expired(cm_deadline_t d) {
-    return cm_time_mono_ns() >= d.at_ns;
-}
+static inline bool cm_deadline_expired(cm_deadline_t d) { return cm_time_mono_ns() >= d.at_ns; }
 
 /* ------------------------------------------------------------------------ */
 /* Hashing and checksums                                                    */

@@ -229,8 +229,8 @@ static const cm_flag_t *find_flag(const cm_flag_t **all, int n, const char *name
     return NULL;
 }
 
-cm_status_t cm_flags_parse(const cm_cmd_spec_t *spec, int argc, char **argv, char **pos,
-                           int *npos, char *err, size_t errlen) {
+cm_status_t cm_flags_parse(const cm_cmd_spec_t *spec, int argc, char **argv, char **pos, int *npos,
+                           char *err, size_t errlen) {
     const cm_flag_t *all[CM_FLAGS_MAX];
     flag_val_t vals[CM_FLAGS_MAX];
     bool set[CM_FLAGS_MAX] = {0};
@@ -246,8 +246,8 @@ cm_status_t cm_flags_parse(const cm_cmd_spec_t *spec, int argc, char **argv, cha
         const char *a = argv[i];
         if (only_pos || a[0] != '-' || a[1] == '\0') {
             if (np >= spec->max_positional) {
-                snprintf(err, errlen, "%s: unexpected argument '%s' (see %s --help)", spec->prog,
-                         a, spec->prog);
+                snprintf(err, errlen, "%s: unexpected argument '%s' (see %s --help)", spec->prog, a,
+                         spec->prog);
                 return CM_ERR_INVALID_ARG;
             }
             pos[np++] = (char *)a;
@@ -358,9 +358,8 @@ static const char *type_hint(const cm_flag_t *f) {
 }
 
 void cm_flags_usage(const cm_cmd_spec_t *spec, FILE *out) {
-    fprintf(out, "usage: %s [flags]%s%s\n\n%s\n\nflags:\n", spec->prog,
-            spec->args_usage ? " " : "", spec->args_usage ? spec->args_usage : "",
-            spec->summary);
+    fprintf(out, "usage: %s [flags]%s%s\n\n%s\n\nflags:\n", spec->prog, spec->args_usage ? " " : "",
+            spec->args_usage ? spec->args_usage : "", spec->summary);
     for (const cm_flag_t *const *t = spec->tables; t && *t; t++) {
         for (const cm_flag_t *f = *t; f->name; f++) {
             char left[64], env[128];

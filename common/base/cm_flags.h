@@ -28,7 +28,7 @@ typedef enum {
 } cm_flag_type_t;
 
 typedef struct {
-    const char *name;    /* without dashes, e.g. "kv-pool-size"; NULL ends a table */
+    const char *name; /* without dashes, e.g. "kv-pool-size"; NULL ends a table */
     cm_flag_type_t type;
     void *dst;           /* see the type comments above */
     const char *def;     /* default, parsed like a user value; NULL = unset */
@@ -41,11 +41,11 @@ typedef struct {
 
 /* What a command declares about itself, for parsing and --help. */
 typedef struct {
-    const char *prog;         /* "tandem router" */
-    const char *summary;      /* one line */
-    const char *args_usage;   /* positional arguments, e.g. "[kvxfer|engine]"; NULL = none */
+    const char *prog;               /* "tandem router" */
+    const char *summary;            /* one line */
+    const char *args_usage;         /* positional arguments, e.g. "[kvxfer|engine]"; NULL = none */
     const cm_flag_t *const *tables; /* NULL-terminated list of flag tables */
-    int max_positional;       /* most positional arguments accepted */
+    int max_positional;             /* most positional arguments accepted */
 } cm_cmd_spec_t;
 
 /*
@@ -55,8 +55,8 @@ typedef struct {
  * printed to stdout and the caller should exit 0); or an error after writing
  * a one-line reason into @err. Outputs are written only on success.
  */
-cm_status_t cm_flags_parse(const cm_cmd_spec_t *spec, int argc, char **argv, char **pos,
-                           int *npos, char *err, size_t errlen);
+cm_status_t cm_flags_parse(const cm_cmd_spec_t *spec, int argc, char **argv, char **pos, int *npos,
+                           char *err, size_t errlen);
 
 /* Prints usage, every flag with its default and environment variable. */
 void cm_flags_usage(const cm_cmd_spec_t *spec, FILE *out);

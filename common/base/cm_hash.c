@@ -128,7 +128,7 @@ static uint32_t crc32c_sw(uint32_t c, const unsigned char *p, size_t n) {
 
 #if defined(__x86_64__)
 __attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t c, const unsigned char *p,
-                                                             size_t n) {
+                                                            size_t n) {
     uint64_t c64 = c;
     while (n >= 8) {
         c64 = __builtin_ia32_crc32di(c64, rd64(p));

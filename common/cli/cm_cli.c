@@ -8,10 +8,18 @@ static const char *g_log_level;
 static const char *g_log_format;
 
 static const cm_flag_t k_global_flags[] = {
-    {.name = "log-level", .type = CM_FLAG_CHOICE, .dst = &g_log_level, .def = "info",
-     .help = "log verbosity", .choices = "trace|debug|info|warn|error|off"},
-    {.name = "log-format", .type = CM_FLAG_CHOICE, .dst = &g_log_format, .def = "text",
-     .help = "log line format", .choices = "text|json"},
+    {.name = "log-level",
+     .type = CM_FLAG_CHOICE,
+     .dst = &g_log_level,
+     .def = "info",
+     .help = "log verbosity",
+     .choices = "trace|debug|info|warn|error|off"},
+    {.name = "log-format",
+     .type = CM_FLAG_CHOICE,
+     .dst = &g_log_format,
+     .def = "text",
+     .help = "log line format",
+     .choices = "text|json"},
     {0},
 };
 

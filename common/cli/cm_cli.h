@@ -11,8 +11,8 @@
 /* Exit codes shared by every command. */
 enum {
     CM_EXIT_OK = 0,
-    CM_EXIT_FAILURE = 1,  /* the command ran and failed */
-    CM_EXIT_USAGE = 2,    /* bad flags or arguments */
+    CM_EXIT_FAILURE = 1,      /* the command ran and failed */
+    CM_EXIT_USAGE = 2,        /* bad flags or arguments */
     CM_EXIT_UNAVAILABLE = 69, /* feature not in this build */
 };
 

@@ -45,11 +45,10 @@ static void print_version(FILE *out) {
 }
 
 static void print_help(FILE *out) {
-    fprintf(out,
-            "tandem - disaggregated prefill/decode LLM serving\n\n"
-            "usage: tandem <command> [flags]\n"
-            "       tandem <command> --help\n"
-            "       tandem --version\n\ncommands:\n");
+    fprintf(out, "tandem - disaggregated prefill/decode LLM serving\n\n"
+                 "usage: tandem <command> [flags]\n"
+                 "       tandem <command> --help\n"
+                 "       tandem --version\n\ncommands:\n");
     for (int i = 0; i < N_COMMANDS; i++)
         fprintf(out, "  %-10s %s%s\n", k_commands[i].name, k_commands[i].summary,
                 k_commands[i].run ? "" : " (not yet available)");
@@ -69,8 +68,7 @@ static int run_unavailable(const tandem_cmd_t *cmd, int argc, char **argv) {
             return CM_EXIT_OK;
         }
     }
-    fprintf(stderr, "tandem %s: not yet available in this build (see docs/STATUS.md)\n",
-            cmd->name);
+    fprintf(stderr, "tandem %s: not yet available in this build (see docs/STATUS.md)\n", cmd->name);
     return CM_EXIT_UNAVAILABLE;
 }
 

@@ -1,5 +1,6 @@
 /* cm_gpu.cu - GPU queries through the CUDA runtime. */
 #include <cuda_runtime.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "cm_gpu.h"
@@ -20,7 +21,7 @@ extern "C" cm_status_t cm_gpu_query(cm_gpu_info_t *out) {
     info.device_count = n;
     cudaDeviceProp prop;
     if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess) {
-        strncpy(info.name, prop.name, sizeof info.name - 1);
+        snprintf(info.name, sizeof info.name, "%s", prop.name);
         info.total_mem = prop.totalGlobalMem;
         info.cc_major = prop.major;
         info.cc_minor = prop.minor;

@@ -13,11 +13,11 @@ extern "C" {
 #endif
 
 typedef struct {
-    int device_count;     /* visible CUDA devices */
-    int runtime_version;  /* e.g. 13000 for CUDA 13.0 */
-    int driver_version;   /* 0 when no driver is installed */
-    char name[128];       /* device 0's name, "" when none */
-    uint64_t total_mem;   /* device 0's memory in bytes */
+    int device_count;       /* visible CUDA devices */
+    int runtime_version;    /* e.g. 13000 for CUDA 13.0 */
+    int driver_version;     /* 0 when no driver is installed */
+    char name[256];         /* device 0's name, "" when none */
+    uint64_t total_mem;     /* device 0's memory in bytes */
     int cc_major, cc_minor; /* device 0's compute capability */
 } cm_gpu_info_t;
 

@@ -54,7 +54,7 @@ const char *tt_build(void) { return g_build; }
 
 typedef struct {
     char name[256];
-    tt_test_t *test;  /* C test, or NULL for a script */
+    tt_test_t *test; /* C test, or NULL for a script */
     char path[PATH_MAX];
     int timeout_s;
     pid_t pid;
@@ -206,9 +206,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--scripts") && i + 1 < argc && nsd < 16)
             script_dirs[nsd++] = argv[++i];
         else {
-            fprintf(stderr, "tandem-tests: unknown argument '%s'\n"
-                            "usage: tandem-tests [-j N] [-f SUBSTR]... [-l] [-v] [--timeout S] "
-                            "[--scripts DIR]...\n", a);
+            fprintf(stderr,
+                    "tandem-tests: unknown argument '%s'\n"
+                    "usage: tandem-tests [-j N] [-f SUBSTR]... [-l] [-v] [--timeout S] "
+                    "[--scripts DIR]...\n",
+                    a);
             return 2;
         }
     }
@@ -270,8 +272,7 @@ int main(int argc, char **argv) {
             job_t *j = &jobs[nj];
             memset(j, 0, sizeof *j);
             const char *base = strrchr(script_dirs[d], '/');
-            snprintf(j->name, sizeof j->name, "%s.%s", base ? base + 1 : script_dirs[d],
-                     e->d_name);
+            snprintf(j->name, sizeof j->name, "%s.%s", base ? base + 1 : script_dirs[d], e->d_name);
             snprintf(j->path, sizeof j->path, "%s", path);
             j->timeout_s = script_timeout(path, def_timeout);
             if (matches(j->name, filters, nf)) nj++;
@@ -280,7 +281,8 @@ int main(int argc, char **argv) {
     }
     qsort(jobs, nj, sizeof *jobs, cmp_jobs);
     if (list) {
-        for (size_t i = 0; i < nj; i++) printf("%s (timeout %ds)\n", jobs[i].name, jobs[i].timeout_s);
+        for (size_t i = 0; i < nj; i++)
+            printf("%s (timeout %ds)\n", jobs[i].name, jobs[i].timeout_s);
         return 0;
     }
 
