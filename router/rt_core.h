@@ -105,12 +105,21 @@ typedef struct {
     uint32_t max_context;          /* tokens; 0 = from the model config */
     uint32_t max_queue;            /* requests waiting for a worker */
     uint32_t default_deadline_ms;
+    const char *cp_bind;            /* ZeroMQ endpoint workers connect to; NULL = none */
+    void *zmq_ctx;                  /* ZeroMQ context to use; NULL = the core's own */
+    uint32_t heartbeat_interval_ms; /* told to workers; 0 = 500 */
+    uint32_t missed_heartbeats;     /* drop a worker after this many; 0 = 4 */
 } rt_core_config_t;
 
-/* Creates the core on @loop. Returns NULL and logs the reason on failure. */
+/* Creates the core on @loop and binds the control plane. Returns NULL and
+ * logs the reason on failure (e.g. the address is in use). */
 rt_core_t *rt_core_new(uv_loop_t *loop, const rt_core_config_t *cfg);
-/* Fails every live request with 503 and frees the core. */
+/* Fails every live request with 503, closes the control plane and frees
+ * the core once libuv has closed its handles (keep running the loop). */
 void rt_core_free(rt_core_t *core);
+
+/* The bound control-plane address (ports resolved), or NULL. */
+const char *rt_core_cp_address(const rt_core_t *core);
 
 /*
  * Starts a request. On CM_OK *@out is live and @cb will be called. On

@@ -75,7 +75,7 @@ cm_status_t cm_cp_endpoint_new(uv_loop_t *loop, void *zctx, const cm_cp_endpoint
         st = CM_ERR_IO;
         goto fail;
     }
-    set_int(ep->sock, ZMQ_LINGER, 0);
+    set_int(ep->sock, ZMQ_LINGER, (int)cfg->linger_ms);
     int64_t maxsize = (int64_t)cfg->limits.max_msg_bytes;
     zmq_setsockopt(ep->sock, ZMQ_MAXMSGSIZE, &maxsize, sizeof maxsize);
     /* ZMTP heartbeats: a silent TCP peer is noticed at the transport too. */

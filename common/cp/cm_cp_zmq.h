@@ -48,6 +48,8 @@ typedef struct {
     const char *routing_id; /* DEALER: its routing id (1..255 bytes) */
     cm_cp_limits_t limits;  /* what received messages must satisfy */
     uint32_t max_queue;     /* queued sends before CM_ERR_BUSY; 0 = 65536 */
+    uint32_t linger_ms;     /* how long close may keep sending what ZeroMQ still holds
+                               (a final Deregister); zmq_ctx_term waits at most this */
 } cm_cp_endpoint_config_t;
 
 /*
