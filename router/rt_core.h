@@ -99,11 +99,25 @@ typedef struct {
     uint32_t retry_after_s; /* for 429/503, 0 = none */
 } rt_error_t;
 
+/*
+ * Text to token ids, for prompts given as text or chat messages. The core
+ * calls it on the loop thread. Results are cm_malloc'ed, owned by the caller.
+ */
 typedef struct {
-    const char *served_model_name; /* what /v1/models lists */
-    const char *model_dir;         /* tokenizer and config (may be NULL) */
-    uint32_t max_context;          /* tokens; 0 = from the model config */
-    uint32_t max_queue;            /* requests waiting for a worker */
+    void *ctx;
+    /* Token ids of @text (with the model's BOS handling). */
+    cm_status_t (*encode)(void *ctx, const char *text, size_t len, int32_t **ids, size_t *n);
+    /* The chat template applied to @msgs with the generation prompt added. */
+    cm_status_t (*apply_chat)(void *ctx, const rt_chat_msg_t *msgs, size_t n, char **text,
+                              size_t *len);
+} rt_tokenizer_t;
+
+typedef struct {
+    const char *served_model_name;   /* what /v1/models lists */
+    const rt_tokenizer_t *tokenizer; /* NULL: only token-id prompts are accepted */
+    const char *model_dir;           /* tokenizer and config (may be NULL) */
+    uint32_t max_context;            /* tokens; 0 = from the model config */
+    uint32_t max_queue;              /* requests waiting for a worker */
     uint32_t default_deadline_ms;
     const char *cp_bind;            /* ZeroMQ endpoint workers connect to; NULL = none */
     void *zmq_ctx;                  /* ZeroMQ context to use; NULL = the core's own */

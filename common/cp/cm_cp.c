@@ -253,6 +253,16 @@ static cm_status_t check_sampling(vctx_t *v, const Tandem__Cp__SamplingParams *s
     return CM_OK;
 }
 
+static cm_status_t check_stop_strings(vctx_t *v, size_t n, char *const *stop) {
+    RANGE(n <= CP_MAX_STOP_STRINGS, "stop: %zu strings, at most %u", n, CP_MAX_STOP_STRINGS);
+    for (size_t i = 0; i < n; i++) {
+        char field[32];
+        snprintf(field, sizeof field, "stop[%zu]", i);
+        TRY(check_string(v, field, stop[i], 1, CP_MAX_STOP_STRING_LEN));
+    }
+    return CM_OK;
+}
+
 static cm_status_t check_deadline(vctx_t *v, uint32_t ms) {
     RANGE(ms >= 1 && ms <= CP_MAX_DEADLINE_MS, "deadline_ms: %u not in [1, %u]", ms,
           CP_MAX_DEADLINE_MS);
@@ -325,13 +335,7 @@ static cm_status_t check_body(vctx_t *v, const cm_cp_msg_t *m) {
         TRY(check_tokens(v, "prompt_tokens", r->n_prompt_tokens, r->prompt_tokens, 1,
                          v->lim->max_tokens));
         TRY(check_sampling(v, r->sampling));
-        RANGE(r->n_stop <= CP_MAX_STOP_STRINGS, "stop: %zu strings, at most %u", r->n_stop,
-              CP_MAX_STOP_STRINGS);
-        for (size_t i = 0; i < r->n_stop; i++) {
-            char field[32];
-            snprintf(field, sizeof field, "stop[%zu]", i);
-            TRY(check_string(v, field, r->stop[i], 1, CP_MAX_STOP_STRING_LEN));
-        }
+        TRY(check_stop_strings(v, r->n_stop, r->stop));
         return check_deadline(v, r->deadline_ms);
     }
     case TANDEM__CP__ENVELOPE__BODY_RESERVE_REPLY: {
@@ -357,6 +361,12 @@ static cm_status_t check_body(vctx_t *v, const cm_cp_msg_t *m) {
         TRY(check_blocks(v, "dst_block_ids", j->n_dst_block_ids, j->dst_block_ids, remote ? 1 : 0));
         RANGE(j->skip_blocks <= j->n_dst_block_ids, "skip_blocks: %u > %zu blocks", j->skip_blocks,
               j->n_dst_block_ids);
+        RANGE(j->decode_kvx_descriptor.len <= CP_MAX_DESCRIPTOR,
+              "decode_kvx_descriptor: %zu bytes, at most %u", j->decode_kvx_descriptor.len,
+              CP_MAX_DESCRIPTOR);
+        if (remote && j->decode_kvx_descriptor.len == 0)
+            FAIL(CM_ERR_INVALID_ARG, "decode_kvx_descriptor: required with decode_worker_id");
+        TRY(check_stop_strings(v, j->n_stop, j->stop));
         return check_deadline(v, j->deadline_ms);
     }
     case TANDEM__CP__ENVELOPE__BODY_KV_READY: {

@@ -23,6 +23,7 @@ struct cm_cp_endpoint {
     cm_cp_decoder_t *dec;
     uv_poll_t poll;
     uv_check_t check;
+    uv_idle_t idle; /* runs drain() on the next loop turn after a send */
     int open_handles;
     bool closing;
     int depth; /* nesting of drain() through callbacks */
@@ -49,6 +50,25 @@ static void on_poll(uv_poll_t *p, int status, int events) {
 }
 
 static void on_check(uv_check_t *c) { drain(c->data); }
+
+static void on_idle(uv_idle_t *i) {
+    uv_idle_stop(i);
+    drain(i->data);
+}
+
+/*
+ * After a send: ZeroMQ may have consumed the fd's edge while processing
+ * commands, so ZMQ_EVENTS is re-checked; if anything is pending, drain() runs
+ * on the next loop turn (an idle handle keeps the loop from blocking). Not
+ * draining here keeps callbacks from re-entering the caller of send.
+ */
+static void kick(cm_cp_endpoint_t *ep) {
+    int events = 0;
+    size_t len = sizeof events;
+    if (zmq_getsockopt(ep->sock, ZMQ_EVENTS, &events, &len) != 0) return;
+    if ((events & ZMQ_POLLIN) || ((events & ZMQ_POLLOUT) && ep->qhead))
+        uv_idle_start(&ep->idle, on_idle);
+}
 
 static void set_int(void *sock, int opt, int v) { zmq_setsockopt(sock, opt, &v, sizeof v); }
 
@@ -118,6 +138,9 @@ cm_status_t cm_cp_endpoint_new(uv_loop_t *loop, void *zctx, const cm_cp_endpoint
     ep->open_handles++;
     uv_check_init(loop, &ep->check);
     ep->check.data = ep;
+    ep->open_handles++;
+    uv_idle_init(loop, &ep->idle);
+    ep->idle.data = ep;
     ep->open_handles++;
     uv_poll_start(&ep->poll, UV_READABLE, on_poll);
     uv_check_start(&ep->check, on_check);
@@ -266,7 +289,7 @@ cm_status_t cm_cp_endpoint_send(cm_cp_endpoint_t *ep, const char *peer, const cm
     int e = ep->qhead ? EAGAIN : try_send(ep, peer, buf, len);
     if (e == 0) {
         cm_free(buf);
-        drain(ep); /* re-check ZMQ_EVENTS after every send */
+        kick(ep); /* re-check ZMQ_EVENTS after every send */
         return CM_OK;
     }
     if (e == EHOSTUNREACH) {
@@ -299,7 +322,7 @@ cm_status_t cm_cp_endpoint_send(cm_cp_endpoint_t *ep, const char *peer, const cm
         ep->qhead = q;
     ep->qtail = q;
     ep->qlen++;
-    drain(ep);
+    kick(ep);
     return CM_OK;
 }
 
@@ -323,9 +346,11 @@ void cm_cp_endpoint_close(cm_cp_endpoint_t *ep) {
     ep->qlen = 0;
     uv_poll_stop(&ep->poll);
     uv_check_stop(&ep->check);
+    uv_idle_stop(&ep->idle);
     /* The poll handle watches the socket's fd: close it before the socket. */
     uv_close((uv_handle_t *)&ep->poll, on_handle_closed);
     uv_close((uv_handle_t *)&ep->check, on_handle_closed);
+    uv_close((uv_handle_t *)&ep->idle, on_handle_closed);
     if (ep->depth == 0) {
         zmq_close(ep->sock);
         ep->sock = NULL;

@@ -11,11 +11,12 @@
  * drains when the socket becomes writable again.
  *
  * ZeroMQ quirks handled here (PITFALLS.md): ZMQ_FD is edge-triggered, so
- * every wake-up drains while ZMQ_EVENTS says POLLIN and re-checks after
- * every send; a uv_check handle re-checks once per loop iteration as a
- * safety net. ROUTER_MANDATORY makes unknown peers an error (dropped with a
- * log line) instead of a silent loss; ROUTER_HANDOVER lets a restarted worker
- * take over its routing id; LINGER 0 so close never blocks.
+ * every wake-up drains while ZMQ_EVENTS says POLLIN, and ZMQ_EVENTS is
+ * re-checked after every send (pending input is drained on the next loop
+ * turn, never inside send, so callbacks do not re-enter the sender); a
+ * uv_check handle re-checks once per loop iteration as a safety net. ROUTER_MANDATORY makes unknown
+ * peers an error (dropped with a log line) instead of a silent loss; ROUTER_HANDOVER lets a
+ * restarted worker take over its routing id; LINGER 0 so close never blocks.
  *
  * Threading: an endpoint belongs to its loop's thread. Callbacks run there
  * and may call cm_cp_endpoint_send and cm_cp_endpoint_close.

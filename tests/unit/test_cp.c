@@ -130,6 +130,8 @@ static void init_msgs(msgs_t *m, Tandem__Cp__Envelope__BodyCase which) {
     m->job.dst_block_ids = g_blocks;
     m->job.skip_blocks = 1;
     m->job.deadline_ms = 30000;
+    m->job.decode_kvx_descriptor.data = (uint8_t *)"kvx";
+    m->job.decode_kvx_descriptor.len = 3;
     m->kv = (Tandem__Cp__KvReady)TANDEM__CP__KV_READY__INIT;
     m->kv.request_id = 77;
     m->kv.first_token = 17;
@@ -335,6 +337,7 @@ TT_TEST(cp, out_of_range_fields_are_refused) {
     CASE(REP, m.rep.cached_blocks = 4, CM_ERR_OUT_OF_RANGE, "cached_blocks: 4 > 3");
     CASE(REP, m.rep.n_block_ids = 0, CM_ERR_OUT_OF_RANGE, "block_ids: 0 blocks");
     CASE(JOB, m.job.decode_incarnation = 0, CM_ERR_INVALID_ARG, "decode_incarnation");
+    CASE(JOB, m.job.decode_kvx_descriptor.len = 0, CM_ERR_INVALID_ARG, "decode_kvx_descriptor");
     CASE(JOB, m.job.skip_blocks = 4, CM_ERR_OUT_OF_RANGE, "skip_blocks: 4 > 3");
     CASE(JOB, m.job.deadline_ms = 3600001, CM_ERR_OUT_OF_RANGE, "deadline_ms");
     CASE(KV, m.kv.first_token = 1000, CM_ERR_OUT_OF_RANGE, "first_token: 1000");
