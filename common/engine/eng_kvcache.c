@@ -404,7 +404,9 @@ static bool tokens_valid(const int32_t *t, uint32_t n) {
 }
 
 uint32_t eng_kv_prefix_lookup(const eng_kv_t *kv, const int32_t *tokens, uint32_t n) {
-    if (!kv || !kv->cfg.enable_prefix_cache || !tokens_valid(tokens, n)) return 0;
+    if (!kv || !kv->cfg.enable_prefix_cache || n > ENG_KV_MAX_SEQ_TOKENS ||
+        !tokens_valid(tokens, n))
+        return 0;
     uint32_t bs = kv->cfg.geom.block_size, hits = 0;
     uint64_t h = 0;
     for (uint32_t i = 0; (uint64_t)(i + 1) * bs <= n; i++) {
@@ -497,8 +499,9 @@ static void seq_register(eng_kv_t *kv, eng_kv_seq_t *s) {
 static cm_status_t seq_open(eng_kv_t *kv, const int32_t *tokens, uint32_t n,
                             uint32_t max_hit_tokens, bool reservation, eng_kv_seq_t **out,
                             uint32_t *n_hit_blocks) {
-    if (!kv || !out || !tokens_valid(tokens, n)) return CM_ERR_INVALID_ARG;
+    if (!kv || !out) return CM_ERR_INVALID_ARG;
     if (n > ENG_KV_MAX_SEQ_TOKENS) return CM_ERR_TOO_LARGE;
+    if (!tokens_valid(tokens, n)) return CM_ERR_INVALID_ARG;
     uint32_t bs = kv->cfg.geom.block_size;
     uint32_t total = (n + bs - 1) / bs;
     uint32_t max_hits = (max_hit_tokens < n ? max_hit_tokens : n) / bs;
@@ -556,9 +559,10 @@ cm_status_t eng_kv_seq_new(eng_kv_t *kv, const int32_t *tokens, uint32_t n, uint
 }
 
 cm_status_t eng_kv_seq_append(eng_kv_t *kv, eng_kv_seq_t *s, const int32_t *tokens, uint32_t n) {
-    if (!kv || !s || !tokens_valid(tokens, n)) return CM_ERR_INVALID_ARG;
+    if (!kv || !s) return CM_ERR_INVALID_ARG;
     if (s->reservation) return CM_ERR_BUSY;
     if (n > ENG_KV_MAX_SEQ_TOKENS - s->n_tokens) return CM_ERR_TOO_LARGE;
+    if (!tokens_valid(tokens, n)) return CM_ERR_INVALID_ARG;
     uint32_t bs = kv->cfg.geom.block_size;
     uint32_t need = (s->n_tokens + n + bs - 1) / bs - s->n_blocks;
     if (need > kv->n_free + kv->n_cached) return CM_ERR_NO_RESOURCES;

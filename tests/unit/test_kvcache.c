@@ -531,3 +531,329 @@ TT_TEST_T(kv, property_random_ops_vs_reference, 120) {
     run_property(12345, 4000);
     run_property(777, 4000);
 }
+
+/* ------------------------------------------------------------------------ */
+/* Targeted tests                                                           */
+/* ------------------------------------------------------------------------ */
+
+static eng_kv_t *small_pool(uint32_t n_blocks, uint32_t bs) {
+    eng_kv_config_t cfg = {.geom = {2, n_blocks, bs, 2, 8, 2},
+                           .fingerprint = 42,
+                           .mem_mode = ENG_KV_MEM_ALLOC,
+                           .enable_prefix_cache = true};
+    eng_kv_t *kv = NULL;
+    TT_ASSERT_EQ_INT(eng_kv_init(&cfg, &kv), CM_OK);
+    return kv;
+}
+
+TT_TEST(kv, geometry_and_offsets) {
+    eng_kv_geom_t g = {3, 10, 16, 4, 64, 2};
+    TT_ASSERT_EQ_INT(eng_kv_geom_check(&g), CM_OK);
+    TT_ASSERT_EQ_INT(eng_kv_geom_block_bytes(&g), 2 * 16 * 4 * 64 * 2);
+    TT_ASSERT_EQ_INT(eng_kv_geom_pool_bytes(&g), 3 * 10 * 2 * 16 * 4 * 64 * 2);
+    size_t off;
+    TT_ASSERT_EQ_INT(eng_kv_geom_offset(&g, 2, 7, &off), CM_OK);
+    TT_ASSERT_EQ_INT(off, (2 * 10 + 7) * eng_kv_geom_block_bytes(&g));
+    TT_ASSERT_EQ_INT(eng_kv_geom_offset(&g, 3, 0, &off), CM_ERR_OUT_OF_RANGE);
+    TT_ASSERT_EQ_INT(eng_kv_geom_offset(&g, 0, 10, &off), CM_ERR_OUT_OF_RANGE);
+    TT_ASSERT_EQ_INT(eng_kv_geom_offset(&g, 0, -1, &off), CM_ERR_OUT_OF_RANGE);
+    eng_kv_geom_t z = g;
+    z.head_dim = 0;
+    TT_ASSERT_EQ_INT(eng_kv_geom_check(&z), CM_ERR_INVALID_ARG);
+    z = g;
+    z.n_blocks = ENG_KV_MAX_BLOCKS + 1;
+    TT_ASSERT_EQ_INT(eng_kv_geom_check(&z), CM_ERR_TOO_LARGE);
+    z = g;
+    z.kv_heads = 1u << 31;
+    z.head_dim = 1u << 31;
+    TT_ASSERT_EQ_INT(eng_kv_geom_check(&z), CM_ERR_TOO_LARGE);
+
+    /* External memory: addresses are base + offset; too small is refused. */
+    size_t pool = eng_kv_geom_pool_bytes(&g);
+    char *mem = malloc(pool);
+    eng_kv_config_t cfg = {.geom = g,
+                           .mem_mode = ENG_KV_MEM_EXTERNAL,
+                           .mem = mem,
+                           .mem_bytes = pool - 1,
+                           .mem_is_host = true};
+    eng_kv_t *kv;
+    TT_ASSERT_EQ_INT(eng_kv_init(&cfg, &kv), CM_ERR_INVALID_ARG);
+    cfg.mem_bytes = pool;
+    TT_ASSERT_EQ_INT(eng_kv_init(&cfg, &kv), CM_OK);
+    TT_ASSERT(eng_kv_pool_base(kv) == mem);
+    TT_ASSERT(eng_kv_block_ptr(kv, 1, 3) == mem + (10 + 3) * eng_kv_geom_block_bytes(&g));
+    TT_ASSERT(eng_kv_block_ptr(kv, 1, 10) == NULL);
+    /* Copy touches every layer of exactly one block. */
+    memset(mem, 0, pool);
+    for (uint32_t l = 0; l < 3; l++) memset(eng_kv_block_ptr(kv, l, 2), 0x40 + (int)l, 8);
+    TT_ASSERT_EQ_INT(eng_kv_block_copy(kv, 2, 5), CM_OK);
+    for (uint32_t l = 0; l < 3; l++)
+        TT_ASSERT_EQ_INT(((unsigned char *)eng_kv_block_ptr(kv, l, 5))[7], 0x40 + l);
+    TT_ASSERT_EQ_INT(eng_kv_block_copy(kv, 2, 10), CM_ERR_OUT_OF_RANGE);
+    eng_kv_free(kv);
+    free(mem);
+
+    /* No memory: bookkeeping only. */
+    eng_kv_config_t none = {.geom = g};
+    TT_ASSERT_EQ_INT(eng_kv_init(&none, &kv), CM_OK);
+    TT_ASSERT(eng_kv_block_ptr(kv, 0, 0) == NULL);
+    TT_ASSERT_EQ_INT(eng_kv_block_copy(kv, 0, 1), CM_ERR_UNSUPPORTED);
+    eng_kv_free(kv);
+
+    /* A large pool goes through mmap with MAP_POPULATE. */
+    eng_kv_config_t big = {
+        .geom = {2, 64, 16, 8, 128, 2}, .mem_mode = ENG_KV_MEM_ALLOC, .prefault = true};
+    TT_ASSERT_EQ_INT(eng_kv_init(&big, &kv), CM_OK);
+    memset(eng_kv_pool_base(kv), 1, eng_kv_pool_bytes(kv));
+    eng_kv_free(kv);
+}
+
+TT_TEST(kv, prefix_hits_after_partial_and_complete_blocks) {
+    eng_kv_t *kv = small_pool(32, 16);
+    int32_t t[64];
+    for (int i = 0; i < 64; i++) t[i] = 100 + i;
+    eng_kv_seq_t *a, *b;
+    uint32_t hit = 99;
+    /* 40 tokens: 2 full blocks + a partial one. Nothing cached yet. */
+    TT_ASSERT_EQ_INT(eng_kv_seq_new(kv, t, 40, 39, &a, &hit), CM_OK);
+    TT_ASSERT_EQ_INT(hit, 0);
+    TT_ASSERT_EQ_INT(eng_kv_seq_n_blocks(a), 3);
+    /* Not computed yet: nothing is shareable. */
+    TT_ASSERT_EQ_INT(eng_kv_prefix_lookup(kv, t, 40), 0);
+    TT_ASSERT_EQ_INT(eng_kv_seq_set_computed(kv, a, 20), CM_OK);
+    TT_ASSERT_EQ_INT(eng_kv_prefix_lookup(kv, t, 40), 1);
+    TT_ASSERT_EQ_INT(eng_kv_seq_set_computed(kv, a, 40), CM_OK);
+    TT_ASSERT_EQ_INT(eng_kv_prefix_lookup(kv, t, 40), 2);
+    /* Same 40 tokens: 32 hit (the partial third block never hits). */
+    TT_ASSERT_EQ_INT(eng_kv_seq_new(kv, t, 40, 40, &b, &hit), CM_OK);
+    TT_ASSERT_EQ_INT(hit, 32);
+    TT_ASSERT_EQ_INT(eng_kv_seq_computed(b), 32);
+    TT_ASSERT_EQ_INT(eng_kv_seq_blocks(b)[0], eng_kv_seq_blocks(a)[0]);
+    TT_ASSERT_EQ_INT(eng_kv_seq_blocks(b)[1], eng_kv_seq_blocks(a)[1]);
+    TT_ASSERT(eng_kv_seq_blocks(b)[2] != eng_kv_seq_blocks(a)[2]);
+    eng_kv_seq_free(kv, b);
+    /* Exactly 32 tokens with max_hit = n - 1: only the first block may hit,
+     * so one token is left to compute. */
+    TT_ASSERT_EQ_INT(eng_kv_seq_new(kv, t, 32, 31, &b, &hit), CM_OK);
+    TT_ASSERT_EQ_INT(hit, 16);
+    eng_kv_seq_free(kv, b);
+    /* A prompt diverging inside block 1 hits block 0 only. */
+    int32_t u[40];
+    memcpy(u, t, sizeof u);
+    u[20] = 7;
+    TT_ASSERT_EQ_INT(eng_kv_prefix_lookup(kv, u, 40), 1);
+    TT_ASSERT_EQ_INT(eng_kv_seq_new(kv, u, 40, 39, &b, &hit), CM_OK);
+    TT_ASSERT_EQ_INT(hit, 16);
+    eng_kv_seq_free(kv, b);
+    /* Fewer tokens than a block: no hit. */
+    TT_ASSERT_EQ_INT(eng_kv_prefix_lookup(kv, t, 15), 0);
+    /* After `a` completes its third block by appending, that one hits too. */
+    TT_ASSERT_EQ_INT(eng_kv_seq_append(kv, a, t + 40, 8), CM_OK);
+    TT_ASSERT_EQ_INT(eng_kv_seq_set_computed(kv, a, 48), CM_OK);
+    TT_ASSERT_EQ_INT(eng_kv_prefix_lookup(kv, t, 64), 3);
+    /* Freed sequences leave their blocks cached; they still hit. */
+    eng_kv_seq_free(kv, a);
+    eng_kv_stats_t st;
+    eng_kv_stats(kv, &st);
+    TT_ASSERT_EQ_INT(st.n_cached, 3);
+    TT_ASSERT_EQ_INT(st.n_used, 0);
+    TT_ASSERT_EQ_INT(eng_kv_seq_new(kv, t, 64, 63, &b, &hit), CM_OK);
+    TT_ASSERT_EQ_INT(hit, 48);
+    eng_kv_seq_free(kv, b);
+    /* Another fingerprint never matches these blocks. */
+    eng_kv_config_t cfg = {
+        .geom = {2, 32, 16, 2, 8, 2}, .fingerprint = 43, .enable_prefix_cache = true};
+    eng_kv_t *kv2;
+    TT_ASSERT_EQ_INT(eng_kv_init(&cfg, &kv2), CM_OK);
+    TT_ASSERT(!eng_kv_cache_contains(kv2, eng_kv_seq_block_hash(b, 0)));
+    eng_kv_free(kv2);
+    TT_ASSERT_EQ_INT(eng_kv_check(kv), CM_OK);
+    eng_kv_free(kv);
+}
+
+TT_TEST(kv, reservation_cancel_frees_everything) {
+    eng_kv_t *kv = small_pool(16, 4);
+    int32_t t[40];
+    for (int i = 0; i < 40; i++) t[i] = i;
+    /* Cache the first 3 blocks through an ordinary sequence. */
+    eng_kv_seq_t *a, *r;
+    TT_ASSERT_EQ_INT(eng_kv_seq_new(kv, t, 12, 0, &a, NULL), CM_OK);
+    TT_ASSERT_EQ_INT(eng_kv_seq_set_computed(kv, a, 12), CM_OK);
+    eng_kv_seq_free(kv, a);
+    eng_kv_stats_t before, mid, after;
+    eng_kv_stats(kv, &before);
+    TT_ASSERT_EQ_INT(before.n_cached, 3);
+    uint32_t hits = 0;
+    TT_ASSERT_EQ_INT(eng_kv_reserve(kv, t, 40, 39, &r, &hits), CM_OK);
+    TT_ASSERT_EQ_INT(hits, 3);
+    TT_ASSERT(eng_kv_seq_is_reservation(r));
+    eng_kv_stats(kv, &mid);
+    TT_ASSERT_EQ_INT(mid.n_used, 10);
+    TT_ASSERT_EQ_INT(mid.n_reservations, 1);
+    /* A reservation refuses use until committed. */
+    int32_t one = 5, cs, cd;
+    eng_kv_seq_t *f;
+    TT_ASSERT_EQ_INT(eng_kv_seq_append(kv, r, &one, 1), CM_ERR_BUSY);
+    TT_ASSERT_EQ_INT(eng_kv_seq_set_computed(kv, r, 40), CM_ERR_BUSY);
+    TT_ASSERT_EQ_INT(eng_kv_seq_fork(kv, r, &f, &cs, &cd), CM_ERR_BUSY);
+    TT_ASSERT_EQ_INT(eng_kv_check(kv), CM_OK);
+    eng_kv_reserve_cancel(kv, r);
+    eng_kv_stats(kv, &after);
+    TT_ASSERT_EQ_INT(after.n_used, 0);
+    TT_ASSERT_EQ_INT(after.n_reservations, 0);
+    TT_ASSERT_EQ_INT(after.n_seqs, 0);
+    /* The received-nothing blocks did not enter the cache. */
+    TT_ASSERT_EQ_INT(after.n_cached, 3);
+    TT_ASSERT_EQ_INT(after.n_registered, 3);
+    TT_ASSERT_EQ_INT(after.n_free, 13);
+    TT_ASSERT_EQ_INT(eng_kv_prefix_lookup(kv, t, 40), 3);
+    /* Reserve everything, cancel, reserve again: nothing leaked. */
+    for (int round = 0; round < 50; round++) {
+        TT_ASSERT_EQ_INT(eng_kv_reserve(kv, t, 40, 39, &r, &hits), CM_OK);
+        if (round % 2) {
+            eng_kv_reserve_cancel(kv, r);
+        } else {
+            TT_ASSERT_EQ_INT(eng_kv_reserve_commit(kv, r), CM_OK);
+            TT_ASSERT_EQ_INT(eng_kv_seq_computed(r), 40);
+            eng_kv_seq_free(kv, r);
+        }
+        TT_ASSERT_EQ_INT(eng_kv_check(kv), CM_OK);
+    }
+    eng_kv_stats(kv, &after);
+    TT_ASSERT_EQ_INT(after.n_used, 0);
+    TT_ASSERT_EQ_INT(after.n_free + after.n_cached, 16);
+    TT_ASSERT_EQ_INT(eng_kv_prefix_lookup(kv, t, 40), 10);
+    /* Closing the manager with an open reservation releases it too (LSan). */
+    TT_ASSERT_EQ_INT(eng_kv_reserve(kv, t, 20, 19, &r, &hits), CM_OK);
+    eng_kv_free(kv);
+}
+
+static void snapshot(eng_kv_t *kv, eng_kv_seq_t *s, eng_kv_stats_t *st, int32_t *blocks,
+                     uint32_t *nb) {
+    eng_kv_stats(kv, st);
+    *nb = eng_kv_seq_n_blocks(s);
+    memcpy(blocks, eng_kv_seq_blocks(s), *nb * sizeof *blocks);
+}
+
+TT_TEST(kv, out_of_blocks_leaves_state_intact) {
+    eng_kv_t *kv = small_pool(8, 4);
+    int32_t t[64];
+    for (int i = 0; i < 64; i++) t[i] = 1000 + i;
+    eng_kv_seq_t *a, *b, *x = NULL;
+    TT_ASSERT_EQ_INT(eng_kv_seq_new(kv, t, 14, 13, &a, NULL), CM_OK); /* 4 blocks */
+    TT_ASSERT_EQ_INT(eng_kv_seq_set_computed(kv, a, 14), CM_OK);
+    TT_ASSERT_EQ_INT(eng_kv_seq_new(kv, t + 32, 12, 0, &b, NULL), CM_OK); /* 3 blocks */
+    eng_kv_stats_t s0, s1;
+    int32_t bl0[16], bl1[16];
+    uint32_t n0, n1;
+    snapshot(kv, a, &s0, bl0, &n0);
+    TT_ASSERT_EQ_INT(eng_kv_available(kv), 1);
+    /* Each of these needs more blocks than exist. */
+    TT_ASSERT_EQ_INT(eng_kv_seq_append(kv, a, t, 7), CM_ERR_NO_RESOURCES);
+    TT_ASSERT_EQ_INT(eng_kv_seq_new(kv, t + 40, 9, 0, &x, NULL), CM_ERR_NO_RESOURCES);
+    TT_ASSERT(x == NULL);
+    TT_ASSERT_EQ_INT(eng_kv_reserve(kv, t + 40, 9, 0, &x, NULL), CM_ERR_NO_RESOURCES);
+    snapshot(kv, a, &s1, bl1, &n1);
+    TT_ASSERT(memcmp(&s0, &s1, sizeof s0) == 0);
+    TT_ASSERT(n0 == n1 && memcmp(bl0, bl1, n0 * sizeof *bl0) == 0);
+    TT_ASSERT_EQ_INT(eng_kv_seq_len(a), 14);
+    TT_ASSERT_EQ_INT(eng_kv_check(kv), CM_OK);
+    /* Fork of a sequence with a partial tail takes the last block, then fails. */
+    eng_kv_seq_t *c, *d = NULL;
+    int32_t cs, cd;
+    TT_ASSERT_EQ_INT(eng_kv_seq_fork(kv, a, &c, &cs, &cd), CM_OK);
+    TT_ASSERT_EQ_INT(cs, eng_kv_seq_blocks(a)[3]);
+    TT_ASSERT_EQ_INT(eng_kv_seq_fork(kv, a, &d, &cs, &cd), CM_ERR_NO_RESOURCES);
+    TT_ASSERT(d == NULL);
+    /* The pool is full of used blocks: even one token fails when it needs a block. */
+    TT_ASSERT_EQ_INT(eng_kv_seq_append(kv, b, t, 1), CM_ERR_NO_RESOURCES);
+    TT_ASSERT_EQ_INT(eng_kv_seq_append(kv, a, t, 2), CM_OK); /* fits the tail block */
+    TT_ASSERT_EQ_INT(eng_kv_check(kv), CM_OK);
+    /* Freeing `a` caches its 3 full computed blocks; they are evicted on demand,
+     * the tail block first. */
+    eng_kv_seq_free(kv, a);
+    eng_kv_seq_free(kv, c);
+    TT_ASSERT_EQ_INT(eng_kv_available(kv), 5);
+    TT_ASSERT_EQ_INT(eng_kv_seq_append(kv, b, t, 16), CM_OK); /* 4 more blocks */
+    eng_kv_stats(kv, &s1);
+    TT_ASSERT_EQ_INT(s1.n_evictions, 2);
+    TT_ASSERT_EQ_INT(eng_kv_prefix_lookup(kv, t, 14), 1); /* block 0 survived */
+    /* Invalid input is refused cleanly. */
+    int32_t neg = -1;
+    TT_ASSERT_EQ_INT(eng_kv_seq_append(kv, b, &neg, 1), CM_ERR_INVALID_ARG);
+    TT_ASSERT_EQ_INT(eng_kv_seq_append(kv, b, NULL, 1), CM_ERR_INVALID_ARG);
+    TT_ASSERT_EQ_INT(eng_kv_seq_new(kv, t, ENG_KV_MAX_SEQ_TOKENS + 1u, 0, &x, NULL),
+                     CM_ERR_TOO_LARGE);
+    TT_ASSERT_EQ_INT(eng_kv_seq_set_computed(kv, b, 1000), CM_ERR_OUT_OF_RANGE);
+    TT_ASSERT_EQ_INT(eng_kv_reserve_commit(kv, b), CM_ERR_INVALID_ARG);
+    TT_ASSERT_EQ_INT(eng_kv_check(kv), CM_OK);
+    eng_kv_seq_free(kv, b);
+    eng_kv_free(kv);
+}
+
+typedef struct {
+    int stored, removed;
+} ev_count_t;
+
+static void on_ev(void *ud, eng_kv_event_t ev, uint64_t hash, int32_t block) {
+    ev_count_t *c = ud;
+    (void)hash;
+    (void)block;
+    if (ev == ENG_KV_EVENT_STORED) c->stored++;
+    if (ev == ENG_KV_EVENT_REMOVED) c->removed++;
+}
+
+TT_TEST(kv, events_and_cache_disabled) {
+    ev_count_t ev = {0};
+    eng_kv_config_t cfg = {.geom = {1, 8, 2, 1, 1, 1},
+                           .enable_prefix_cache = true,
+                           .on_event = on_ev,
+                           .event_ud = &ev};
+    eng_kv_t *kv;
+    TT_ASSERT_EQ_INT(eng_kv_init(&cfg, &kv), CM_OK);
+    int32_t t[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+    eng_kv_seq_t *s, *s2;
+    TT_ASSERT_EQ_INT(eng_kv_seq_new(kv, t, 6, 0, &s, NULL), CM_OK);
+    TT_ASSERT_EQ_INT(eng_kv_seq_set_computed(kv, s, 6), CM_OK);
+    TT_ASSERT_EQ_INT(ev.stored, 3);
+    /* A second sequence computing the same blocks does not register duplicates. */
+    TT_ASSERT_EQ_INT(eng_kv_seq_new(kv, t, 6, 0, &s2, NULL), CM_OK);
+    TT_ASSERT_EQ_INT(eng_kv_seq_set_computed(kv, s2, 6), CM_OK);
+    TT_ASSERT_EQ_INT(ev.stored, 3);
+    eng_kv_seq_free(kv, s2);
+    eng_kv_seq_free(kv, s);
+    eng_kv_cache_reset(kv);
+    TT_ASSERT_EQ_INT(ev.removed, 3);
+    TT_ASSERT_EQ_INT(eng_kv_available(kv), 8);
+    TT_ASSERT_EQ_INT(eng_kv_check(kv), CM_OK);
+    eng_kv_free(kv);
+
+    cfg.enable_prefix_cache = false;
+    ev.stored = 0;
+    TT_ASSERT_EQ_INT(eng_kv_init(&cfg, &kv), CM_OK);
+    TT_ASSERT_EQ_INT(eng_kv_seq_new(kv, t, 6, 0, &s, NULL), CM_OK);
+    TT_ASSERT_EQ_INT(eng_kv_seq_set_computed(kv, s, 6), CM_OK);
+    eng_kv_seq_free(kv, s);
+    TT_ASSERT_EQ_INT(ev.stored, 0);
+    TT_ASSERT_EQ_INT(eng_kv_prefix_lookup(kv, t, 6), 0);
+    TT_ASSERT_EQ_INT(eng_kv_check(kv), CM_OK);
+    eng_kv_free(kv);
+}
+
+TT_TEST(kv, slots_map_positions_to_blocks) {
+    eng_kv_t *kv = small_pool(8, 4);
+    int32_t t[10] = {0};
+    eng_kv_seq_t *s;
+    TT_ASSERT_EQ_INT(eng_kv_seq_new(kv, t, 10, 0, &s, NULL), CM_OK);
+    int32_t blk;
+    uint32_t off;
+    TT_ASSERT(eng_kv_seq_slot(s, 9, &blk, &off));
+    TT_ASSERT_EQ_INT(blk, eng_kv_seq_blocks(s)[2]);
+    TT_ASSERT_EQ_INT(off, 1);
+    TT_ASSERT(!eng_kv_seq_slot(s, 10, &blk, &off));
+    /* Block 0 is handed out first; then 1, 2, ... */
+    TT_ASSERT_EQ_INT(eng_kv_seq_blocks(s)[0], 0);
+    TT_ASSERT_EQ_INT(eng_kv_seq_blocks(s)[2], 2);
+    eng_kv_seq_free(kv, s);
+    eng_kv_free(kv);
+}
