@@ -529,7 +529,7 @@ static cm_status_t prepare(eng_sampler_t *s, const eng_sampler_params_t *p, cons
 
     float m = row_max(w, V);
     *greedy_tok = -1;
-    if (eng_sampler_params_greedy(p)) {
+    if (eng_sampler_params_greedy(p) || m == INFINITY) {
         uint32_t best = 0;
         while (w[best] != m) best++;
         *greedy_tok = (int32_t)best;
@@ -538,6 +538,15 @@ static cm_status_t prepare(eng_sampler_t *s, const eng_sampler_params_t *p, cons
     if (p->temperature != 1.0f) {
         row_div(w, V, p->temperature);
         m = m / p->temperature; /* division by a positive number keeps the maximum */
+    }
+    if (m == INFINITY) {
+        /* A logit overflowed (huge logits under a tiny temperature or
+         * penalty): the distribution is concentrated on the overflowing
+         * tokens; take the first, as the temperature -> 0 limit would. */
+        uint32_t best = 0;
+        while (w[best] != m) best++;
+        *greedy_tok = (int32_t)best;
+        return CM_OK;
     }
 
     float *e = s->ex;

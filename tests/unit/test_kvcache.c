@@ -659,13 +659,22 @@ TT_TEST(kv, prefix_hits_after_partial_and_complete_blocks) {
     TT_ASSERT_EQ_INT(st.n_used, 0);
     TT_ASSERT_EQ_INT(eng_kv_seq_new(kv, t, 64, 63, &b, &hit), CM_OK);
     TT_ASSERT_EQ_INT(hit, 48);
+    uint64_t h42 = eng_kv_seq_block_hash(b, 0);
+    TT_ASSERT(eng_kv_cache_contains(kv, h42));
     eng_kv_seq_free(kv, b);
-    /* Another fingerprint never matches these blocks. */
+    /* Another fingerprint gives other hashes for the same tokens. */
     eng_kv_config_t cfg = {
         .geom = {2, 32, 16, 2, 8, 2}, .fingerprint = 43, .enable_prefix_cache = true};
     eng_kv_t *kv2;
     TT_ASSERT_EQ_INT(eng_kv_init(&cfg, &kv2), CM_OK);
-    TT_ASSERT(!eng_kv_cache_contains(kv2, eng_kv_seq_block_hash(b, 0)));
+    eng_kv_seq_t *o;
+    TT_ASSERT_EQ_INT(eng_kv_seq_new(kv2, t, 64, 63, &o, &hit), CM_OK);
+    TT_ASSERT_EQ_INT(hit, 0);
+    TT_ASSERT(eng_kv_seq_block_hash(o, 0) != h42);
+    TT_ASSERT(!eng_kv_cache_contains(kv, eng_kv_seq_block_hash(o, 0)));
+    TT_ASSERT_EQ_INT(eng_kv_seq_set_computed(kv2, o, 64), CM_OK);
+    TT_ASSERT(!eng_kv_cache_contains(kv2, h42));
+    eng_kv_seq_free(kv2, o);
     eng_kv_free(kv2);
     TT_ASSERT_EQ_INT(eng_kv_check(kv), CM_OK);
     eng_kv_free(kv);

@@ -567,3 +567,27 @@ TT_TEST_T(sampler, large_vocab_matches_full_sort_reference, 120) {
     free(probs);
     free(ref);
 }
+
+TT_TEST(sampler, overflowing_logits_stay_defined) {
+    float row[6] = {1e30f, 3e35f, -1e35f, 3e35f, 0.0f, -INFINITY};
+    eng_sampler_t *s;
+    TT_ASSERT_EQ_INT(eng_sampler_new(6, &s), CM_OK);
+    eng_sampler_params_t p;
+    eng_sampler_params_default(&p);
+    p.temperature = 2e-5f; /* 3e35 / 2e-5 overflows to +inf */
+    p.top_p = 0.5f;
+    eng_sample_t out;
+    float probs[6];
+    for (uint64_t st = 0; st < 20; st++) {
+        TT_ASSERT_EQ_INT(eng_sampler_sample(s, &p, row, NULL, st, &out), CM_OK);
+        TT_ASSERT_EQ_INT(out.token, 1);
+    }
+    TT_ASSERT_EQ_INT(eng_sampler_probs(s, &p, row, NULL, probs), CM_OK);
+    TT_ASSERT(probs[1] == 1.0f && probs[3] == 0.0f);
+    /* Moderate values at the same temperature sample normally. */
+    float calm[6] = {0.0f, 1e-4f, 0.0f, 0.0f, 0.0f, -INFINITY};
+    p.top_p = 1.0f;
+    TT_ASSERT_EQ_INT(eng_sampler_probs(s, &p, calm, NULL, probs), CM_OK);
+    TT_ASSERT(probs[1] > 0.99f && probs[5] == 0.0f);
+    eng_sampler_free(s);
+}
