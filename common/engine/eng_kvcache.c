@@ -242,6 +242,21 @@ void *eng_kv_block_ptr(const eng_kv_t *kv, uint32_t layer, int32_t block) {
     return (char *)kv->mem + off;
 }
 
+cm_status_t eng_kv_slot_ptrs(const eng_kv_t *kv, uint32_t layer, int32_t block, uint32_t offset,
+                             void **k, void **v) {
+    if (!kv || !k || !v) return CM_ERR_INVALID_ARG;
+    const eng_kv_geom_t *g = &kv->cfg.geom;
+    if (offset >= g->block_size) return CM_ERR_OUT_OF_RANGE;
+    size_t off;
+    cm_status_t st = eng_kv_geom_offset(g, layer, block, &off);
+    if (st != CM_OK) return st;
+    if (!kv->mem) return CM_ERR_UNSUPPORTED;
+    size_t slot = (size_t)offset * g->kv_heads * g->head_dim * g->dtype_bytes;
+    *k = (char *)kv->mem + off + slot;
+    *v = (char *)kv->mem + off + kv->block_bytes / 2 + slot;
+    return CM_OK;
+}
+
 cm_status_t eng_kv_block_copy(eng_kv_t *kv, int32_t src, int32_t dst) {
     if (!kv) return CM_ERR_INVALID_ARG;
     if (!kv->mem || !kv->mem_host) return CM_ERR_UNSUPPORTED;
@@ -616,6 +631,12 @@ cm_status_t eng_kv_seq_fork(eng_kv_t *kv, const eng_kv_seq_t *src, eng_kv_seq_t 
     if (copy_src) *copy_src = cs;
     if (copy_dst) *copy_dst = cd;
     return CM_OK;
+}
+
+uint32_t eng_kv_seq_blocks_needed(const eng_kv_t *kv, const eng_kv_seq_t *s, uint32_t n) {
+    uint64_t bs = kv->cfg.geom.block_size;
+    uint64_t total = ((uint64_t)s->n_tokens + n + bs - 1) / bs;
+    return total > s->n_blocks ? (uint32_t)(total - s->n_blocks) : 0;
 }
 
 void eng_kv_seq_free(eng_kv_t *kv, eng_kv_seq_t *s) {

@@ -154,6 +154,11 @@ size_t eng_kv_pool_bytes(const eng_kv_t *kv);
 /* Address of (layer, block): base + eng_kv_geom_offset. NULL when out of
  * range or there is no pool memory. */
 void *eng_kv_block_ptr(const eng_kv_t *kv, uint32_t layer, int32_t block);
+/* K and V addresses of token slot @offset (< block_size) of @block in @layer:
+ * each points at [kv_heads][head_dim] elements. Returns CM_ERR_OUT_OF_RANGE,
+ * or CM_ERR_UNSUPPORTED when there is no pool memory. */
+cm_status_t eng_kv_slot_ptrs(const eng_kv_t *kv, uint32_t layer, int32_t block, uint32_t offset,
+                             void **k, void **v);
 /* Copies block @src to block @dst in every layer (host memory only).
  * Returns CM_ERR_UNSUPPORTED without host memory, CM_ERR_OUT_OF_RANGE. */
 cm_status_t eng_kv_block_copy(eng_kv_t *kv, int32_t src, int32_t dst);
@@ -232,6 +237,8 @@ cm_status_t eng_kv_seq_set_computed(eng_kv_t *kv, eng_kv_seq_t *seq, uint32_t n_
  */
 cm_status_t eng_kv_seq_fork(eng_kv_t *kv, const eng_kv_seq_t *src, eng_kv_seq_t **out,
                             int32_t *copy_src, int32_t *copy_dst);
+/* Fresh blocks that appending @n tokens to @seq would take. */
+uint32_t eng_kv_seq_blocks_needed(const eng_kv_t *kv, const eng_kv_seq_t *seq, uint32_t n);
 /* Closes a sequence (or a reservation: same as eng_kv_reserve_cancel) and
  * releases its blocks. NULL is a no-op. */
 void eng_kv_seq_free(eng_kv_t *kv, eng_kv_seq_t *seq);

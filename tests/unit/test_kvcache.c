@@ -860,6 +860,20 @@ TT_TEST(kv, slots_map_positions_to_blocks) {
     TT_ASSERT_EQ_INT(blk, eng_kv_seq_blocks(s)[2]);
     TT_ASSERT_EQ_INT(off, 1);
     TT_ASSERT(!eng_kv_seq_slot(s, 10, &blk, &off));
+    /* Appending 2 more tokens fills block 2; a third needs one more block. */
+    TT_ASSERT_EQ_INT(eng_kv_seq_blocks_needed(kv, s, 2), 0);
+    TT_ASSERT_EQ_INT(eng_kv_seq_blocks_needed(kv, s, 3), 1);
+    TT_ASSERT_EQ_INT(eng_kv_seq_blocks_needed(kv, s, 11), 3);
+    /* Slot addresses follow [layer][block][K|V][block_size][kv_heads][head_dim]:
+     * this pool has 2 layers, 8 blocks, 4 tokens, 2 heads, head_dim 8, 2 bytes. */
+    void *k, *v;
+    TT_ASSERT_EQ_INT(eng_kv_slot_ptrs(kv, 1, 5, 3, &k, &v), CM_OK);
+    char *base = eng_kv_pool_base(kv);
+    size_t bb = 2 * 4 * 2 * 8 * 2;
+    TT_ASSERT_EQ_INT((char *)k - base, (8 + 5) * bb + 3 * 2 * 8 * 2);
+    TT_ASSERT_EQ_INT((char *)v - base, (8 + 5) * bb + bb / 2 + 3 * 2 * 8 * 2);
+    TT_ASSERT_EQ_INT(eng_kv_slot_ptrs(kv, 1, 5, 4, &k, &v), CM_ERR_OUT_OF_RANGE);
+    TT_ASSERT_EQ_INT(eng_kv_slot_ptrs(kv, 2, 5, 0, &k, &v), CM_ERR_OUT_OF_RANGE);
     /* Block 0 is handed out first; then 1, 2, ... */
     TT_ASSERT_EQ_INT(eng_kv_seq_blocks(s)[0], 0);
     TT_ASSERT_EQ_INT(eng_kv_seq_blocks(s)[2], 2);
