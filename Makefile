@@ -86,7 +86,7 @@ TEST_BIN := $(BUILD)/bin/tandem-tests
 # --- Flags ------------------------------------------------------------------
 INCLUDES := $(addprefix -I,$(LIB_DIRS)) -Itests/lib -I$(BUILD)/gen -I/usr/share/include/llhttp
 DEFS := -D_GNU_SOURCE -DTANDEM_VERSION='"$(VERSION)"' -DTANDEM_WITH_CUDA=$(WITH_CUDA)
-WARN := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wvla -Wformat=2 -Wno-format-truncation
+WARN := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wvla -Wformat=2 -Wno-format-truncation -Wno-psabi
 OPT ?= -O2
 CFLAGS := -std=gnu11 $(OPT) -g -pthread -fno-strict-aliasing $(WARN) $(DEFS) $(INCLUDES) -MMD -MP
 LDFLAGS := -pthread
