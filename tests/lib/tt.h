@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 typedef struct tt_test {
@@ -43,6 +44,38 @@ const char *tt_tmpdir(void);
 /* Repository root (where tests/ lives) and build directory. */
 const char *tt_root(void);
 const char *tt_build(void);
+
+/*
+ * Child programs: a test that needs other processes (a worker, a peer)
+ * starts them with tt_spawn, which fork+execs this binary with
+ * "--child NAME args...". Exec matters: a plain fork of a process that
+ * already runs threads (ZeroMQ, UCX, the sanitizers' allocators) can leave
+ * the child deadlocked on a lock another thread held.
+ *
+ *   TT_CHILD(worker) { return run_worker(argv[0], atoi(argv[1])); }
+ *   pid_t pid = tt_spawn("worker", (const char *[]){addr, "3", NULL});
+ *
+ * The child's exit status is the function's return value. File
+ * descriptors without FD_CLOEXEC (e.g. from pipe()) are inherited.
+ */
+typedef struct tt_child {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    struct tt_child *next;
+} tt_child_t;
+
+void tt_register_child(tt_child_t *c);
+/* Starts child program @name with the NULL-terminated @args; returns its
+ * pid (the test fails if it cannot be started). */
+pid_t tt_spawn(const char *name, const char *const *args);
+
+#define TT_CHILD(name_)                                                   \
+    static int tt_child_fn_##name_(int argc, char **argv);                \
+    static tt_child_t tt_crec_##name_ = {#name_, tt_child_fn_##name_, 0}; \
+    __attribute__((constructor)) static void tt_creg_##name_(void) {      \
+        tt_register_child(&tt_crec_##name_);                              \
+    }                                                                     \
+    static int tt_child_fn_##name_(int argc, char **argv)
 
 #define TT_DEFAULT_TIMEOUT_S 60
 

@@ -26,6 +26,7 @@
 #include "tt.h"
 
 static tt_test_t *g_tests;
+static tt_child_t *g_children;
 static const char *g_tmpdir;
 static char g_root[PATH_MAX];
 static char g_build[PATH_MAX];
@@ -33,6 +34,33 @@ static char g_build[PATH_MAX];
 void tt_register(tt_test_t *t) {
     t->next = g_tests;
     g_tests = t;
+}
+
+void tt_register_child(tt_child_t *c) {
+    c->next = g_children;
+    g_children = c;
+}
+
+pid_t tt_spawn(const char *name, const char *const *args) {
+    char *argv[64];
+    int n = 0;
+    argv[n++] = "tandem-tests";
+    argv[n++] = "--child";
+    argv[n++] = (char *)name;
+    for (int i = 0; args && args[i] && n < 63; i++) argv[n++] = (char *)args[i];
+    argv[n] = NULL;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "tt_spawn %s: fork: %s\n", name, strerror(errno));
+        tt_fail_exit();
+    }
+    if (pid == 0) {
+        execv("/proc/self/exe", argv);
+        fprintf(stderr, "tt_spawn %s: exec: %s\n", name, strerror(errno));
+        _exit(127);
+    }
+    return pid;
 }
 
 void tt_fail_exit(void) {
@@ -184,6 +212,12 @@ static void last_line(const char *path, char *dst, size_t cap) {
 }
 
 int main(int argc, char **argv) {
+    if (argc >= 3 && strcmp(argv[1], "--child") == 0) {
+        for (tt_child_t *c = g_children; c; c = c->next)
+            if (strcmp(c->name, argv[2]) == 0) return c->fn(argc - 3, argv + 3);
+        fprintf(stderr, "tandem-tests: no child program '%s'\n", argv[2]);
+        return 127;
+    }
     int jobs_max = 1, def_timeout = TT_DEFAULT_TIMEOUT_S;
     bool list = false, verbose = false;
     char *filters[64];

@@ -208,6 +208,8 @@ static int worker_child(const char *addr, int n) {
     return 0;
 }
 
+TT_CHILD(zmq_burst) { return argc == 2 ? worker_child(argv[0], atoi(argv[1])) : 99; }
+
 TT_TEST_T(cp_zmq, bursts_across_processes_lose_nothing, 60) {
     const int n = 20000;
     void *z = zmq_ctx_new();
@@ -219,9 +221,9 @@ TT_TEST_T(cp_zmq, bursts_across_processes_lose_nothing, 60) {
     TT_ASSERT_EQ_INT(cm_cp_endpoint_new(&loop, z, &rc, &k_cb, &rs, &rs.ep), CM_OK);
     char addr[256];
     snprintf(addr, sizeof addr, "%s", cm_cp_endpoint_address(rs.ep));
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0) _exit(worker_child(addr, n));
+    char nbuf[16];
+    snprintf(nbuf, sizeof nbuf, "%d", n);
+    pid_t pid = tt_spawn("zmq_burst", (const char *[]){addr, nbuf, NULL});
     /* Every one of the child's n messages arrives (edge-triggered fd). */
     TT_ASSERT_MSG(run_for(&loop, 20000), "received %d of %d within 20 s", rs.n_msgs, n);
     TT_ASSERT_EQ_INT(rs.n_msgs, n);

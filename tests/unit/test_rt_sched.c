@@ -14,7 +14,6 @@
  * through a pipe as "C<id>\n".
  */
 #include <signal.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -197,16 +196,27 @@ typedef struct {
     int report[2]; /* pipe: workers write, test reads */
 } fleet_t;
 
+TT_CHILD(sched_worker) {
+    if (argc != 8) return 99;
+    script_t s = {.role = (Tandem__Cp__Role)atoi(argv[2]),
+                  .delay_ms = (uint32_t)atoi(argv[3]),
+                  .silent = atoi(argv[4]) != 0,
+                  .crash_after = atoi(argv[5]),
+                  .max_batch = (uint32_t)atoi(argv[6])};
+    return run_worker(argv[0], argv[1], s, atoi(argv[7]));
+}
+
 static pid_t spawn(fleet_t *f, const char *router, const char *id, script_t s) {
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0) {
-        for (int fd = 3; fd < 1024; fd++) {
-            struct stat sb;
-            if (fd != f->report[1] && fstat(fd, &sb) == 0 && S_ISSOCK(sb.st_mode)) close(fd);
-        }
-        _exit(run_worker(router, id, s, f->report[1]));
-    }
+    char a[5][16];
+    snprintf(a[0], 16, "%d", (int)s.role);
+    snprintf(a[1], 16, "%u", s.delay_ms);
+    snprintf(a[2], 16, "%d", s.silent ? 1 : 0);
+    snprintf(a[3], 16, "%d", s.crash_after);
+    snprintf(a[4], 16, "%u", s.max_batch);
+    char fd[16];
+    snprintf(fd, sizeof fd, "%d", f->report[1]);
+    pid_t pid = tt_spawn("sched_worker",
+                         (const char *[]){router, id, a[0], a[1], a[2], a[3], a[4], fd, NULL});
     f->pids[f->n++] = pid;
     return pid;
 }

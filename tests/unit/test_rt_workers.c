@@ -5,7 +5,6 @@
  * deregisters at once, a wrong model is refused with a reason, and workers
  * re-register by themselves after a router restart.
  */
-#include <sys/stat.h>
 #include <signal.h>
 #include <unistd.h>
 #include <sys/wait.h>
@@ -75,20 +74,10 @@ static int run_worker(const char *router, const char *model, const char *id) {
     return c.exit_code;
 }
 
+TT_CHILD(rt_worker) { return argc == 3 ? run_worker(argv[0], argv[1], argv[2]) : 99; }
+
 static pid_t spawn_worker(const char *router, const char *model, const char *id) {
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0) {
-        /* Like a real worker process, hold none of the router's sockets
-         * (a forked copy of its listener would keep the port bound). Only
-         * sockets: libuv's fork handler just made pipes it needs. */
-        for (int fd = 3; fd < 1024; fd++) {
-            struct stat sb;
-            if (fstat(fd, &sb) == 0 && S_ISSOCK(sb.st_mode)) close(fd);
-        }
-        _exit(run_worker(router, model, id));
-    }
-    return pid;
+    return tt_spawn("rt_worker", (const char *[]){router, model, id, NULL});
 }
 
 /* Turns the loop until @pred(core) is @want or @ms pass; returns elapsed
