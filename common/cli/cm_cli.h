@@ -25,4 +25,7 @@ enum {
 bool cm_cli_parse(const cm_cmd_spec_t *spec, int argc, char **argv, char **pos, int *npos,
                   int *exit_code);
 
+/* `tandem up` (cm_up.c). Returns the process exit code. */
+int cm_cmd_up(int argc, char **argv);
+
 #endif /* TANDEM_CM_CLI_H */

@@ -24,7 +24,7 @@ static const tandem_cmd_t k_commands[] = {
     {"prefill", "prefill worker: runs prompts, streams KV blocks to decode workers", NULL},
     {"decode", "decode worker: receives KV blocks, batches and generates tokens", NULL},
     {"worker", "colocated worker: prefill and decode in one process", NULL},
-    {"up", "launch and supervise a local cluster (router + workers)", NULL},
+    {"up", "launch and supervise a local cluster (router + workers)", cm_cmd_up},
     {"generate", "generate text from a model in this process", NULL},
     {"tokenize", "tokenize stdin text to ids, or decode ids to text", NULL},
     {"bench", "benchmarks (see tandem bench --help)", bench_main},
