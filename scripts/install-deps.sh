@@ -24,6 +24,8 @@ PKGS=(
   redis-server
   nghttp2-client
   python3-venv
+  # gRPC reference client for the gRPC API tests (run with /usr/bin/python3).
+  python3-grpcio python3-protobuf protobuf-compiler
 )
 
 # Extra package names (space-separated), e.g. for a test of the error path.

@@ -30,19 +30,29 @@ typedef struct {
     uint32_t max_batch;
 } script_t;
 
+typedef struct worker worker_t;
+
+/* One job being streamed; a worker runs up to 32 at once. */
 typedef struct {
+    worker_t *w;
+    uv_timer_t timer;
+    uint64_t id;
+    int32_t next_token;
+    uint32_t left, sent, max_tokens;
+    bool busy;
+} job_t;
+
+struct worker {
     uv_loop_t *loop;
     cm_cp_agent_t *agent;
     script_t s;
     int report_fd;
     uv_signal_t sig;
-    /* One job at a time is enough for these tests. */
-    uv_timer_t timer;
-    uint64_t job_id;
-    int32_t next_token;
-    uint32_t left, sent;
-    bool busy;
-} worker_t;
+    job_t jobs[32];
+    /* Decode: max_tokens of reserved requests, by id. */
+    uint64_t reserved_id[32];
+    uint32_t reserved_max[32];
+};
 
 static cm_cp_msg_t env(void) {
     cm_cp_msg_t m = TANDEM__CP__ENVELOPE__INIT;
@@ -51,42 +61,47 @@ static cm_cp_msg_t env(void) {
 }
 
 static void stream_one(uv_timer_t *t) {
-    worker_t *w = t->data;
-    if (!w->busy) return;
+    job_t *j = t->data;
+    worker_t *w = j->w;
+    if (!j->busy) return;
     Tandem__Cp__TokenStream ts = TANDEM__CP__TOKEN_STREAM__INIT;
-    int32_t tok = w->next_token;
+    int32_t tok = j->next_token;
     char text[32];
     snprintf(text, sizeof text, "%d;", tok);
-    ts.request_id = w->job_id;
+    ts.request_id = j->id;
     ts.n_token_ids = 1;
     ts.token_ids = &tok;
     ts.text = text;
-    w->next_token = (w->next_token + 1) % 1000;
-    w->left--;
-    w->sent++;
-    ts.completion_tokens = w->sent;
-    if (w->left == 0) {
+    j->next_token = (j->next_token + 1) % 1000;
+    j->left--;
+    j->sent++;
+    ts.completion_tokens = j->sent;
+    if (j->left == 0) {
         ts.finish_reason = TANDEM__CP__FINISH_REASON__FINISH_LENGTH;
-        w->busy = false;
+        j->busy = false;
         uv_timer_stop(t);
     }
     cm_cp_msg_t m = env();
     m.body_case = TANDEM__CP__ENVELOPE__BODY_TOKENS;
     m.tokens = &ts;
     cm_cp_agent_send(w->agent, &m);
-    if (w->s.crash_after && (int)w->sent >= w->s.crash_after) {
+    if (w->s.crash_after && (int)j->sent >= w->s.crash_after) {
         cm_time_sleep_ns(20000000); /* let the message leave */
         _exit(9);
     }
 }
 
 static void start_stream(worker_t *w, uint64_t id, int32_t first, uint32_t n) {
-    w->job_id = id;
-    w->next_token = first;
-    w->left = n;
-    w->sent = 0;
-    w->busy = true;
-    uv_timer_start(&w->timer, stream_one, w->s.delay_ms + 1, 5);
+    job_t *j = NULL;
+    for (int i = 0; i < 32 && !j; i++)
+        if (!w->jobs[i].busy) j = &w->jobs[i];
+    if (!j) _exit(32); /* more concurrent jobs than this script handles */
+    j->id = id;
+    j->next_token = first;
+    j->left = n;
+    j->sent = 0;
+    j->busy = true;
+    uv_timer_start(&j->timer, stream_one, w->s.delay_ms + 1, 5);
 }
 
 static void on_msg(void *ud, const cm_cp_msg_t *msg) {
@@ -96,9 +111,11 @@ static void on_msg(void *ud, const cm_cp_msg_t *msg) {
     case TANDEM__CP__ENVELOPE__BODY_CANCEL:
         snprintf(line, sizeof line, "C%llu\n", (unsigned long long)msg->cancel->request_id);
         if (write(w->report_fd, line, strlen(line)) < 0) _exit(30);
-        if (w->job_id == msg->cancel->request_id) {
-            w->busy = false;
-            uv_timer_stop(&w->timer);
+        for (int i = 0; i < 32; i++) {
+            if (w->jobs[i].busy && w->jobs[i].id == msg->cancel->request_id) {
+                w->jobs[i].busy = false;
+                uv_timer_stop(&w->jobs[i].timer);
+            }
         }
         return;
     case TANDEM__CP__ENVELOPE__BODY_PREFILL_JOB: {
@@ -136,13 +153,19 @@ static void on_msg(void *ud, const cm_cp_msg_t *msg) {
         cm_cp_msg_t m = env();
         m.body_case = TANDEM__CP__ENVELOPE__BODY_RESERVE_REPLY;
         m.reserve_reply = &rep;
-        w->left = rb->sampling->max_tokens; /* remembered for KvReady */
+        int slot = (int)(rb->request_id % 32);
+        w->reserved_id[slot] = rb->request_id;
+        w->reserved_max[slot] = rb->sampling->max_tokens;
         cm_cp_agent_send(w->agent, &m);
         return;
     }
-    case TANDEM__CP__ENVELOPE__BODY_KV_READY:
-        start_stream(w, msg->kv_ready->request_id, msg->kv_ready->first_token, w->left);
+    case TANDEM__CP__ENVELOPE__BODY_KV_READY: {
+        int slot = (int)(msg->kv_ready->request_id % 32);
+        if (w->reserved_id[slot] != msg->kv_ready->request_id) _exit(33);
+        start_stream(w, msg->kv_ready->request_id, msg->kv_ready->first_token,
+                     w->reserved_max[slot]);
         return;
+    }
     default:
         return;
     }
@@ -152,8 +175,10 @@ static void on_sigterm(uv_signal_t *s, int signum) {
     worker_t *w = s->data;
     uv_signal_stop(s);
     uv_close((uv_handle_t *)s, NULL);
-    uv_timer_stop(&w->timer);
-    uv_close((uv_handle_t *)&w->timer, NULL);
+    for (int i = 0; i < 32; i++) {
+        uv_timer_stop(&w->jobs[i].timer);
+        uv_close((uv_handle_t *)&w->jobs[i].timer, NULL);
+    }
     cm_cp_agent_stop(w->agent, "SIGTERM");
 }
 
@@ -161,9 +186,13 @@ static int run_worker(const char *router, const char *id, script_t s, int report
     void *z = zmq_ctx_new();
     uv_loop_t loop;
     uv_loop_init(&loop);
-    worker_t w = {.loop = &loop, .s = s, .report_fd = report_fd};
-    uv_timer_init(&loop, &w.timer);
-    w.timer.data = &w;
+    static worker_t w;
+    w = (worker_t){.loop = &loop, .s = s, .report_fd = report_fd};
+    for (int i = 0; i < 32; i++) {
+        w.jobs[i].w = &w;
+        uv_timer_init(&loop, &w.jobs[i].timer);
+        w.jobs[i].timer.data = &w.jobs[i];
+    }
     uv_signal_init(&loop, &w.sig);
     w.sig.data = &w;
     uv_signal_start(&w.sig, on_sigterm, SIGTERM);
