@@ -26,6 +26,8 @@ PKGS=(
   python3-venv
   # gRPC reference client for the gRPC API tests (run with /usr/bin/python3).
   python3-grpcio python3-protobuf protobuf-compiler
+  # YAML parser for the deployment-manifest checks.
+  python3-yaml
 )
 
 # Extra package names (space-separated), e.g. for a test of the error path.
