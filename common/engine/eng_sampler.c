@@ -280,7 +280,14 @@ static inline float fast_exp(float x) {
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
 
+/* ThreadSanitizer instruments the ifunc resolvers target_clones creates,
+ * and they run before its runtime is up (a crash at load time): under TSan
+ * the rows use the baseline code only. */
+#if defined(__SANITIZE_THREAD__)
+#define SM_CLONES
+#else
 #define SM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
 
 static inline __attribute__((always_inline)) v8f v8f_load(const float *p) {
     v8f v;

@@ -156,12 +156,12 @@ static void start_job(job_t *j, int idx) {
             close(nul);
         }
         setenv("TT_TMPDIR", j->tmp, 1);
-        g_tmpdir = j->tmp;
         if (j->test) {
-            j->test->fn();
-            fflush(stdout);
-            fflush(stderr);
-            exit(0); /* exit(), not _exit(): LeakSanitizer checks here */
+            /* A fresh image per test: nothing inherited from the runner,
+             * and sanitizers that dislike fork (TSan) start clean. */
+            execl("/proc/self/exe", "tandem-tests", "--run-one", j->name, (char *)NULL);
+            fprintf(stderr, "exec %s: %s\n", j->name, strerror(errno));
+            _exit(126);
         }
         if (chdir(g_root) != 0) _exit(126);
         execl(j->path, j->path, (char *)NULL);
@@ -216,6 +216,24 @@ int main(int argc, char **argv) {
         for (tt_child_t *c = g_children; c; c = c->next)
             if (strcmp(c->name, argv[2]) == 0) return c->fn(argc - 3, argv + 3);
         fprintf(stderr, "tandem-tests: no child program '%s'\n", argv[2]);
+        return 127;
+    }
+    if (argc == 3 && strcmp(argv[1], "--run-one") == 0) {
+        /* Child of the runner: one test, in this process. */
+        snprintf(g_root, sizeof g_root, "%s", getenv("TANDEM_ROOT") ? getenv("TANDEM_ROOT") : ".");
+        snprintf(g_build, sizeof g_build, "%s",
+                 getenv("TANDEM_BUILD") ? getenv("TANDEM_BUILD") : "build");
+        g_tmpdir = getenv("TT_TMPDIR");
+        for (tt_test_t *t = g_tests; t; t = t->next) {
+            char name[256];
+            snprintf(name, sizeof name, "%s.%s", t->suite, t->name);
+            if (strcmp(name, argv[2]) != 0) continue;
+            t->fn();
+            fflush(stdout);
+            fflush(stderr);
+            return 0; /* a normal exit: LeakSanitizer checks here */
+        }
+        fprintf(stderr, "tandem-tests: no test '%s'\n", argv[2]);
         return 127;
     }
     int jobs_max = 1, def_timeout = TT_DEFAULT_TIMEOUT_S;
