@@ -317,6 +317,9 @@ static void http_conn_complete(http_conn_t *k, size_t extra) {
     http_req_t *r = k->req;
     bench_http_t *c = k->c;
     bool keep = llhttp_should_keep_alive(&k->parser) && extra == 0;
+    if (!keep)
+        cm_log_debug("bench", "connection not reused (keep-alive %d, %zu bytes after the response)",
+                     llhttp_should_keep_alive(&k->parser), extra);
     k->req = NULL;
     r->conn = NULL;
     if (keep) {
@@ -396,6 +399,7 @@ static void http_connected(uv_connect_t *cr, int status) {
 
 /* Opens a connection for @r. On failure @r ends with a connect error. */
 static void http_conn_open(bench_http_t *c, http_req_t *r) {
+    cm_log_debug("bench", "opening connection %zu", c->n_conns + 1);
     http_conn_t *k = cm_calloc(1, sizeof *k);
     if (!k) {
         http_req_finish(r, BENCH_ERR_CONNECT);
