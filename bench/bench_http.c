@@ -344,6 +344,7 @@ static void http_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     }
     http_req_t *r = k->req;
     if (nread < 0) {
+        cm_log_debug("bench", "connection read ended: %s", uv_strerror((int)nread));
         if (nread == UV_EOF && r->got_bytes) {
             /* A body delimited by the end of the connection ends here. */
             k->read_ns = now;

@@ -22,6 +22,7 @@ Prints "PORT <n>" on stdout once listening.
 """
 import argparse
 import json
+import os
 import socket
 import struct
 import sys
@@ -137,7 +138,9 @@ class Handler(BaseHTTPRequestHandler):
                 # SO_LINGER 0: close() sends an RST instead of a FIN.
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                            struct.pack("ii", 1, 0))
-                self.connection.close()
+                # Close the descriptor itself: socketserver would shut the
+                # write side down first, and that FIN could beat the RST.
+                os.close(self.connection.detach())
                 self.close_connection = True
                 return
             if model == "stream-err" and i == 0:
