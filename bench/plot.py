@@ -68,12 +68,12 @@ def line_chart(runs, series, ylabel, title, path):
         return False
     fig, axs = plt.subplots(1, len(sweeps), figsize=(6.5 * len(sweeps), 4.5), squeeze=False)
     for ax, (phase, key, xlabel) in zip(axs[0], sweeps):
-        for name, pts in runs:
+        for ri, (name, pts) in enumerate(runs):
             xs, sel = sweep(pts, phase, key)
             if not xs:
                 continue
             for mpath, mlabel, style in series:
-                ax.plot(xs, [metric(p, mpath) for p in sel], style, marker="o",
+                ax.plot(xs, [metric(p, mpath) for p in sel], style, marker="o", color="C%d" % ri,
                         label="%s %s" % (name, mlabel) if mlabel else name)
         if phase == "concurrency" and len({x for _, pts in runs for x in sweep(pts, phase, key)[0]}) > 2:
             ax.set_xscale("log", base=2)
@@ -124,11 +124,12 @@ def latency_chart(runs, path):
                ("tpot_ms", "TPOT (ms/token)")]
     fig, axs = plt.subplots(1, 3, figsize=(18, 4.8))
     for ax, (m, ylabel) in zip(axs, metrics):
-        for name, pts in runs:
+        for ri, (name, pts) in enumerate(runs):
             by = {p.get("label"): p for p in pts}
             for q, style in (("p50", "-"), ("p90", "--"), ("p95", "-."), ("p99", ":")):
                 ys = [metric(by[l], "%s.%s" % (m, q)) if l in by else float("nan") for l in labels]
-                ax.plot(range(len(labels)), ys, style, marker="o", label="%s %s" % (name, q))
+                ax.plot(range(len(labels)), ys, style, marker="o", color="C%d" % ri,
+                        label="%s %s" % (name, q))
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=30, ha="right")
         ax.set_ylabel(ylabel)
