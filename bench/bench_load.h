@@ -27,11 +27,12 @@
 /*
  * Called once per dispatched event. @event is the "event:" field ("message"
  * when absent), @data the "data:" lines joined with '\n' (NUL-terminated,
- * @len bytes without the NUL). Both are valid only during the call. Return 0
- * to go on, anything else to stop: bench_sse_feed then returns
- * CM_ERR_CANCELED and the parser must be reset before further use.
+ * @len bytes without the NUL); the callback may modify @data in place (e.g.
+ * with bench_chunk_parse). Both are valid only during the call. Return 0 to
+ * go on, anything else to stop: bench_sse_feed then returns CM_ERR_CANCELED
+ * and the parser must be reset before further use.
  */
-typedef int (*bench_sse_event_fn)(void *ud, const char *event, const char *data, size_t len);
+typedef int (*bench_sse_event_fn)(void *ud, const char *event, char *data, size_t len);
 
 typedef struct bench_sse bench_sse_t;
 
@@ -164,9 +165,11 @@ typedef enum {
 /*
  * The synthetic ShareGPT-like length model: input and output token counts are
  * independent log-normals, round(exp(mu + sigma * N(0,1))), clamped to
- * [min, max]. The defaults (BENCH_SHAREGPT_DEFAULTS) follow the shape of the
- * ShareGPT V3 set as used by vLLM's benchmark (medians ~ 120 and ~ 150
- * tokens, long right tails), with the input clamp at 2,048 tokens.
+ * [min, max]. The defaults (BENCH_SHAREGPT_DEFAULTS) give the shape of
+ * ShareGPT conversations as load generators use them: medians ~130 tokens,
+ * means ~215 (input) and ~200 (output) tokens before clamping, long right
+ * tails, inputs clamped at 2,048 tokens. They are chosen to resemble the data
+ * set, not fitted to it; pass a real file for the real distribution.
  */
 typedef struct {
     double in_mu, in_sigma;
@@ -175,10 +178,10 @@ typedef struct {
     int32_t out_min, out_max;
 } bench_sharegpt_model_t;
 
-#define BENCH_SHAREGPT_DEFAULTS                                                    \
-    {                                                                              \
-        .in_mu = 4.8, .in_sigma = 1.0, .in_min = 4, .in_max = 2048, .out_mu = 5.0, \
-        .out_sigma = 0.9, .out_min = 4, .out_max = 1024                            \
+#define BENCH_SHAREGPT_DEFAULTS                                                      \
+    {                                                                                \
+        .in_mu = 4.87, .in_sigma = 1.0, .in_min = 4, .in_max = 2048, .out_mu = 4.88, \
+        .out_sigma = 0.9, .out_min = 4, .out_max = 1024                              \
     }
 
 typedef struct {

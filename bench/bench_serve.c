@@ -261,10 +261,10 @@ static void run_check_done(run_t *r) {
 
 /* ---- one request ------------------------------------------------------- */
 
-static int rq_on_event(void *ud, const char *event, const char *data, size_t len) {
+static int rq_on_event(void *ud, const char *event, char *data, size_t len) {
     rq_t *q = ud;
     bench_chunk_t c;
-    if (bench_chunk_parse((char *)data, len, q->run->chat, &c) != CM_OK) {
+    if (bench_chunk_parse(data, len, q->run->chat, &c) != CM_OK) {
         q->stream_err = true;
         return 1;
     }

@@ -48,7 +48,7 @@ typedef struct {
     int events;
 } sse_log_t;
 
-static int sse_collect(void *ud, const char *event, const char *data, size_t len) {
+static int sse_collect(void *ud, const char *event, char *data, size_t len) {
     sse_log_t *l = ud;
     TT_ASSERT_EQ_INT(strlen(data), len);
     l->len += (size_t)snprintf(l->log + l->len, sizeof l->log - l->len, "[%s|%s]", event, data);
