@@ -18,6 +18,7 @@
 
 /* ---- flags -------------------------------------------------------------- */
 
+static const char *g_baseline_lens;
 static const char *g_url, *g_endpoint, *g_model, *g_workload, *g_sharegpt, *g_conc, *g_rate, *g_out;
 static int64_t g_input_len, g_output_len, g_prefix_len, g_turns, g_turn_len, g_max_tokens, g_seed,
     g_warmup, g_baseline, g_num_requests, g_max_conns;
@@ -126,6 +127,11 @@ static const cm_flag_t k_flags[] = {
      .help = "sequential baseline requests (0 = no baseline point)",
      .min = 0,
      .max = 1000000},
+    {.name = "baseline-lens",
+     .type = CM_FLAG_STRING,
+     .dst = &g_baseline_lens,
+     .def = "",
+     .help = "run the baseline at each of these prompt lengths instead, e.g. 128,512,1024"},
     {.name = "concurrency",
      .type = CM_FLAG_STRING,
      .dst = &g_conc,
@@ -190,6 +196,7 @@ typedef struct {
     int conc;
     double rate;
     char label[64];
+    int32_t input_len; /* baseline at a fixed prompt length, else 0 */
     uint64_t t_start, t_end;
     rq_result_t *res;
     size_t n_res, cap_res;
@@ -699,6 +706,7 @@ static cJSON *json_point(const point_t *pt, const point_stats_t *s) {
     if (!o) return NULL;
     cJSON_AddStringToObject(o, "phase", k_phase_names[pt->phase]);
     cJSON_AddStringToObject(o, "label", pt->label);
+    if (pt->input_len) cJSON_AddNumberToObject(o, "input_len", pt->input_len);
     cJSON_AddItemToObject(o, "concurrency",
                           pt->phase == PH_RATE ? cJSON_CreateNull() : cJSON_CreateNumber(pt->conc));
     cJSON_AddItemToObject(o, "rate",
@@ -886,14 +894,19 @@ int bench_serve_main(int argc, char **argv) {
     int code, npos;
     if (!cm_cli_parse(&spec, argc, argv, NULL, &npos, &code)) return code;
     const char *prog = spec.prog;
-    double concs[MAX_POINTS], rates[MAX_POINTS];
+    double concs[MAX_POINTS], rates[MAX_POINTS], blens[MAX_POINTS];
     int n_conc = parse_list(g_conc, concs, MAX_POINTS, true);
     int n_rate = parse_list(g_rate, rates, MAX_POINTS, false);
-    if (n_conc < 0 || n_rate < 0) {
+    int n_blen = parse_list(g_baseline_lens, blens, MAX_POINTS, true);
+    if (n_conc < 0 || n_rate < 0 || n_blen < 0) {
         fprintf(stderr,
-                "%s: --concurrency and --rate take comma-separated positive numbers "
-                "(concurrency: integers), at most %d\n",
+                "%s: --concurrency, --rate and --baseline-lens take comma-separated positive "
+                "numbers (integers but for --rate), at most %d\n",
                 prog, MAX_POINTS);
+        return CM_EXIT_USAGE;
+    }
+    if (n_blen > 0 && g_baseline == 0) {
+        fprintf(stderr, "%s: --baseline-lens needs --baseline N (requests per length)\n", prog);
         return CM_EXIT_USAGE;
     }
     if (n_conc + n_rate == 0 && g_baseline == 0) {
@@ -932,7 +945,7 @@ int bench_serve_main(int argc, char **argv) {
 
     int rc = CM_EXIT_FAILURE;
     run_t *r = cm_calloc(1, sizeof *r);
-    point_t *pts = cm_calloc(MAX_POINTS * 2 + 1, sizeof *pts);
+    point_t *pts = cm_calloc(MAX_POINTS * 3 + 1, sizeof *pts);
     cJSON *config = cJSON_CreateObject();
     size_t n_pts = 0;
     bool loop_ready = false;
@@ -1006,7 +1019,31 @@ int bench_serve_main(int argc, char **argv) {
         fflush(stdout);
         if ((st = run_point(r, NULL, 1, 0, seq_ms, (uint64_t)g_warmup)) != CM_OK) goto failed;
     }
-    if (g_baseline > 0) {
+    for (int i = 0; i < n_blen; i++) {
+        /* Fixed prompts of each length, from the same seed. */
+        point_t *pt = &pts[n_pts++];
+        pt->phase = PH_BASELINE;
+        pt->conc = 1;
+        pt->input_len = (int32_t)blens[i];
+        snprintf(pt->label, sizeof pt->label, "baseline@in=%d", pt->input_len);
+        bench_wl_cfg_t bc = {.kind = BENCH_WL_FIXED,
+                             .seed = (uint64_t)g_seed,
+                             .input_len = pt->input_len,
+                             .output_len = (int32_t)g_output_len};
+        bench_workload_t *main_wl = r->wl, *bwl;
+        if (bench_workload_new(&bc, &bwl, err, sizeof err) != CM_OK) {
+            fprintf(stderr, "%s: --baseline-lens: %s\n", prog, err);
+            goto cleanup;
+        }
+        printf("%s: %lld sequential requests\n", pt->label, (long long)g_baseline);
+        fflush(stdout);
+        r->wl = bwl;
+        st = run_point(r, pt, 1, 0, seq_ms, (uint64_t)g_baseline);
+        r->wl = main_wl;
+        bench_workload_free(bwl);
+        if (st != CM_OK) goto failed;
+    }
+    if (g_baseline > 0 && n_blen == 0) {
         point_t *pt = &pts[n_pts++];
         pt->phase = PH_BASELINE;
         pt->conc = 1;

@@ -128,13 +128,24 @@ err=$("$bin" bench serve --workload sharegpt --sharegpt /nonexistent.json 2>&1);
 [ $rc -eq 2 ] && grep -q nonexistent <<<"$err" || fail "missing sharegpt: rc=$rc $err"
 
 # 5. compare: the table with differences and % change.
+# B also has a baseline at two prompt lengths (points A lacks).
 serve --model m --input-len 16 --output-len 6 --concurrency 1,4 --num-requests 4 \
-  --out "$tmp/b" >/dev/null 2>&1 || fail "serve b"
+  --baseline 2 --baseline-lens 8,32 --out "$tmp/b" >"$tmp/b.log" 2>&1 || fail "serve b: $(cat "$tmp/b.log")"
+check "$tmp/b.json" <<'EOF'
+import json, sys
+pts = json.load(open(sys.argv[1]))["points"]
+assert [p["label"] for p in pts] == ["baseline@in=8", "baseline@in=32", "concurrency=1",
+                                     "concurrency=4"], [p["label"] for p in pts]
+for p, n in zip(pts[:2], (8, 32)):
+    assert p["input_len"] == n and p["ok"] == 2 and p["input_tokens"] == 2 * n, p
+EOF
 "$bin" bench compare --label-a NO-OFFLOAD --label-b NATIVE-OFFLOAD --csv "$tmp/cmp.csv" \
   "$tmp/a.json" "$tmp/b.json" >"$tmp/cmp.txt" || fail "compare failed"
 grep -q "NO-OFFLOAD" "$tmp/cmp.txt" && grep -q "% Change" "$tmp/cmp.txt" || fail "compare table"
-grep -q "^  baseline .*| *- *| *- *| *- *$" <<<"$(grep -A4 '^output_tok_s' "$tmp/cmp.txt")" \
+grep -q "^  baseline .*| *- *| *- *| *- *$" <<<"$(grep -A7 '^output_tok_s' "$tmp/cmp.txt")" \
   || fail "a point only in A should show '-' for B: $(cat "$tmp/cmp.txt")"
+grep -q "^  baseline@in=32 *| *- *|" <<<"$(grep -A7 '^output_tok_s' "$tmp/cmp.txt")" \
+  || fail "a point only in B should show '-' for A: $(cat "$tmp/cmp.txt")"
 check "$tmp/cmp.csv" "$tmp/a.json" "$tmp/b.json" <<'EOF'
 import csv, json, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
