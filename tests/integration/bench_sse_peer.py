@@ -41,6 +41,9 @@ def words(text):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Without TCP_NODELAY, Nagle holds each small chunk until the client's
+    # delayed ACK (~40 ms) and the timings would be the kernel's, not ours.
+    disable_nagle_algorithm = True
 
     def log_message(self, fmt, *args):
         pass
@@ -164,6 +167,7 @@ def main():
     ap.add_argument("--itl-ms", type=float, default=10)
     ap.add_argument("--lifetime-s", type=float, default=120, help="exit after this long")
     ARGS = ap.parse_args()
+    ThreadingHTTPServer.request_queue_size = 256  # the default 5 drops SYNs under load
     srv = ThreadingHTTPServer(("127.0.0.1", ARGS.port), Handler)
     srv.daemon_threads = True
     print("PORT %d" % srv.server_address[1], flush=True)
