@@ -881,6 +881,14 @@ static int parse_list(const char *s, double *out, int cap, bool ints) {
     return n;
 }
 
+/* The first IPv4 address of @ai, else its first address: "localhost" often
+ * resolves to ::1 first while servers commonly listen on 127.0.0.1. */
+static const struct sockaddr *pick_addr(const struct addrinfo *ai) {
+    for (const struct addrinfo *a = ai; a; a = a->ai_next)
+        if (a->ai_family == AF_INET) return a->ai_addr;
+    return ai->ai_addr;
+}
+
 static void close_walk(uv_handle_t *h, void *arg) {
     if (!uv_is_closing(h)) uv_close(h, NULL);
 }
@@ -983,7 +991,7 @@ int bench_serve_main(int argc, char **argv) {
     char hosthdr[300];
     snprintf(hosthdr, sizeof hosthdr, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
     cm_status_t st =
-        bench_http_new(&r->loop, gai.addrinfo->ai_addr, hosthdr, (size_t)g_max_conns, &r->http);
+        bench_http_new(&r->loop, pick_addr(gai.addrinfo), hosthdr, (size_t)g_max_conns, &r->http);
     uv_freeaddrinfo(gai.addrinfo);
     if (st != CM_OK) {
         fprintf(stderr, "%s: cannot set up the client: %s\n", prog, cm_strerror(st));
