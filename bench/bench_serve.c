@@ -224,6 +224,7 @@ typedef struct {
     uint64_t t_start, t_first, t_last, t_prev; /* t_last: latest read; t_prev: previous chunk */
     int64_t usage_in, usage_out, in_est;
     int32_t chunks;
+    int status;
     bool done_seen, finished, stream_err;
 } rq_t;
 
@@ -272,8 +273,7 @@ static int rq_on_event(void *ud, const char *event, char *data, size_t len) {
     rq_t *q = ud;
     bench_chunk_t c;
     if (bench_chunk_parse(data, len, q->run->chat, &c) != CM_OK) {
-        q->stream_err = true;
-        return 1;
+        return 1; /* rq_on_done reports it as a protocol error */
     }
     if (c.prompt_tokens >= 0) q->usage_in = c.prompt_tokens;
     if (c.completion_tokens >= 0) q->usage_out = c.completion_tokens;
@@ -315,8 +315,14 @@ static int rq_on_event(void *ud, const char *event, char *data, size_t len) {
     return 0;
 }
 
+static void rq_on_head(void *ud, int status, uint64_t t_ns) {
+    rq_t *q = ud;
+    q->status = status;
+}
+
 static int rq_on_body(void *ud, const char *data, size_t len, uint64_t t_ns) {
     rq_t *q = ud;
+    if (q->status != 200) return 0; /* an error body: its status says it all */
     q->t_last = t_ns;
     return bench_sse_feed(q->sse, data, len) == CM_OK ? 0 : 1;
 }
@@ -360,7 +366,8 @@ static void rq_on_done(void *ud, bench_err_t err, int status, uint64_t t_ns) {
             err = BENCH_ERR_INCOMPLETE;
         }
     } else if (err == BENCH_ERR_STREAM && !q->stream_err) {
-        err = BENCH_ERR_PROTOCOL; /* the body callback failed for lack of memory */
+        /* The body callback stopped on a bad payload (or lack of memory). */
+        err = BENCH_ERR_PROTOCOL;
     }
     res.err = err;
     res.t_first = q->chunks ? q->t_first : 0;
@@ -477,7 +484,8 @@ cleanup:
     return out;
 }
 
-static const bench_http_cb_t k_rq_cb = {.on_body = rq_on_body, .on_done = rq_on_done};
+static const bench_http_cb_t k_rq_cb = {
+    .on_head = rq_on_head, .on_body = rq_on_body, .on_done = rq_on_done};
 
 /* Sends @u's current turn. Returns false when nothing was sent. */
 static bool rq_send(user_t *u) {

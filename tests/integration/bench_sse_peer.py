@@ -16,6 +16,7 @@ transfer encoding. The model name selects misbehaviour:
   split       sends every event in 1-3 byte pieces with CRLF line ends
   stream-err  sends one chunk, then an {"error": ...} event
   nodone      ends the stream without finish_reason or [DONE]
+  bad-json    sends one chunk, then an event whose data is not JSON
 
 GET /stats returns {"connections": N, "requests": M}.
 Prints "PORT <n>" on stdout once listening.
@@ -146,6 +147,9 @@ class Handler(BaseHTTPRequestHandler):
                 os.close(self.connection.detach())
                 self.close_connection = True
                 return
+            if model == "bad-json" and i == 0:
+                self.event("{not json", crlf, split)
+                break
             if model == "stream-err" and i == 0:
                 self.event({"error": {"message": "engine failed", "code": 500}}, crlf, split)
                 break

@@ -114,6 +114,7 @@ expect_error error-400 http_4xx
 expect_error reset "connection_reset|closed_early"
 expect_error stream-err stream_error
 expect_error nodone incomplete_stream
+expect_error bad-json protocol_error
 expect_error slow timeout --timeout 300ms
 dead=$(python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1]);s.close()")
 url=http://127.0.0.1:$dead expect_error m connect_refused
