@@ -122,6 +122,67 @@ TT_TEST(bench_sse, every_split_gives_the_same_events) {
         }
 }
 
+/* Events as "type\x1edata\x1f..." for the reference comparison. */
+typedef struct {
+    char *log;
+    size_t len, cap;
+} sse_raw_t;
+
+static int sse_raw(void *ud, const char *event, char *data, size_t len) {
+    sse_raw_t *l = ud;
+    size_t need = l->len + strlen(event) + len + 3;
+    if (need > l->cap) {
+        l->cap = need * 2;
+        l->log = realloc(l->log, l->cap);
+        TT_ASSERT(l->log);
+    }
+    l->len += (size_t)sprintf(l->log + l->len, "%s\x1e", event);
+    memcpy(l->log + l->len, data, len);
+    l->len += len;
+    l->log[l->len++] = 0x1f;
+    l->log[l->len] = 0;
+    return 0;
+}
+
+TT_TEST(bench_sse, random_streams_match_python_reference) {
+    cJSON *g = load_goldens();
+    const cJSON *cases = cJSON_GetObjectItem(g, "sse"), *c;
+    bench_rng_t rng;
+    bench_rng_seed(&rng, 5);
+    int n = 0;
+    cJSON_ArrayForEach(c, cases) {
+        const char *in = cJSON_GetObjectItem(c, "stream")->valuestring;
+        size_t len = strlen(in);
+        /* The expected log, from the reference's events. */
+        sse_raw_t want = {0};
+        const cJSON *ev;
+        cJSON_ArrayForEach(ev, cJSON_GetObjectItem(c, "events")) {
+            char *d = cJSON_GetArrayItem(ev, 1)->valuestring;
+            sse_raw(&want, cJSON_GetArrayItem(ev, 0)->valuestring, d, strlen(d));
+        }
+        for (int split = 0; split < 6; split++) {
+            sse_raw_t got = {0};
+            bench_sse_t *p = bench_sse_new(4096, sse_raw, &got);
+            for (size_t i = 0; i < len;) {
+                size_t k = split == 0 ? len : 1 + (size_t)bench_rng_below(&rng, split * 3);
+                if (k > len - i) k = len - i;
+                TT_ASSERT_EQ_INT(bench_sse_feed(p, in + i, k), CM_OK);
+                i += k;
+            }
+            TT_ASSERT_MSG((!want.len && !got.len) ||
+                              (want.len == got.len && !memcmp(want.log, got.log, want.len)),
+                          "case %d split %d: got %zu bytes of events, want %zu", n, split, got.len,
+                          want.len);
+            bench_sse_free(p);
+            free(got.log);
+        }
+        free(want.log);
+        n++;
+    }
+    TT_ASSERT(n >= 100);
+    cJSON_Delete(g);
+}
+
 TT_TEST(bench_sse, limits_and_cancel) {
     sse_log_t l = {0};
     bench_sse_t *p = bench_sse_new(16, sse_collect, &l);
