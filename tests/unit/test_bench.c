@@ -906,3 +906,35 @@ TT_TEST(bench_http, refused_timeout_reset) {
     TT_ASSERT_EQ_INT(r.done, 1);
     TT_ASSERT_EQ_INT(r.err, BENCH_ERR_CLOSED);
 }
+
+TT_TEST(bench_http, stale_keepalive_is_retried_once) {
+    /* The server answers the first request, then drops the connection on the
+     * second without answering (as a server closing an idle keep-alive
+     * connection does). The client resends it once on a fresh connection. */
+    static const char *const answers[] = {
+        "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na",
+        NULL,
+        "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb",
+    };
+    struct sockaddr_in sa;
+    canned_t srv = {.lfd = listen_any(&sa), .answers = answers, .n_answers = 3};
+    pthread_t th;
+    TT_ASSERT(pthread_create(&th, NULL, canned_main, &srv) == 0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    bench_http_t *c;
+    TT_ASSERT_EQ_INT(bench_http_new(&loop, (struct sockaddr *)&sa, "t", 1, &c), CM_OK);
+    client_rec_t r[2] = {0};
+    for (int i = 0; i < 2; i++)
+        TT_ASSERT_EQ_INT(bench_http_post(c, "/x", "{}", 2, 5000, &k_rec_cb, &r[i]), CM_OK);
+    run_until(&loop, &r[0].done, 1);
+    run_until(&loop, &r[1].done, 1);
+    TT_ASSERT_EQ_INT(r[0].err, BENCH_ERR_NONE);
+    TT_ASSERT_EQ_INT(r[1].err, BENCH_ERR_NONE);
+    TT_ASSERT_EQ_INT(r[1].body_len, 1);
+    TT_ASSERT_EQ_INT(r[1].body[0], 'b');
+    pthread_join(th, NULL);
+    TT_ASSERT_EQ_INT(srv.accepted, 2);
+    close_all(&loop, c);
+    close(srv.lfd);
+}
