@@ -299,9 +299,10 @@ size_t bench_http_pending(const bench_http_t *c);
 /* Connections open (busy or idle). */
 size_t bench_http_open_conns(const bench_http_t *c);
 /*
- * Fails every pending request with BENCH_ERR_CLOSED, closes every
- * connection and frees @c once the handles are closed (run the loop to
- * finish). Passing NULL does nothing.
+ * Fails every pending request with BENCH_ERR_CLOSED (their on_done runs
+ * inside this call and may not post again), closes every connection and
+ * frees @c once its handles are closed (run the loop to finish). Never call
+ * it from one of @c's callbacks. Passing NULL does nothing.
  */
 void bench_http_free(bench_http_t *c);
 
