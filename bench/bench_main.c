@@ -16,6 +16,9 @@ typedef struct {
 
 static const bench_entry_t k_benches[] = {
     {"hash", "hashing and checksum throughput (XXH64, CRC-32C)", bench_hash_main},
+    {"serve", "load an OpenAI-compatible endpoint: TTFT, TPOT, latency, throughput",
+     bench_serve_main},
+    {"compare", "side-by-side report of two `bench serve` results", bench_compare_main},
 };
 enum { N_BENCHES = sizeof k_benches / sizeof k_benches[0] };
 
