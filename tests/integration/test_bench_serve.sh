@@ -162,7 +162,7 @@ EOF
 
 # 6. Charts, when matplotlib is available (the shared venv has it; CI may not).
 py=
-for c in /work/main/build/venv/bin/python python3; do
+for c in "$root/build/venv/bin/python" python3; do
   if command -v "$c" >/dev/null && "$c" -c "import matplotlib" 2>/dev/null; then py=$c; break; fi
 done
 if [ -n "$py" ]; then
