@@ -107,6 +107,7 @@ ifeq ($(WITH_CUDA),1)
 endif
 
 # --- Rules ------------------------------------------------------------------
+.PHONY: pydeps
 .PHONY: all test run deps format format-check fuzz clean tools print-config venv
 
 all: $(BIN) $(TEST_BIN)
@@ -174,6 +175,11 @@ $(TEST_BIN): $(TEST_OBJS) $(LIB)
 deps:
 	@scripts/install-deps.sh
 
+# Python test clients (the openai SDK) in build/venv-test; quiet when present.
+TEST_VENV := build/venv-test
+pydeps: deps
+	@TANDEM_VENV=$(CURDIR)/$(TEST_VENV) scripts/venv.sh scripts/requirements-test.txt >/dev/null
+
 # Sanitizer run-time settings for the test run (suppressions cover only
 # third-party libraries that are not instrumented; see tests/sanitizers/).
 # Under TSan: report_mutex_bugs=0 because GCC 12's libtsan misreads glibc
@@ -187,9 +193,9 @@ ifneq ($(findstring thread,$(SANITIZER)),)
 endif
 
 # The test command the README gives and CI runs.
-test: deps
+test: deps pydeps
 	@$(MAKE) --no-print-directory all
-	@$(SAN_ENV) $(TEST_BIN) -j $(TEST_JOBS) --scripts tests/integration $(TEST_ARGS)
+	@$(SAN_ENV) TANDEM_TEST_PYTHON=$(CURDIR)/$(TEST_VENV)/bin/python $(TEST_BIN) -j $(TEST_JOBS) --scripts tests/integration $(TEST_ARGS)
 
 run: deps
 	@$(MAKE) --no-print-directory all

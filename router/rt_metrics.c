@@ -20,11 +20,11 @@ void rt_hist_observe(rt_hist_t *h, double v) {
 
 size_t rt_hist_render(const rt_hist_t *h, char *buf, size_t cap) {
     size_t n = 0;
-#define APPEND(...)                                                                        \
-    do {                                                                                   \
+#define APPEND(...)                                                                             \
+    do {                                                                                        \
         int w_ = snprintf(buf ? buf + (n < cap ? n : cap) : NULL, buf && n < cap ? cap - n : 0, \
-                          __VA_ARGS__);                                                    \
-        if (w_ > 0) n += (size_t)w_;                                                       \
+                          __VA_ARGS__);                                                         \
+        if (w_ > 0) n += (size_t)w_;                                                            \
     } while (0)
     APPEND("# HELP %s %s\n# TYPE %s histogram\n", h->name, h->help, h->name);
     uint64_t cum = 0;

@@ -6,9 +6,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#define OAI_MAX_STOP 16
+#define OAI_MAX_STOP     16
 #define OAI_MAX_STOP_LEN 256
-#define OAI_MAX_TOKENS (1u << 24)
+#define OAI_MAX_TOKENS   (1u << 24)
 
 struct rt_oai_req {
     rt_oai_kind_t kind;
@@ -85,14 +85,16 @@ static cm_status_t parse_prompt(rt_oai_req_t *r, const cJSON *p, rt_oai_error_t 
         return CM_OK;
     }
     if (!cJSON_IsArray(p) || cJSON_GetArraySize(p) == 0)
-        return bad(err, "prompt", "'prompt' must be a string, an array of token ids, or a "
-                                  "one-element array of either.");
+        return bad(err, "prompt",
+                   "'prompt' must be a string, an array of token ids, or a "
+                   "one-element array of either.");
     const cJSON *first = cJSON_GetArrayItem(p, 0);
     if (cJSON_IsNumber(first))
         return get_ids(p, "prompt", &r->prompt_ids, &r->gen.n_prompt_ids, err);
     if (cJSON_GetArraySize(p) != 1)
-        return bad(err, "prompt", "Batched prompts are not supported; send one prompt per "
-                                  "request.");
+        return bad(err, "prompt",
+                   "Batched prompts are not supported; send one prompt per "
+                   "request.");
     if (cJSON_IsString(first)) {
         r->gen.prompt = first->valuestring;
         r->gen.prompt_len = strlen(first->valuestring);
@@ -120,8 +122,9 @@ static cm_status_t parse_messages(rt_oai_req_t *r, const cJSON *m, rt_oai_error_
         const char *rs = role->valuestring;
         if (!strcmp(rs, "developer")) rs = "system";
         if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant"))
-            return bad(err, "messages", "messages[%zu].role '%s' is not supported (system, "
-                                        "developer, user, assistant).",
+            return bad(err, "messages",
+                       "messages[%zu].role '%s' is not supported (system, "
+                       "developer, user, assistant).",
                        i, role->valuestring);
         r->msgs[i].role = rs;
         if (!present(content) && !strcmp(rs, "assistant")) {
@@ -137,8 +140,10 @@ static cm_status_t parse_messages(rt_oai_req_t *r, const cJSON *m, rt_oai_error_
                 const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
                 if (!cJSON_IsString(type) || strcmp(type->valuestring, "text") ||
                     !cJSON_IsString(text))
-                    return bad(err, "messages", "messages[%zu].content: only text parts are "
-                                                "supported.", i);
+                    return bad(err, "messages",
+                               "messages[%zu].content: only text parts are "
+                               "supported.",
+                               i);
                 total += strlen(text->valuestring) + 1;
             }
             char *joined = cm_malloc(total);
@@ -154,8 +159,10 @@ static cm_status_t parse_messages(rt_oai_req_t *r, const cJSON *m, rt_oai_error_
             r->msg_text[r->n_msg_text++] = joined;
             r->msgs[i].content = joined;
         } else {
-            return bad(err, "messages", "messages[%zu].content must be a string or an array "
-                                        "of text parts.", i);
+            return bad(err, "messages",
+                       "messages[%zu].content must be a string or an array "
+                       "of text parts.",
+                       i);
         }
         i++;
     }
@@ -191,10 +198,10 @@ static cm_status_t parse_stop(rt_oai_req_t *r, const cJSON *s, rt_oai_error_t *e
     return CM_OK;
 }
 
-#define TRY(x)                          \
-    do {                                \
-        cm_status_t st_ = (x);          \
-        if (st_ != CM_OK) goto fail;    \
+#define TRY(x)                       \
+    do {                             \
+        cm_status_t st_ = (x);       \
+        if (st_ != CM_OK) goto fail; \
     } while (0)
 
 #define FIELD(name) cJSON_GetObjectItemCaseSensitive(root, name)
@@ -235,8 +242,8 @@ cm_status_t rt_oai_parse(rt_oai_kind_t kind, const char *body, size_t len, rt_oa
         TRY(parse_messages(r, FIELD("messages"), err));
     r->gen.prompt_ids = r->prompt_ids;
 
-    const char *mt = present(FIELD("max_completion_tokens")) ? "max_completion_tokens"
-                                                                : "max_tokens";
+    const char *mt =
+        present(FIELD("max_completion_tokens")) ? "max_completion_tokens" : "max_tokens";
     if (present(v = FIELD(mt))) {
         if (!get_int(v, 1, OAI_MAX_TOKENS, &iv)) {
             bad(err, mt, "'%s' must be an integer in [1, %u].", mt, OAI_MAX_TOKENS);
@@ -302,8 +309,9 @@ cm_status_t rt_oai_parse(rt_oai_kind_t kind, const char *body, size_t len, rt_oa
     if (present(v = FIELD("stream_options"))) {
         const cJSON *iu = cJSON_GetObjectItemCaseSensitive(v, "include_usage");
         if (!cJSON_IsObject(v) || (present(iu) && !cJSON_IsBool(iu))) {
-            bad(err, "stream_options", "'stream_options' must be an object with a boolean "
-                                       "'include_usage'.");
+            bad(err, "stream_options",
+                "'stream_options' must be an object with a boolean "
+                "'include_usage'.");
             goto fail;
         }
         if (!r->stream) {
@@ -372,8 +380,9 @@ cm_status_t rt_oai_parse(rt_oai_kind_t kind, const char *body, size_t len, rt_oa
         if (present(v = FIELD("response_format"))) {
             const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "type");
             if (!cJSON_IsString(t) || strcmp(t->valuestring, "text")) {
-                bad(err, "response_format", "Only response_format {\"type\": \"text\"} is "
-                                            "supported.");
+                bad(err, "response_format",
+                    "Only response_format {\"type\": \"text\"} is "
+                    "supported.");
                 goto fail;
             }
         }
@@ -529,7 +538,9 @@ static cJSON *chunk_base(const rt_oai_resp_t *r) {
     return o;
 }
 
-static const char *finish_name(rt_finish_t why) { return why == RT_FINISH_STOP ? "stop" : "length"; }
+static const char *finish_name(rt_finish_t why) {
+    return why == RT_FINISH_STOP ? "stop" : "length";
+}
 
 /* "data: <json>\n\n" from @o (deleted). */
 static char *sse(cJSON *o) {
@@ -671,7 +682,8 @@ void rt_oai_accumulate(rt_oai_resp_t *r, const rt_delta_t *d) {
 char *rt_oai_body(rt_oai_resp_t *r, rt_finish_t why, uint32_t prompt, uint32_t completion) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", r->id);
-    cJSON_AddStringToObject(o, "object", r->kind == RT_OAI_CHAT ? "chat.completion" : "text_completion");
+    cJSON_AddStringToObject(o, "object",
+                            r->kind == RT_OAI_CHAT ? "chat.completion" : "text_completion");
     cJSON_AddNumberToObject(o, "created", (double)r->created);
     cJSON_AddStringToObject(o, "model", r->model);
     cJSON *c = cJSON_CreateObject();

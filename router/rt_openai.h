@@ -27,7 +27,7 @@
 typedef enum { RT_OAI_COMPLETIONS = 0, RT_OAI_CHAT } rt_oai_kind_t;
 
 typedef struct {
-    int status;     /* HTTP status */
+    int status; /* HTTP status */
     const char *type;
     char message[256];
     char param[64]; /* "" = null */

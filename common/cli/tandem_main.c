@@ -11,6 +11,7 @@
 #include "cm_base.h"
 #include "cm_cli.h"
 #include "bench.h"
+#include "rt_cmd.h"
 #include "cm_gpu.h"
 
 typedef struct {
@@ -20,7 +21,7 @@ typedef struct {
 } tandem_cmd_t;
 
 static const tandem_cmd_t k_commands[] = {
-    {"router", "HTTP/gRPC front end and scheduler (OpenAI API)", NULL},
+    {"router", "HTTP/gRPC front end and scheduler (OpenAI API)", rt_cmd_router},
     {"prefill", "prefill worker: runs prompts, streams KV blocks to decode workers", NULL},
     {"decode", "decode worker: receives KV blocks, batches and generates tokens", NULL},
     {"worker", "colocated worker: prefill and decode in one process", NULL},

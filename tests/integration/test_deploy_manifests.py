@@ -81,13 +81,14 @@ for overlay in sorted(os.listdir(os.path.join(k8s, "overlays"))):
         for op in yaml.safe_load(p["patch"]):
             if op["op"] not in ("add", "replace", "remove"):
                 fail(f"{overlay}: unknown patch op {op}")
-    config = {}
-    for cm in by_kind.get("ConfigMap", {}).values():
-        config.update(cm.get("data", {}))
+    config = {}  # ConfigMap name -> its keys, with the overlay's patches applied
+    for name, cm in by_kind.get("ConfigMap", {}).items():
+        config[name] = dict(cm.get("data", {}))
     for p in k.get("patches", []):
         if p["target"].get("kind") == "ConfigMap":
             for op in yaml.safe_load(p["patch"]):
-                config[op["path"].split("/")[-1]] = op.get("value")
+                config.setdefault(p["target"]["name"], {})[op["path"].split("/")[-1]] = \
+                    op.get("value")
     deployments = by_kind.get("Deployment", {})
     for svc in by_kind.get("Service", {}).values():
         sel = svc["spec"]["selector"]
@@ -104,9 +105,11 @@ for overlay in sorted(os.listdir(os.path.join(k8s, "overlays"))):
                 fail(f"{overlay}: {name} runs unknown command 'tandem {cmd}'")
                 continue
             envs = {e["name"] for e in c.get("env", [])}
-            if any(ef.get("configMapRef", {}).get("name") == "tandem-config"
-                   for ef in c.get("envFrom", [])):
-                envs |= set(config)
+            for ef in c.get("envFrom", []):
+                ref = ef.get("configMapRef", {}).get("name")
+                if ref not in config:
+                    fail(f"{overlay}: {name} reads ConfigMap {ref}, which does not exist")
+                envs |= set(config.get(ref, {}))
             ports = {p["name"] for p in c.get("ports", [])}
             for probe in ("livenessProbe", "readinessProbe"):
                 if probe in c and c[probe].get("httpGet", {}).get(
