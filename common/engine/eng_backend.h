@@ -1,0 +1,37 @@
+/*
+ * eng_backend.h - the compute backend interface the forward pass is written
+ * against once ({iface, ctx}, like ggml_backend_i). `ref` is plain loops,
+ * obviously correct, the oracle every faster backend is tested against.
+ */
+#ifndef TANDEM_ENG_BACKEND_H
+#define TANDEM_ENG_BACKEND_H
+
+#include "mdl.h"
+
+typedef struct {
+    const char *name;
+    /* y[r][o] = sum_i x[r][i] * W[o][i] (+ bias[o]) for r < rows; W is
+     * [out][in] in its checkpoint dtype, x and y f32 row-major. */
+    void (*matmul)(void *ctx, const float *x, size_t rows, size_t in, const mdl_tensor_t *w,
+                   const float *bias, size_t out, float *y);
+    /* y[r] = x[r] / rms(x[r]) * weight, per row of @dim; y may equal x. */
+    void (*rmsnorm)(void *ctx, const float *x, size_t rows, size_t dim, const float *weight,
+                    float eps, float *y);
+    /* Frees the context. */
+    void (*free)(void *ctx);
+} eng_backend_i;
+
+typedef struct {
+    const eng_backend_i *iface;
+    void *ctx;
+} eng_backend_t;
+
+/* Scalar reference backend. */
+cm_status_t eng_backend_ref_new(eng_backend_t *out);
+/* Fast CPU backend (SIMD + threads). */
+cm_status_t eng_backend_cpu_new(eng_backend_t *out);
+
+/* Converts @n elements of @src (dtype @t) to f32. */
+void eng_to_f32(const void *src, mdl_dtype_t t, size_t n, float *dst);
+
+#endif /* TANDEM_ENG_BACKEND_H */

@@ -1,0 +1,547 @@
+/*
+ * eng_model.c - checkpoint loading and the forward pass, written once over
+ * the backend interface.
+ *
+ * Per layer: RMSNorm -> Q/K/V projections (+bias) -> q/k RMSNorm (Qwen3)
+ * -> RoPE (neox halves, llama3 scaling) -> K/V written into the paged pool
+ * -> causal GQA attention over the sequence's blocks -> O projection ->
+ * residual -> RMSNorm -> SwiGLU MLP or mixture of experts (softmax router,
+ * top-k, optional renormalization, tokens grouped per expert so each expert
+ * runs one matmul per batch; Qwen2-MoE adds a sigmoid-gated shared expert)
+ * -> residual. Then the final norm and LM head for rows that want logits.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "eng.h"
+#include "eng_backend.h"
+
+typedef struct {
+    mdl_tensor_t gate, up, down; /* [ff][h], [ff][h], [h][ff] */
+} mlp_t;
+
+typedef struct {
+    float *attn_norm, *mlp_norm; /* [hidden] f32 */
+    float *q_norm, *k_norm;      /* [head_dim] f32 (Qwen3) */
+    mdl_tensor_t wq, wk, wv, wo;
+    float *bq, *bk, *bv; /* biases (Qwen2) or NULL */
+    bool moe;
+    mlp_t mlp;           /* dense */
+    mdl_tensor_t router; /* [experts][hidden] */
+    mlp_t *experts;
+    bool has_shared;
+    mlp_t shared;
+    mdl_tensor_t shared_gate; /* [1][hidden] */
+} layer_t;
+
+struct eng_model {
+    mdl_config_t c;
+    mdl_weights_t *w;
+    eng_backend_t be;
+    eng_backend_kind_t kind;
+    mdl_tensor_t embed, lm_head;
+    float *final_norm;
+    layer_t *layers;
+    float *inv_freq; /* [head_dim / 2] */
+    size_t weight_bytes;
+    /* Scratch, grown as needed. */
+    float *buf;
+    size_t buf_cap;
+};
+
+cm_status_t eng_backend_parse(const char *s, eng_backend_kind_t *out) {
+    if (!s) return CM_ERR_INVALID_ARG;
+    if (!strcmp(s, "ref"))
+        *out = ENG_BACKEND_REF;
+    else if (!strcmp(s, "cpu"))
+        *out = ENG_BACKEND_CPU;
+    else if (!strcmp(s, "cuda"))
+        *out = ENG_BACKEND_CUDA;
+    else
+        return CM_ERR_INVALID_ARG;
+    return CM_OK;
+}
+
+/* Loads a small vector tensor as f32 (owned). */
+static cm_status_t vec_f32(const mdl_weights_t *w, const char *name, uint64_t n, bool required,
+                           float **out, char *err, size_t errlen) {
+    mdl_tensor_t t;
+    bool found = true;
+    uint64_t shape[1] = {n};
+    cm_status_t st = required ? mdl_weights_get(w, name, 1, shape, &t, err, errlen)
+                              : mdl_weights_find(w, name, 1, shape, &t, &found, err, errlen);
+    if (st != CM_OK) return st;
+    if (!found) {
+        *out = NULL;
+        return CM_OK;
+    }
+    float *v = cm_malloc_array(n, sizeof *v);
+    if (!v) return CM_ERR_NO_MEMORY;
+    eng_to_f32(t.data, t.dtype, n, v);
+    *out = v;
+    return CM_OK;
+}
+
+static cm_status_t mat(const mdl_weights_t *w, const char *name, uint64_t rows, uint64_t cols,
+                       mdl_tensor_t *out, size_t *bytes, char *err, size_t errlen) {
+    uint64_t shape[2] = {rows, cols};
+    cm_status_t st = mdl_weights_get(w, name, 2, shape, out, err, errlen);
+    if (st == CM_OK && bytes) *bytes += out->nbytes;
+    return st;
+}
+
+static cm_status_t load_mlp(const eng_model_t *m, const char *prefix, const char *g, const char *u,
+                            const char *d, uint32_t ff, mlp_t *out, size_t *bytes, char *err,
+                            size_t errlen) {
+    char name[256];
+    cm_status_t st;
+    snprintf(name, sizeof name, "%s.%s.weight", prefix, g);
+    if ((st = mat(m->w, name, ff, m->c.hidden, &out->gate, bytes, err, errlen))) return st;
+    snprintf(name, sizeof name, "%s.%s.weight", prefix, u);
+    if ((st = mat(m->w, name, ff, m->c.hidden, &out->up, bytes, err, errlen))) return st;
+    snprintf(name, sizeof name, "%s.%s.weight", prefix, d);
+    return mat(m->w, name, m->c.hidden, ff, &out->down, bytes, err, errlen);
+}
+
+static cm_status_t load_layer(eng_model_t *m, uint32_t l, char *err, size_t errlen) {
+    const mdl_config_t *c = &m->c;
+    layer_t *L = &m->layers[l];
+    char p[128], name[256];
+    cm_status_t st;
+    snprintf(p, sizeof p, "model.layers.%u", l);
+#define NAME(fmt) (snprintf(name, sizeof name, "%s." fmt, p), name)
+    if ((st = vec_f32(m->w, NAME("input_layernorm.weight"), c->hidden, true, &L->attn_norm, err,
+                      errlen)) ||
+        (st = vec_f32(m->w, NAME("post_attention_layernorm.weight"), c->hidden, true, &L->mlp_norm,
+                      err, errlen)))
+        return st;
+    uint32_t qd = c->n_heads * c->head_dim, kd = c->n_kv_heads * c->head_dim;
+    size_t *b = &m->weight_bytes;
+    if ((st = mat(m->w, NAME("self_attn.q_proj.weight"), qd, c->hidden, &L->wq, b, err, errlen)) ||
+        (st = mat(m->w, NAME("self_attn.k_proj.weight"), kd, c->hidden, &L->wk, b, err, errlen)) ||
+        (st = mat(m->w, NAME("self_attn.v_proj.weight"), kd, c->hidden, &L->wv, b, err, errlen)) ||
+        (st = mat(m->w, NAME("self_attn.o_proj.weight"), c->hidden, qd, &L->wo, b, err, errlen)))
+        return st;
+    /* Biases where the checkpoint has them (Qwen2 family). */
+    if ((st = vec_f32(m->w, NAME("self_attn.q_proj.bias"), qd, false, &L->bq, err, errlen)) ||
+        (st = vec_f32(m->w, NAME("self_attn.k_proj.bias"), kd, false, &L->bk, err, errlen)) ||
+        (st = vec_f32(m->w, NAME("self_attn.v_proj.bias"), kd, false, &L->bv, err, errlen)))
+        return st;
+    if (c->qk_norm && ((st = vec_f32(m->w, NAME("self_attn.q_norm.weight"), c->head_dim, true,
+                                     &L->q_norm, err, errlen)) ||
+                       (st = vec_f32(m->w, NAME("self_attn.k_norm.weight"), c->head_dim, true,
+                                     &L->k_norm, err, errlen))))
+        return st;
+    L->moe = mdl_config_layer_is_moe(c, l);
+    if (!L->moe) {
+        snprintf(p, sizeof p, "model.layers.%u.mlp", l);
+        return load_mlp(m, p, "gate_proj", "up_proj", "down_proj", c->intermediate, &L->mlp, b, err,
+                        errlen);
+    }
+    bool mixtral = c->arch == MDL_ARCH_MIXTRAL;
+    snprintf(p, sizeof p, "model.layers.%u.%s", l, mixtral ? "block_sparse_moe" : "mlp");
+    if ((st = mat(m->w, NAME("gate.weight"), c->n_experts, c->hidden, &L->router, b, err, errlen)))
+        return st;
+    L->experts = cm_calloc(c->n_experts, sizeof *L->experts);
+    if (!L->experts) return CM_ERR_NO_MEMORY;
+    for (uint32_t e = 0; e < c->n_experts; e++) {
+        char ep[160];
+        snprintf(ep, sizeof ep, "%s.experts.%u", p, e);
+        size_t eb = 0; /* only top_k experts are read per token */
+        st = mixtral ? load_mlp(m, ep, "w1", "w3", "w2", c->moe_intermediate, &L->experts[e], &eb,
+                                err, errlen)
+                     : load_mlp(m, ep, "gate_proj", "up_proj", "down_proj", c->moe_intermediate,
+                                &L->experts[e], &eb, err, errlen);
+        if (st) return st;
+        if (e < c->top_k) m->weight_bytes += eb;
+    }
+    if (c->arch == MDL_ARCH_QWEN2MOE && c->shared_intermediate) {
+        L->has_shared = true;
+        char sp[160];
+        snprintf(sp, sizeof sp, "%s.shared_expert", p);
+        if ((st = load_mlp(m, sp, "gate_proj", "up_proj", "down_proj", c->shared_intermediate,
+                           &L->shared, b, err, errlen)) ||
+            (st = mat(m->w, NAME("shared_expert_gate.weight"), 1, c->hidden, &L->shared_gate, b,
+                      err, errlen)))
+            return st;
+    }
+#undef NAME
+    return CM_OK;
+}
+
+static void rope_init(eng_model_t *m) {
+    const mdl_config_t *c = &m->c;
+    uint32_t half = c->head_dim / 2;
+    for (uint32_t i = 0; i < half; i++) {
+        float f = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_dim);
+        if (c->rope_llama3) {
+            /* transformers' _compute_llama3_parameters */
+            float low_wl = (float)c->rope_orig_max / c->rope_low_freq;
+            float high_wl = (float)c->rope_orig_max / c->rope_high_freq;
+            float wl = 2.0f * (float)M_PI / f;
+            float g = wl > low_wl ? f / c->rope_factor : f;
+            if (!(wl < high_wl) && !(wl > low_wl)) {
+                float s = ((float)c->rope_orig_max / wl - c->rope_low_freq) /
+                          (c->rope_high_freq - c->rope_low_freq);
+                g = (1.0f - s) * g / c->rope_factor + s * g;
+            }
+            f = g;
+        }
+        m->inv_freq[i] = f;
+    }
+}
+
+cm_status_t eng_model_load(const char *dir, eng_backend_kind_t backend, eng_model_t **out,
+                           char *err, size_t errlen) {
+    eng_model_t *m = cm_calloc(1, sizeof *m);
+    if (!m) return CM_ERR_NO_MEMORY;
+    cm_status_t st = mdl_config_load(dir, &m->c, err, errlen);
+    if (st) goto fail;
+    st = mdl_weights_open(dir, &m->w, err, errlen);
+    if (st) goto fail;
+    m->kind = backend;
+    st = backend == ENG_BACKEND_CPU   ? eng_backend_cpu_new(&m->be)
+         : backend == ENG_BACKEND_REF ? eng_backend_ref_new(&m->be)
+                                      : CM_ERR_UNSUPPORTED;
+    if (st) {
+        snprintf(err, errlen, "backend %s is not available in this build",
+                 backend == ENG_BACKEND_CUDA ? "cuda" : "?");
+        goto fail;
+    }
+    const mdl_config_t *c = &m->c;
+    uint64_t es[2] = {c->vocab, c->hidden};
+    if ((st = mdl_weights_get(m->w, "model.embed_tokens.weight", 2, es, &m->embed, err, errlen)))
+        goto fail;
+    bool found = false;
+    st = mdl_weights_find(m->w, "lm_head.weight", 2, es, &m->lm_head, &found, err, errlen);
+    if (st) goto fail;
+    if (!found) {
+        if (!c->tie_embeddings) {
+            snprintf(err, errlen, "tensor 'lm_head.weight' is missing and embeddings are not tied");
+            st = CM_ERR_NOT_FOUND;
+            goto fail;
+        }
+        m->lm_head = m->embed;
+    }
+    m->weight_bytes += m->lm_head.nbytes;
+    if ((st = vec_f32(m->w, "model.norm.weight", c->hidden, true, &m->final_norm, err, errlen)))
+        goto fail;
+    m->layers = cm_calloc(c->n_layers, sizeof *m->layers);
+    m->inv_freq = cm_malloc_array(c->head_dim / 2 + 1, sizeof *m->inv_freq);
+    if (!m->layers || !m->inv_freq) {
+        st = CM_ERR_NO_MEMORY;
+        goto fail;
+    }
+    for (uint32_t l = 0; l < c->n_layers; l++)
+        if ((st = load_layer(m, l, err, errlen))) goto fail;
+    rope_init(m);
+    *out = m;
+    return CM_OK;
+fail:
+    if (st == CM_ERR_NO_MEMORY) snprintf(err, errlen, "out of memory loading %s", dir);
+    eng_model_free(m);
+    return st;
+}
+
+void eng_model_free(eng_model_t *m) {
+    if (!m) return;
+    for (uint32_t l = 0; m->layers && l < m->c.n_layers; l++) {
+        layer_t *L = &m->layers[l];
+        cm_free(L->attn_norm);
+        cm_free(L->mlp_norm);
+        cm_free(L->q_norm);
+        cm_free(L->k_norm);
+        cm_free(L->bq);
+        cm_free(L->bk);
+        cm_free(L->bv);
+        cm_free(L->experts);
+    }
+    cm_free(m->layers);
+    cm_free(m->final_norm);
+    cm_free(m->inv_freq);
+    cm_free(m->buf);
+    if (m->be.iface) m->be.iface->free(m->be.ctx);
+    mdl_weights_close(m->w);
+    cm_free(m);
+}
+
+const mdl_config_t *eng_model_config(const eng_model_t *m) { return &m->c; }
+const char *eng_model_backend_name(const eng_model_t *m) { return m->be.iface->name; }
+size_t eng_model_weight_bytes(const eng_model_t *m) { return m->weight_bytes; }
+
+eng_kv_geom_t eng_model_kv_geom(const eng_model_t *m, uint32_t n_blocks, uint32_t block_size) {
+    eng_kv_geom_t g = {.n_layers = m->c.n_layers,
+                       .n_blocks = n_blocks,
+                       .block_size = block_size,
+                       .kv_heads = m->c.n_kv_heads,
+                       .head_dim = m->c.head_dim,
+                       .dtype_bytes = 4};
+    return g;
+}
+
+uint64_t eng_model_kv_fingerprint(const eng_model_t *m, const char *model_id, uint32_t block_size) {
+    eng_kv_fp_params_t p = {.model_id = model_id,
+                            .dtype = "f32",
+                            .n_layers = m->c.n_layers,
+                            .block_size = block_size,
+                            .kv_heads = m->c.n_kv_heads,
+                            .head_dim = m->c.head_dim,
+                            .tp_size = 1};
+    return eng_kv_fingerprint(&p);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Forward                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static inline float silu(float x) { return x / (1.0f + expf(-x)); }
+
+/* Applies RoPE (rotate_half convention) to @n_heads heads at @pos. */
+static void rope(const eng_model_t *m, float *x, uint32_t n_heads, uint32_t pos) {
+    uint32_t hd = m->c.head_dim, half = hd / 2;
+    for (uint32_t i = 0; i < half; i++) {
+        float a = (float)pos * m->inv_freq[i];
+        float cs = cosf(a), sn = sinf(a);
+        for (uint32_t h = 0; h < n_heads; h++) {
+            float *v = x + (size_t)h * hd;
+            float x0 = v[i], x1 = v[i + half];
+            v[i] = x0 * cs - x1 * sn;
+            v[i + half] = x1 * cs + x0 * sn;
+        }
+    }
+}
+
+/* out[ff] MLP of rows x[rows][hidden] -> y[rows][hidden] (scratch tmp). */
+static void mlp_run(eng_model_t *m, const mlp_t *p, const float *x, size_t rows, uint32_t ff,
+                    float *g, float *u, float *y) {
+    const eng_backend_i *be = m->be.iface;
+    be->matmul(m->be.ctx, x, rows, m->c.hidden, &p->gate, NULL, ff, g);
+    be->matmul(m->be.ctx, x, rows, m->c.hidden, &p->up, NULL, ff, u);
+    for (size_t i = 0; i < rows * ff; i++) g[i] = silu(g[i]) * u[i];
+    be->matmul(m->be.ctx, g, rows, ff, &p->down, NULL, m->c.hidden, y);
+}
+
+static float *scratch(eng_model_t *m, size_t floats) {
+    if (floats > m->buf_cap) {
+        float *b = cm_realloc_array(m->buf, floats, sizeof *b);
+        if (!b) return NULL;
+        m->buf = b;
+        m->buf_cap = floats;
+    }
+    return m->buf;
+}
+
+cm_status_t eng_forward(eng_model_t *m, eng_kv_t *kv, const eng_item_t *items, size_t n,
+                        float *logits) {
+    const mdl_config_t *c = &m->c;
+    const eng_backend_i *be = m->be.iface;
+    const eng_kv_geom_t *g = eng_kv_geom(kv);
+    if (g->n_layers != c->n_layers || g->kv_heads != c->n_kv_heads || g->head_dim != c->head_dim ||
+        g->dtype_bytes != 4)
+        return CM_ERR_INVALID_ARG;
+    size_t T = 0, n_logits = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!items[i].seq || items[i].n == 0 ||
+            items[i].start + items[i].n > eng_kv_seq_len(items[i].seq))
+            return CM_ERR_INVALID_ARG;
+        T += items[i].n;
+        n_logits += items[i].logits;
+    }
+    uint32_t H = c->hidden, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
+    uint32_t qd = nh * hd, kd = nkv * hd;
+    uint32_t ff = c->intermediate > c->moe_intermediate ? c->intermediate : c->moe_intermediate;
+    if (c->shared_intermediate > ff) ff = c->shared_intermediate;
+    uint32_t max_ctx = 0;
+    for (size_t i = 0; i < n; i++)
+        if (items[i].start + items[i].n > max_ctx) max_ctx = items[i].start + items[i].n;
+    /* Scratch layout (floats). */
+    size_t off_x = 0, off_h = off_x + T * H, off_q = off_h + T * H, off_k = off_q + T * qd;
+    size_t off_v = off_k + T * kd, off_a = off_v + T * kd, off_o = off_a + T * qd;
+    size_t off_g = off_o + T * H, off_u = off_g + T * ff, off_s = off_u + T * ff;
+    size_t off_r = off_s + max_ctx, off_e = off_r + T * (c->n_experts + 1);
+    size_t off_y = off_e + T * H, total = off_y + T * H + 8;
+    float *buf = scratch(m, total);
+    int32_t *tok = cm_malloc_array(T, sizeof *tok);
+    uint32_t *pos = cm_malloc_array(T, sizeof *pos);
+    size_t *owner = cm_malloc_array(T, sizeof *owner);
+    uint32_t *sel = cm_malloc_array(T * (c->top_k + 1), sizeof *sel);
+    float *selw = cm_malloc_array(T * (c->top_k + 1), sizeof *selw);
+    uint32_t *rows_of = cm_malloc_array(T + 1, sizeof *rows_of);
+    if (!buf || !tok || !pos || !owner || !sel || !selw || !rows_of) {
+        cm_free(tok);
+        cm_free(pos);
+        cm_free(owner);
+        cm_free(sel);
+        cm_free(selw);
+        cm_free(rows_of);
+        return CM_ERR_NO_MEMORY;
+    }
+    float *x = buf + off_x, *h = buf + off_h, *q = buf + off_q, *k = buf + off_k, *v = buf + off_v;
+    float *att = buf + off_a, *o = buf + off_o, *gg = buf + off_g, *uu = buf + off_u;
+    float *sc = buf + off_s, *rl = buf + off_r, *ex = buf + off_e, *ey = buf + off_y;
+    size_t t = 0;
+    for (size_t i = 0; i < n; i++) {
+        const int32_t *ids = eng_kv_seq_tokens(items[i].seq);
+        for (uint32_t j = 0; j < items[i].n; j++, t++) {
+            tok[t] = ids[items[i].start + j];
+            pos[t] = items[i].start + j;
+            owner[t] = i;
+        }
+    }
+    cm_status_t st = CM_OK;
+    size_t esz = mdl_dtype_size(m->embed.dtype);
+    for (t = 0; t < T; t++) {
+        if (tok[t] < 0 || (uint32_t)tok[t] >= c->vocab) {
+            st = CM_ERR_INVALID_ARG;
+            goto out;
+        }
+        eng_to_f32((const char *)m->embed.data + (size_t)tok[t] * H * esz, m->embed.dtype, H,
+                   x + t * H);
+    }
+    float scale = 1.0f / sqrtf((float)hd);
+    uint32_t group = nh / nkv;
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+        const layer_t *L = &m->layers[l];
+        be->rmsnorm(m->be.ctx, x, T, H, L->attn_norm, c->rms_eps, h);
+        be->matmul(m->be.ctx, h, T, H, &L->wq, L->bq, qd, q);
+        be->matmul(m->be.ctx, h, T, H, &L->wk, L->bk, kd, k);
+        be->matmul(m->be.ctx, h, T, H, &L->wv, L->bv, kd, v);
+        if (c->qk_norm) {
+            be->rmsnorm(m->be.ctx, q, T * nh, hd, L->q_norm, c->rms_eps, q);
+            be->rmsnorm(m->be.ctx, k, T * nkv, hd, L->k_norm, c->rms_eps, k);
+        }
+        for (t = 0; t < T; t++) {
+            rope(m, q + t * qd, nh, pos[t]);
+            rope(m, k + t * kd, nkv, pos[t]);
+            int32_t blk;
+            uint32_t slot;
+            void *kp, *vp;
+            if (!eng_kv_seq_slot(items[owner[t]].seq, pos[t], &blk, &slot) ||
+                eng_kv_slot_ptrs(kv, l, blk, slot, &kp, &vp) != CM_OK) {
+                st = CM_ERR_INVALID_ARG;
+                goto out;
+            }
+            memcpy(kp, k + t * kd, kd * sizeof(float));
+            memcpy(vp, v + t * kd, kd * sizeof(float));
+        }
+        /* Causal attention of every new token over its sequence so far. */
+        for (t = 0; t < T; t++) {
+            const eng_kv_seq_t *seq = items[owner[t]].seq;
+            for (uint32_t hh = 0; hh < nh; hh++) {
+                const float *qv = q + t * qd + (size_t)hh * hd;
+                uint32_t kvh = hh / group;
+                float mx = -INFINITY;
+                for (uint32_t p = 0; p <= pos[t]; p++) {
+                    int32_t blk;
+                    uint32_t slot;
+                    void *kp, *vp;
+                    eng_kv_seq_slot(seq, p, &blk, &slot);
+                    eng_kv_slot_ptrs(kv, l, blk, slot, &kp, &vp);
+                    const float *kk = (const float *)kp + (size_t)kvh * hd;
+                    float d = 0.0f;
+                    for (uint32_t i = 0; i < hd; i++) d += qv[i] * kk[i];
+                    sc[p] = d * scale;
+                    if (sc[p] > mx) mx = sc[p];
+                }
+                float sum = 0.0f;
+                for (uint32_t p = 0; p <= pos[t]; p++) {
+                    sc[p] = expf(sc[p] - mx);
+                    sum += sc[p];
+                }
+                float *ov = att + t * qd + (size_t)hh * hd;
+                memset(ov, 0, hd * sizeof *ov);
+                for (uint32_t p = 0; p <= pos[t]; p++) {
+                    int32_t blk;
+                    uint32_t slot;
+                    void *kp, *vp;
+                    eng_kv_seq_slot(seq, p, &blk, &slot);
+                    eng_kv_slot_ptrs(kv, l, blk, slot, &kp, &vp);
+                    const float *vv = (const float *)vp + (size_t)kvh * hd;
+                    float wgt = sc[p] / sum;
+                    for (uint32_t i = 0; i < hd; i++) ov[i] += wgt * vv[i];
+                }
+            }
+        }
+        be->matmul(m->be.ctx, att, T, qd, &L->wo, NULL, H, o);
+        for (size_t i = 0; i < T * H; i++) x[i] += o[i];
+        be->rmsnorm(m->be.ctx, x, T, H, L->mlp_norm, c->rms_eps, h);
+        if (!L->moe) {
+            mlp_run(m, &L->mlp, h, T, c->intermediate, gg, uu, o);
+            for (size_t i = 0; i < T * H; i++) x[i] += o[i];
+            continue;
+        }
+        /* Mixture of experts. Router: softmax over experts, top-k. */
+        uint32_t E = c->n_experts, K = c->top_k;
+        be->matmul(m->be.ctx, h, T, H, &L->router, NULL, E, rl);
+        for (t = 0; t < T; t++) {
+            float *r = rl + t * E, mx = -INFINITY, sum = 0.0f;
+            for (uint32_t e = 0; e < E; e++) mx = r[e] > mx ? r[e] : mx;
+            for (uint32_t e = 0; e < E; e++) sum += (r[e] = expf(r[e] - mx));
+            for (uint32_t e = 0; e < E; e++) r[e] /= sum;
+            float ksum = 0.0f;
+            for (uint32_t j = 0; j < K; j++) {
+                uint32_t best = 0;
+                float bv = -1.0f;
+                for (uint32_t e = 0; e < E; e++) {
+                    bool taken = false;
+                    for (uint32_t z = 0; z < j; z++) taken |= sel[t * K + z] == e;
+                    if (!taken && r[e] > bv) {
+                        bv = r[e];
+                        best = e;
+                    }
+                }
+                sel[t * K + j] = best;
+                selw[t * K + j] = bv;
+                ksum += bv;
+            }
+            if (c->norm_topk)
+                for (uint32_t j = 0; j < K; j++) selw[t * K + j] /= ksum;
+        }
+        memset(o, 0, T * H * sizeof *o);
+        /* Tokens grouped by expert: one matmul per expert per batch. */
+        for (uint32_t e = 0; e < E; e++) {
+            uint32_t nr = 0;
+            for (t = 0; t < T; t++)
+                for (uint32_t j = 0; j < K; j++)
+                    if (sel[t * K + j] == e) {
+                        memcpy(ex + (size_t)nr * H, h + t * H, H * sizeof *ex);
+                        rows_of[nr++] = (uint32_t)(t * K + j);
+                    }
+            if (!nr) continue;
+            mlp_run(m, &L->experts[e], ex, nr, c->moe_intermediate, gg, uu, ey);
+            for (uint32_t r = 0; r < nr; r++) {
+                size_t tt = rows_of[r] / K;
+                float wgt = selw[rows_of[r]];
+                for (uint32_t i = 0; i < H; i++) o[tt * H + i] += wgt * ey[(size_t)r * H + i];
+            }
+        }
+        if (L->has_shared) {
+            mlp_run(m, &L->shared, h, T, c->shared_intermediate, gg, uu, ey);
+            be->matmul(m->be.ctx, h, T, H, &L->shared_gate, NULL, 1, rl);
+            for (t = 0; t < T; t++) {
+                float sg = 1.0f / (1.0f + expf(-rl[t]));
+                for (uint32_t i = 0; i < H; i++) o[t * H + i] += sg * ey[t * H + i];
+            }
+        }
+        for (size_t i = 0; i < T * H; i++) x[i] += o[i];
+    }
+    /* Final norm + LM head on the last token of items that want logits. */
+    size_t row = 0;
+    t = 0;
+    for (size_t i = 0; i < n; i++) {
+        t += items[i].n;
+        if (!items[i].logits) continue;
+        be->rmsnorm(m->be.ctx, x + (t - 1) * H, 1, H, m->final_norm, c->rms_eps, h);
+        be->matmul(m->be.ctx, h, 1, H, &m->lm_head, NULL, c->vocab, logits + row * c->vocab);
+        row++;
+    }
+out:
+    cm_free(tok);
+    cm_free(pos);
+    cm_free(owner);
+    cm_free(sel);
+    cm_free(selw);
+    cm_free(rows_of);
+    return st;
+}

@@ -1,0 +1,295 @@
+/*
+ * mdl_safetensors.c - memory-mapped safetensors files.
+ *
+ * Format: u64 little-endian header length N, N bytes of JSON
+ * {"name": {"dtype", "shape", "data_offsets": [begin, end]}, ...}, then the
+ * data. Every offset is checked against the file size and the shape's byte
+ * count, so a truncated or lying file is refused, never read past.
+ */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "mdl.h"
+
+typedef struct {
+    char *path;
+    void *map;
+    size_t size;
+} shard_t;
+
+typedef struct {
+    char *name;
+    mdl_tensor_t t;
+} entry_t;
+
+struct mdl_weights {
+    shard_t *shards;
+    size_t n_shards;
+    entry_t *table; /* open addressing, power-of-two capacity */
+    size_t cap, n;
+    size_t bytes;
+};
+
+const char *mdl_dtype_name(mdl_dtype_t t) {
+    return t == MDL_F32 ? "F32" : t == MDL_F16 ? "F16" : "BF16";
+}
+
+size_t mdl_dtype_size(mdl_dtype_t t) { return t == MDL_F32 ? 4 : 2; }
+
+static size_t slot_of(const mdl_weights_t *w, const char *name) {
+    size_t i = cm_hash64(name, strlen(name), 0) & (w->cap - 1);
+    while (w->table[i].name && strcmp(w->table[i].name, name) != 0) i = (i + 1) & (w->cap - 1);
+    return i;
+}
+
+static cm_status_t table_grow(mdl_weights_t *w) {
+    size_t cap = w->cap ? w->cap * 2 : 1024;
+    entry_t *old = w->table;
+    size_t oldcap = w->cap;
+    w->table = cm_calloc(cap, sizeof *w->table);
+    if (!w->table) {
+        w->table = old;
+        return CM_ERR_NO_MEMORY;
+    }
+    w->cap = cap;
+    for (size_t i = 0; i < oldcap; i++)
+        if (old[i].name) w->table[slot_of(w, old[i].name)] = old[i];
+    cm_free(old);
+    return CM_OK;
+}
+
+/* Maps @path and indexes its tensors. */
+static cm_status_t add_shard(mdl_weights_t *w, const char *path, char *err, size_t errlen) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return CM_ERR_NOT_FOUND;
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || sb.st_size < 8) {
+        close(fd);
+        snprintf(err, errlen, "%s: truncated (%lld bytes, no header)", path, (long long)sb.st_size);
+        return CM_ERR_TRUNCATED;
+    }
+    size_t size = (size_t)sb.st_size;
+    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) {
+        snprintf(err, errlen, "%s: mmap: %s", path, strerror(errno));
+        return CM_ERR_IO;
+    }
+    shard_t *s = cm_realloc_array(w->shards, w->n_shards + 1, sizeof *s);
+    if (!s) {
+        munmap(map, size);
+        return CM_ERR_NO_MEMORY;
+    }
+    w->shards = s;
+    s = &w->shards[w->n_shards++];
+    s->path = cm_strdup(path);
+    s->map = map;
+    s->size = size;
+    const uint8_t *p = map;
+    uint64_t hlen = 0;
+    for (int i = 0; i < 8; i++) hlen |= (uint64_t)p[i] << (8 * i);
+    if (hlen > size - 8 || hlen > (100u << 20)) {
+        snprintf(err, errlen, "%s: truncated or corrupt (header of %llu bytes in a %zu-byte file)",
+                 path, (unsigned long long)hlen, size);
+        return CM_ERR_TRUNCATED;
+    }
+    cJSON *h = cJSON_ParseWithLength((const char *)p + 8, (size_t)hlen);
+    if (!cJSON_IsObject(h)) {
+        cJSON_Delete(h);
+        snprintf(err, errlen, "%s: header is not a JSON object", path);
+        return CM_ERR_BAD_FORMAT;
+    }
+    const uint8_t *data = p + 8 + hlen;
+    size_t data_size = size - 8 - (size_t)hlen;
+    cm_status_t st = CM_OK;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, h) {
+        if (!strcmp(e->string, "__metadata__")) continue;
+        const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
+        const cJSON *sh = cJSON_GetObjectItemCaseSensitive(e, "shape");
+        const cJSON *off = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
+        if (!cJSON_IsString(dt) || !cJSON_IsArray(sh) || !cJSON_IsArray(off) ||
+            cJSON_GetArraySize(off) != 2 || cJSON_GetArraySize(sh) > 4) {
+            snprintf(err, errlen, "%s: tensor '%s': malformed header entry", path, e->string);
+            st = CM_ERR_BAD_FORMAT;
+            break;
+        }
+        mdl_tensor_t t = {0};
+        if (!strcmp(dt->valuestring, "F32"))
+            t.dtype = MDL_F32;
+        else if (!strcmp(dt->valuestring, "F16"))
+            t.dtype = MDL_F16;
+        else if (!strcmp(dt->valuestring, "BF16"))
+            t.dtype = MDL_BF16;
+        else {
+            snprintf(err, errlen, "%s: tensor '%s': unsupported dtype %s (F32, F16, BF16)", path,
+                     e->string, dt->valuestring);
+            st = CM_ERR_UNSUPPORTED;
+            break;
+        }
+        uint64_t numel = 1;
+        const cJSON *d;
+        cJSON_ArrayForEach(d, sh) {
+            if (!cJSON_IsNumber(d) || d->valuedouble < 0 || d->valuedouble > 1e12) {
+                st = CM_ERR_BAD_FORMAT;
+                break;
+            }
+            t.shape[t.ndim++] = (uint64_t)d->valuedouble;
+            numel *= (uint64_t)d->valuedouble;
+        }
+        double b = cJSON_GetArrayItem(off, 0)->valuedouble;
+        double en = cJSON_GetArrayItem(off, 1)->valuedouble;
+        if (st != CM_OK || b < 0 || en < b || en > (double)data_size ||
+            (uint64_t)(en - b) != numel * mdl_dtype_size(t.dtype)) {
+            snprintf(err, errlen,
+                     "%s: tensor '%s': data [%.0f, %.0f) does not fit its shape or the file "
+                     "(%zu data bytes; truncated?)",
+                     path, e->string, b, en, data_size);
+            st = en > (double)data_size ? CM_ERR_TRUNCATED : CM_ERR_BAD_FORMAT;
+            break;
+        }
+        t.data = data + (size_t)b;
+        t.nbytes = (size_t)(en - b);
+        if ((w->n + 1) * 2 > w->cap && (st = table_grow(w)) != CM_OK) break;
+        size_t i = slot_of(w, e->string);
+        if (w->table[i].name) {
+            snprintf(err, errlen, "%s: tensor '%s' appears twice", path, e->string);
+            st = CM_ERR_BAD_FORMAT;
+            break;
+        }
+        w->table[i].name = cm_strdup(e->string);
+        t.name = w->table[i].name;
+        w->table[i].t = t;
+        w->n++;
+        w->bytes += t.nbytes;
+    }
+    cJSON_Delete(h);
+    return st;
+}
+
+void mdl_weights_close(mdl_weights_t *w) {
+    if (!w) return;
+    for (size_t i = 0; i < w->n_shards; i++) {
+        munmap(w->shards[i].map, w->shards[i].size);
+        cm_free(w->shards[i].path);
+    }
+    for (size_t i = 0; i < w->cap; i++) cm_free(w->table[i].name);
+    cm_free(w->shards);
+    cm_free(w->table);
+    cm_free(w);
+}
+
+cm_status_t mdl_weights_open(const char *dir, mdl_weights_t **out, char *err, size_t errlen) {
+    mdl_weights_t *w = cm_calloc(1, sizeof *w);
+    if (!w) return CM_ERR_NO_MEMORY;
+    cm_status_t st = table_grow(w);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    FILE *f = st == CM_OK ? fopen(path, "rb") : NULL;
+    if (f) {
+        /* Sharded: every distinct file of the weight map. */
+        fseek(f, 0, SEEK_END);
+        long n = ftell(f);
+        fseek(f, 0, SEEK_SET);
+        char *text = n > 0 && n < (64l << 20) ? cm_malloc((size_t)n + 1) : NULL;
+        size_t got = text ? fread(text, 1, (size_t)n, f) : 0;
+        fclose(f);
+        cJSON *idx = text && got == (size_t)n ? cJSON_ParseWithLength(text, got) : NULL;
+        cm_free(text);
+        const cJSON *map = cJSON_GetObjectItemCaseSensitive(idx, "weight_map");
+        if (!cJSON_IsObject(map)) {
+            snprintf(err, errlen, "%s: no \"weight_map\"", path);
+            st = CM_ERR_BAD_FORMAT;
+        }
+        const cJSON *e;
+        char **done = NULL;
+        size_t n_done = 0;
+        cJSON_ArrayForEach(e, map) {
+            if (st != CM_OK) break;
+            if (!cJSON_IsString(e) || strchr(e->valuestring, '/')) {
+                snprintf(err, errlen, "%s: bad file name for '%s'", path, e->string);
+                st = CM_ERR_BAD_FORMAT;
+                break;
+            }
+            bool seen = false;
+            for (size_t i = 0; i < n_done && !seen; i++) seen = !strcmp(done[i], e->valuestring);
+            if (seen) continue;
+            char **nd = cm_realloc_array(done, n_done + 1, sizeof *nd);
+            if (!nd) {
+                st = CM_ERR_NO_MEMORY;
+                break;
+            }
+            done = nd;
+            done[n_done++] = e->valuestring;
+            char shard[4096];
+            snprintf(shard, sizeof shard, "%s/%s", dir, e->valuestring);
+            st = add_shard(w, shard, err, errlen);
+        }
+        cm_free(done);
+        /* Every tensor the index names must be in its shard. */
+        cJSON_ArrayForEach(e, map) {
+            if (st != CM_OK) break;
+            if (!w->table[slot_of(w, e->string)].name) {
+                snprintf(err, errlen, "%s: tensor '%s' listed but missing from %s", path, e->string,
+                         e->valuestring);
+                st = CM_ERR_NOT_FOUND;
+            }
+        }
+        cJSON_Delete(idx);
+    } else if (st == CM_OK) {
+        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        st = add_shard(w, path, err, errlen);
+    }
+    if (st != CM_OK) {
+        mdl_weights_close(w);
+        return st;
+    }
+    *out = w;
+    return CM_OK;
+}
+
+size_t mdl_weights_bytes(const mdl_weights_t *w) { return w->bytes; }
+
+cm_status_t mdl_weights_find(const mdl_weights_t *w, const char *name, uint32_t ndim,
+                             const uint64_t *shape, mdl_tensor_t *out, bool *found, char *err,
+                             size_t errlen) {
+    const entry_t *e = &w->table[slot_of(w, name)];
+    *found = e->name != NULL;
+    if (!*found) return CM_OK;
+    bool ok = e->t.ndim == ndim;
+    for (uint32_t i = 0; ok && i < ndim; i++) ok = !shape[i] || shape[i] == e->t.shape[i];
+    if (!ok) {
+        char want[96] = "", got[96] = "";
+        size_t a = 0, b = 0;
+        for (uint32_t i = 0; i < ndim; i++)
+            a += (size_t)snprintf(want + a, sizeof want - a, "%s%llu", i ? ", " : "",
+                                  (unsigned long long)shape[i]);
+        for (uint32_t i = 0; i < e->t.ndim; i++)
+            b += (size_t)snprintf(got + b, sizeof got - b, "%s%llu", i ? ", " : "",
+                                  (unsigned long long)e->t.shape[i]);
+        snprintf(err, errlen, "tensor '%s': shape [%s], expected [%s]", name, got, want);
+        return CM_ERR_BAD_FORMAT;
+    }
+    *out = e->t;
+    return CM_OK;
+}
+
+cm_status_t mdl_weights_get(const mdl_weights_t *w, const char *name, uint32_t ndim,
+                            const uint64_t *shape, mdl_tensor_t *out, char *err, size_t errlen) {
+    bool found;
+    cm_status_t st = mdl_weights_find(w, name, ndim, shape, out, &found, err, errlen);
+    if (st == CM_OK && !found) {
+        snprintf(err, errlen, "tensor '%s' is missing from the checkpoint", name);
+        return CM_ERR_NOT_FOUND;
+    }
+    return st;
+}

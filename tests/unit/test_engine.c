@@ -1,0 +1,256 @@
+/*
+ * test_engine.c - the forward pass against Hugging Face transformers on the
+ * tiny fixture checkpoints (tests/fixtures/gen_models.py): last-position
+ * logits within 1e-4 relative error (f32 compute), identical 16-token greedy
+ * continuations, identical results inside a mixed batch, and clear loader
+ * errors.
+ */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdlib.h>
+
+#include "eng.h"
+#include "tt.h"
+
+static const char *const k_models[] = {"qwen3", "qwen3moe", "llama",
+                                       "qwen2", "mixtral",  "qwen2moe"};
+
+static cJSON *load_golden(const char *model) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tests/fixtures/models/%s/golden.json", tt_root(), model);
+    FILE *f = fopen(path, "rb");
+    TT_ASSERT_MSG(f, "cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    TT_ASSERT(fread(buf, 1, (size_t)n, f) == (size_t)n);
+    fclose(f);
+    buf[n] = '\0';
+    cJSON *j = cJSON_Parse(buf);
+    free(buf);
+    TT_ASSERT(j);
+    return j;
+}
+
+typedef struct {
+    eng_model_t *m;
+    eng_kv_t *kv;
+    uint32_t vocab;
+} rig_t;
+
+static void rig_open(rig_t *r, const char *model, eng_backend_kind_t be) {
+    char dir[1024], err[512];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", tt_root(), model);
+    cm_status_t st = eng_model_load(dir, be, &r->m, err, sizeof err);
+    TT_ASSERT_MSG(st == CM_OK, "load %s: %s", model, err);
+    eng_kv_config_t kc = {.geom = eng_model_kv_geom(r->m, 128, 16),
+                          .fingerprint = eng_model_kv_fingerprint(r->m, model, 16),
+                          .mem_mode = ENG_KV_MEM_ALLOC,
+                          .enable_prefix_cache = true};
+    TT_ASSERT_EQ_INT(eng_kv_init(&kc, &r->kv), CM_OK);
+    r->vocab = eng_model_config(r->m)->vocab;
+}
+
+static void rig_close(rig_t *r) {
+    eng_kv_free(r->kv);
+    eng_model_free(r->m);
+}
+
+static int32_t argmax(const float *v, uint32_t n) {
+    int32_t best = 0;
+    for (uint32_t i = 1; i < n; i++)
+        if (v[i] > v[best]) best = (int32_t)i;
+    return best;
+}
+
+/* Max |a-b| over max |b|: the error relative to the logits' scale. */
+static double rel_err(const float *a, const cJSON *b, uint32_t n) {
+    double md = 0, mb = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        double bv = cJSON_GetArrayItem(b, (int)i)->valuedouble;
+        md = fmax(md, fabs(a[i] - bv));
+        mb = fmax(mb, fabs(bv));
+    }
+    return md / (mb > 0 ? mb : 1);
+}
+
+static void check_model(const char *model, eng_backend_kind_t be) {
+    rig_t r;
+    rig_open(&r, model, be);
+    cJSON *g = load_golden(model);
+    const cJSON *p;
+    float *logits = malloc(r.vocab * sizeof *logits);
+    cJSON_ArrayForEach(p, cJSON_GetObjectItem(g, "prompts")) {
+        const cJSON *ids = cJSON_GetObjectItem(p, "ids");
+        uint32_t n = (uint32_t)cJSON_GetArraySize(ids);
+        int32_t toks[64];
+        for (uint32_t i = 0; i < n; i++) toks[i] = cJSON_GetArrayItem(ids, (int)i)->valueint;
+        eng_kv_seq_t *seq;
+        TT_ASSERT_EQ_INT(eng_kv_seq_new(r.kv, toks, n, 0, &seq, NULL), CM_OK);
+        eng_item_t it = {seq, 0, n, true};
+        TT_ASSERT_EQ_INT(eng_forward(r.m, r.kv, &it, 1, logits), CM_OK);
+        double e = rel_err(logits, cJSON_GetObjectItem(p, "last_logits"), r.vocab);
+        TT_ASSERT_MSG(e <= 1e-4, "%s prompt of %u tokens: relative error %.3g", model, n, e);
+        TT_ASSERT_EQ_INT(eng_kv_seq_set_computed(r.kv, seq, n), CM_OK);
+        /* 16 greedy tokens, one decode step each. */
+        const cJSON *greedy = cJSON_GetObjectItem(p, "greedy");
+        for (int s = 0; s < cJSON_GetArraySize(greedy); s++) {
+            int32_t next = argmax(logits, r.vocab);
+            TT_ASSERT_MSG(next == cJSON_GetArrayItem(greedy, s)->valueint,
+                          "%s: greedy token %d is %d, transformers says %d", model, s, next,
+                          cJSON_GetArrayItem(greedy, s)->valueint);
+            uint32_t len = eng_kv_seq_len(seq);
+            TT_ASSERT_EQ_INT(eng_kv_seq_append(r.kv, seq, &next, 1), CM_OK);
+            eng_item_t d = {seq, len, 1, true};
+            TT_ASSERT_EQ_INT(eng_forward(r.m, r.kv, &d, 1, logits), CM_OK);
+            eng_kv_seq_set_computed(r.kv, seq, len + 1);
+        }
+        eng_kv_seq_free(r.kv, seq);
+    }
+    free(logits);
+    cJSON_Delete(g);
+    TT_ASSERT_EQ_INT(eng_kv_check(r.kv), CM_OK);
+    rig_close(&r);
+}
+
+TT_TEST(engine, qwen3_matches_transformers) { check_model("qwen3", ENG_BACKEND_REF); }
+TT_TEST(engine, qwen3moe_bf16_matches_transformers) { check_model("qwen3moe", ENG_BACKEND_REF); }
+TT_TEST(engine, llama3_rope_tied_sharded_matches_transformers) {
+    check_model("llama", ENG_BACKEND_REF);
+}
+TT_TEST(engine, qwen2_bias_matches_transformers) { check_model("qwen2", ENG_BACKEND_REF); }
+TT_TEST(engine, mixtral_matches_transformers) { check_model("mixtral", ENG_BACKEND_REF); }
+TT_TEST(engine, qwen2moe_shared_expert_matches_transformers) {
+    check_model("qwen2moe", ENG_BACKEND_REF);
+}
+
+/* A sequence alone and inside a batch with another's prompt chunk and a
+ * third's decode token gives bit-identical logits. */
+TT_TEST(engine, batch_invariance) {
+    for (size_t mi = 0; mi < sizeof k_models / sizeof k_models[0]; mi++) {
+        rig_t r;
+        rig_open(&r, k_models[mi], ENG_BACKEND_REF);
+        int32_t a[7] = {5, 9, 11, 3, 200, 17, 42}, b[12], cc[4] = {7, 8, 9, 10};
+        for (int i = 0; i < 12; i++) b[i] = (i * 37 + 3) % 250;
+        float *alone = malloc(r.vocab * sizeof(float)), *mixed = malloc(3 * r.vocab * 4);
+        eng_kv_seq_t *sa, *sb, *sc;
+        TT_ASSERT_EQ_INT(eng_kv_seq_new(r.kv, a, 7, 0, &sa, NULL), CM_OK);
+        eng_item_t ia = {sa, 0, 7, true};
+        TT_ASSERT_EQ_INT(eng_forward(r.m, r.kv, &ia, 1, alone), CM_OK);
+        eng_kv_seq_free(r.kv, sa);
+        /* c is decoding: its first 3 tokens are computed, the 4th is new. */
+        TT_ASSERT_EQ_INT(eng_kv_seq_new(r.kv, cc, 4, 0, &sc, NULL), CM_OK);
+        eng_item_t ic = {sc, 0, 3, false};
+        TT_ASSERT_EQ_INT(eng_forward(r.m, r.kv, &ic, 1, mixed), CM_OK);
+        eng_kv_seq_set_computed(r.kv, sc, 3);
+        TT_ASSERT_EQ_INT(eng_kv_seq_new(r.kv, a, 7, 0, &sa, NULL), CM_OK);
+        TT_ASSERT_EQ_INT(eng_kv_seq_new(r.kv, b, 12, 0, &sb, NULL), CM_OK);
+        eng_item_t batch[3] = {{sb, 0, 5, false}, {sa, 0, 7, true}, {sc, 3, 1, true}};
+        TT_ASSERT_EQ_INT(eng_forward(r.m, r.kv, batch, 3, mixed), CM_OK);
+        TT_ASSERT_MSG(memcmp(alone, mixed, r.vocab * sizeof(float)) == 0,
+                      "%s: logits differ inside a batch", k_models[mi]);
+        eng_kv_seq_free(r.kv, sa);
+        eng_kv_seq_free(r.kv, sb);
+        eng_kv_seq_free(r.kv, sc);
+        free(alone);
+        free(mixed);
+        rig_close(&r);
+    }
+}
+
+/* The fast CPU backend against the reference backend: same tokens, logits
+ * equal up to summation order. */
+TT_TEST(engine, cpu_backend_matches_ref) {
+    for (size_t mi = 0; mi < sizeof k_models / sizeof k_models[0]; mi++) {
+        rig_t a, b;
+        rig_open(&a, k_models[mi], ENG_BACKEND_REF);
+        rig_open(&b, k_models[mi], ENG_BACKEND_CPU);
+        int32_t toks[40];
+        for (int i = 0; i < 40; i++) toks[i] = (i * 53 + 11) % 250;
+        float *la = malloc(a.vocab * sizeof(float)), *lb = malloc(a.vocab * sizeof(float));
+        eng_kv_seq_t *sa, *sb;
+        TT_ASSERT_EQ_INT(eng_kv_seq_new(a.kv, toks, 40, 0, &sa, NULL), CM_OK);
+        TT_ASSERT_EQ_INT(eng_kv_seq_new(b.kv, toks, 40, 0, &sb, NULL), CM_OK);
+        eng_item_t ia = {sa, 0, 40, true}, ib = {sb, 0, 40, true};
+        TT_ASSERT_EQ_INT(eng_forward(a.m, a.kv, &ia, 1, la), CM_OK);
+        TT_ASSERT_EQ_INT(eng_forward(b.m, b.kv, &ib, 1, lb), CM_OK);
+        double num = 0, den = 0;
+        for (uint32_t i = 0; i < a.vocab; i++) {
+            num += (double)(la[i] - lb[i]) * (la[i] - lb[i]);
+            den += (double)la[i] * la[i];
+        }
+        TT_ASSERT_MSG(num / den < 1e-10, "%s: NMSE cpu vs ref %.3g", k_models[mi], num / den);
+        TT_ASSERT_EQ_INT(argmax(la, a.vocab), argmax(lb, b.vocab));
+        TT_ASSERT_STR_EQ(eng_model_backend_name(b.m), "cpu");
+        eng_kv_seq_free(a.kv, sa);
+        eng_kv_seq_free(b.kv, sb);
+        free(la);
+        free(lb);
+        rig_close(&a);
+        rig_close(&b);
+    }
+}
+
+/* Copies fixture @model into a scratch dir; returns its path. */
+static const char *scratch_copy(const char *model) {
+    static char dir[1024];
+    snprintf(dir, sizeof dir, "%s/%s", tt_tmpdir(), model);
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "cp -r '%s/tests/fixtures/models/%s' '%s'", tt_root(), model, dir);
+    TT_ASSERT(system(cmd) == 0);
+    return dir;
+}
+
+static void expect_load_error(const char *dir, cm_status_t want, const char *needle) {
+    eng_model_t *m = NULL;
+    char err[512] = "";
+    cm_status_t st = eng_model_load(dir, ENG_BACKEND_REF, &m, err, sizeof err);
+    TT_ASSERT_MSG(st == want, "want %s, got %s (%s)", cm_status_name(want), cm_status_name(st),
+                  err);
+    TT_ASSERT_MSG(strstr(err, needle), "error '%s' lacks '%s'", err, needle);
+    TT_ASSERT(m == NULL);
+}
+
+TT_TEST(engine, loader_errors_name_file_and_tensor) {
+    char cmd[4096], path[2048];
+    const char *d = scratch_copy("qwen3");
+    /* Truncated weights file. */
+    snprintf(path, sizeof path, "%s/model.safetensors", d);
+    snprintf(cmd, sizeof cmd, "truncate -s 100000 '%s'", path);
+    TT_ASSERT(system(cmd) == 0);
+    expect_load_error(d, CM_ERR_TRUNCATED, "model.safetensors: tensor '");
+    /* Wrong shape: the config says a different hidden size. */
+    d = scratch_copy("qwen2");
+    snprintf(cmd, sizeof cmd,
+             "sed -i 's/\"hidden_size\": 96/\"hidden_size\": 128/' '%s/config.json'", d);
+    TT_ASSERT(system(cmd) == 0);
+    expect_load_error(d, CM_ERR_BAD_FORMAT, "tensor 'model.embed_tokens.weight': shape [256, 96]");
+    /* Missing tensor: drop lm_head from the sharded index's view by
+     * renaming it in place (same length keeps the header valid). */
+    d = scratch_copy("mixtral");
+    snprintf(cmd, sizeof cmd, "sed -i 's/lm_head.weight/lm_hexd.weight/' '%s/model.safetensors'",
+             d);
+    TT_ASSERT(system(cmd) == 0);
+    expect_load_error(d, CM_ERR_NOT_FOUND, "'lm_head.weight' is missing");
+    /* Unsupported architecture. */
+    d = scratch_copy("qwen3moe");
+    snprintf(cmd, sizeof cmd, "sed -i 's/Qwen3MoeForCausalLM/GPT2LMHeadModel/' '%s/config.json'",
+             d);
+    TT_ASSERT(system(cmd) == 0);
+    expect_load_error(d, CM_ERR_UNSUPPORTED, "unsupported architecture 'GPT2LMHeadModel'");
+    /* Unsupported dtype: a one-tensor file in I8. */
+    d = scratch_copy("qwen2moe");
+    snprintf(path, sizeof path, "%s/model.safetensors", d);
+    FILE *f = fopen(path, "wb");
+    const char hdr[] = "{\"model.embed_tokens.weight\":{\"dtype\":\"I8\",\"shape\":[2],"
+                       "\"data_offsets\":[0,2]}}";
+    uint64_t hl = sizeof hdr - 1;
+    fwrite(&hl, 8, 1, f);
+    fwrite(hdr, 1, hl, f);
+    fwrite("\1\2", 1, 2, f);
+    fclose(f);
+    expect_load_error(d, CM_ERR_UNSUPPORTED, "unsupported dtype I8");
+    /* No such directory. */
+    expect_load_error("/nonexistent/model", CM_ERR_NOT_FOUND, "/nonexistent/model/config.json");
+}
