@@ -1,0 +1,336 @@
+/* tok_encode.c - byte-level BPE encoding, decoding and streaming decode. */
+#include <stdio.h>
+#include <string.h>
+
+#include "tok_impl.h"
+
+size_t tok_utf8_put(uint32_t cp, char *o);
+
+typedef struct {
+    int32_t *v;
+    size_t n, cap;
+} ids_t;
+
+static bool push_id(ids_t *a, int32_t id) {
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 64;
+        int32_t *v = cm_realloc_array(a->v, cap, sizeof *v);
+        if (!v) return false;
+        a->v = v;
+        a->cap = cap;
+    }
+    a->v[a->n++] = id;
+    return true;
+}
+
+static const tok_merge_t *merge_find(const tok_t *t, int32_t a, int32_t b) {
+    uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+    size_t i = cm_hash64(&key, 8, 0) & (t->merges_cap - 1);
+    while (t->merges[i].rank >= 0) {
+        if (t->merges[i].pair == key) return &t->merges[i];
+        i = (i + 1) & (t->merges_cap - 1);
+    }
+    return NULL;
+}
+
+/* Min-heap of candidate merges (rank, left symbol). */
+typedef struct {
+    int32_t rank;
+    uint32_t pos;
+    int32_t left, right; /* ids when pushed: stale entries are skipped */
+} cand_t;
+
+static void heap_push(cand_t *h, size_t *n, cand_t c) {
+    size_t i = (*n)++;
+    h[i] = c;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (h[p].rank < h[i].rank || (h[p].rank == h[i].rank && h[p].pos <= h[i].pos)) break;
+        cand_t tmp = h[p];
+        h[p] = h[i];
+        h[i] = tmp;
+        i = p;
+    }
+}
+
+static cand_t heap_pop(cand_t *h, size_t *n) {
+    cand_t top = h[0];
+    h[0] = h[--(*n)];
+    size_t i = 0;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < *n && (h[l].rank < h[m].rank || (h[l].rank == h[m].rank && h[l].pos < h[m].pos)))
+            m = l;
+        if (r < *n && (h[r].rank < h[m].rank || (h[r].rank == h[m].rank && h[r].pos < h[m].pos)))
+            m = r;
+        if (m == i) break;
+        cand_t tmp = h[m];
+        h[m] = h[i];
+        h[i] = tmp;
+        i = m;
+    }
+    return top;
+}
+
+/* BPE of one pre-token (raw bytes). */
+static bool bpe(const tok_t *t, const unsigned char *s, size_t len, ids_t *out) {
+    char small[1024];
+    char *mapped = len * 2 <= sizeof small ? small : cm_malloc(len * 2 + 1);
+    if (!mapped) return false;
+    size_t ml = 0;
+    for (size_t i = 0; i < len; i++) ml += tok_utf8_put(t->byte_to_cp[s[i]], mapped + ml);
+    bool ok = true;
+    int32_t whole = t->ignore_merges || len == 1 ? tok_vocab_find(t, mapped, ml) : -1;
+    if (whole >= 0) {
+        ok = push_id(out, whole);
+        goto done;
+    }
+    int32_t *id = cm_malloc_array(len, sizeof *id);
+    int32_t *prev = cm_malloc_array(len, sizeof *prev);
+    int32_t *next = cm_malloc_array(len, sizeof *next);
+    cand_t *heap = cm_malloc_array(len * 2 + 2, sizeof *heap);
+    size_t hn = 0;
+    if (!id || !prev || !next || !heap) {
+        ok = false;
+        goto out;
+    }
+    for (size_t i = 0; i < len; i++) {
+        char one[4];
+        size_t ol = tok_utf8_put(t->byte_to_cp[s[i]], one);
+        id[i] = tok_vocab_find(t, one, ol);
+        prev[i] = (int32_t)i - 1;
+        next[i] = i + 1 < len ? (int32_t)i + 1 : -1;
+    }
+    for (size_t i = 0; i + 1 < len; i++) {
+        const tok_merge_t *m = merge_find(t, id[i], id[i + 1]);
+        if (m) heap_push(heap, &hn, (cand_t){m->rank, (uint32_t)i, id[i], id[i + 1]});
+    }
+    while (hn > 0) {
+        cand_t c = heap_pop(heap, &hn);
+        int32_t r = next[c.pos];
+        if (id[c.pos] != c.left || r < 0 || id[r] != c.right) continue; /* stale */
+        const tok_merge_t *m = merge_find(t, c.left, c.right);
+        id[c.pos] = m->merged;
+        next[c.pos] = next[r];
+        if (next[r] >= 0) prev[next[r]] = (int32_t)c.pos;
+        id[r] = -2; /* gone */
+        if (prev[c.pos] >= 0) {
+            const tok_merge_t *pm = merge_find(t, id[prev[c.pos]], id[c.pos]);
+            if (pm)
+                heap_push(heap, &hn,
+                          (cand_t){pm->rank, (uint32_t)prev[c.pos], id[prev[c.pos]], id[c.pos]});
+        }
+        if (next[c.pos] >= 0) {
+            const tok_merge_t *nm = merge_find(t, id[c.pos], id[next[c.pos]]);
+            if (nm) heap_push(heap, &hn, (cand_t){nm->rank, c.pos, id[c.pos], id[next[c.pos]]});
+        }
+    }
+    for (int32_t i = 0; ok && i >= 0; i = next[i])
+        if (id[i] >= 0) ok = push_id(out, id[i]);
+out:
+    cm_free(id);
+    cm_free(prev);
+    cm_free(next);
+    cm_free(heap);
+done:
+    if (mapped != small) cm_free(mapped);
+    return ok;
+}
+
+/* Applies split regex @k onward to text[0..len), then BPE on each piece. */
+static bool pretok(const tok_t *t, size_t k, const char *s, size_t len, ids_t *out,
+                   pcre2_match_data *md) {
+    if (len == 0) return true;
+    if (k == t->n_splits) return bpe(t, (const unsigned char *)s, len, out);
+    size_t pos = 0;
+    while (pos < len) {
+        int rc = pcre2_match(t->splits[k], (PCRE2_SPTR)s, len, pos, PCRE2_NO_UTF_CHECK, md, NULL);
+        if (rc < 0) break;
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+        size_t a = ov[0], b = ov[1];
+        if (b == a) {
+            /* Empty match: step over one character. */
+            size_t step = 1;
+            while (a + step < len && ((unsigned char)s[a + step] & 0xC0) == 0x80) step++;
+            if (!pretok(t, k + 1, s + pos, a + step - pos, out, md)) return false;
+            pos = a + step;
+            continue;
+        }
+        if (a > pos && !pretok(t, k + 1, s + pos, a - pos, out, md)) return false;
+        if (!pretok(t, k + 1, s + a, b - a, out, md)) return false;
+        pos = b;
+    }
+    return pos >= len || pretok(t, k + 1, s + pos, len - pos, out, md);
+}
+
+cm_status_t tok_encode(const tok_t *t, const char *text, size_t len, bool add_special,
+                       int32_t **ids, size_t *n) {
+    ids_t out = {0};
+    pcre2_match_data *md = t->n_splits ? pcre2_match_data_create(4, NULL) : NULL;
+    bool ok = !t->n_splits || md;
+    /* Invalid UTF-8 cannot go through the UTF regexes: such input is
+     * encoded without the regex split (bytes still round-trip). */
+    bool valid = cm_utf8_valid(text, len);
+    if (add_special)
+        for (uint32_t i = 0; ok && i < t->n_prefix; i++) ok = push_id(&out, t->prefix[i]);
+    size_t seg = 0;
+    for (size_t i = 0; ok && i <= len; i++) {
+        const tok_added_t *hit = NULL;
+        if (i < len && t->n_added) {
+            for (size_t a = 0; a < t->n_added; a++) {
+                const tok_added_t *ad = &t->added[a];
+                if (ad->len <= len - i && ad->content[0] == text[i] &&
+                    memcmp(ad->content, text + i, ad->len) == 0) {
+                    hit = ad;
+                    break; /* longest first */
+                }
+            }
+        }
+        if (!hit && i < len) continue;
+        if (i > seg) {
+            if (valid)
+                ok = pretok(t, 0, text + seg, i - seg, &out, md);
+            else
+                ok = bpe(t, (const unsigned char *)text + seg, i - seg, &out);
+        }
+        if (ok && hit) {
+            ok = push_id(&out, hit->id);
+            i += hit->len - 1;
+            seg = i + 1;
+        }
+    }
+    if (add_special)
+        for (uint32_t i = 0; ok && i < t->n_suffix; i++) ok = push_id(&out, t->suffix[i]);
+    pcre2_match_data_free(md);
+    if (!ok) {
+        cm_free(out.v);
+        return CM_ERR_NO_MEMORY;
+    }
+    if (!out.v) out.v = cm_malloc(sizeof(int32_t));
+    *ids = out.v;
+    *n = out.n;
+    return CM_OK;
+}
+
+cm_status_t tok_decode(const tok_t *t, const int32_t *ids, size_t n, bool skip_special, char **text,
+                       size_t *len) {
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || (uint32_t)ids[i] >= t->n_ids) return CM_ERR_OUT_OF_RANGE;
+        total += t->id_len[ids[i]];
+    }
+    char *o = cm_malloc(total + 1);
+    if (!o) return CM_ERR_NO_MEMORY;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (skip_special && t->id_special[ids[i]]) continue;
+        if (t->id_bytes[ids[i]]) memcpy(o + k, t->id_bytes[ids[i]], t->id_len[ids[i]]);
+        k += t->id_bytes[ids[i]] ? t->id_len[ids[i]] : 0;
+    }
+    o[k] = '\0';
+    *text = o;
+    *len = k;
+    return CM_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+
+struct tok_stream {
+    const tok_t *t;
+    bool skip_special;
+    char pend[64]; /* an incomplete UTF-8 sequence waiting for more bytes */
+    size_t n_pend;
+};
+
+tok_stream_t *tok_stream_new(const tok_t *t, bool skip_special) {
+    tok_stream_t *s = cm_calloc(1, sizeof *s);
+    if (s) {
+        s->t = t;
+        s->skip_special = skip_special;
+    }
+    return s;
+}
+
+void tok_stream_free(tok_stream_t *s) { cm_free(s); }
+
+/* Length of the UTF-8 sequence starting with byte @c (0 = invalid lead). */
+static size_t seq_len(unsigned char c) {
+    if (c < 0x80) return 1;
+    if (c >= 0xC2 && c <= 0xDF) return 2;
+    if (c >= 0xE0 && c <= 0xEF) return 3;
+    if (c >= 0xF0 && c <= 0xF4) return 4;
+    return 0;
+}
+
+/* Moves complete characters from @in to @out; invalid bytes become U+FFFD;
+ * an incomplete tail stays in s->pend. Returns bytes written. */
+static size_t emit(tok_stream_t *s, const char *in, size_t n, char *out, size_t cap) {
+    size_t w = 0, i = 0;
+    while (i < n) {
+        size_t L = seq_len((unsigned char)in[i]);
+        if (L == 0) {
+            if (w + 3 > cap) break;
+            memcpy(out + w, "\xEF\xBF\xBD", 3);
+            w += 3;
+            i++;
+            continue;
+        }
+        if (i + L > n) { /* incomplete: keep for later if it can still be valid */
+            if (n - i < sizeof s->pend) {
+                bool prefix_ok = true;
+                for (size_t k = 1; k < n - i; k++)
+                    prefix_ok &= ((unsigned char)in[i + k] & 0xC0) == 0x80;
+                if (prefix_ok) {
+                    memcpy(s->pend, in + i, n - i);
+                    s->n_pend = n - i;
+                    return w;
+                }
+            }
+            if (w + 3 > cap) break;
+            memcpy(out + w, "\xEF\xBF\xBD", 3);
+            w += 3;
+            i++;
+            continue;
+        }
+        if (!cm_utf8_valid(in + i, L)) {
+            if (w + 3 > cap) break;
+            memcpy(out + w, "\xEF\xBF\xBD", 3);
+            w += 3;
+            i++;
+            continue;
+        }
+        if (w + L > cap) break;
+        memcpy(out + w, in + i, L);
+        w += L;
+        i += L;
+    }
+    s->n_pend = 0;
+    return w;
+}
+
+size_t tok_stream_push(tok_stream_t *s, int32_t id, char *out, size_t cap) {
+    const tok_t *t = s->t;
+    if (id < 0 || (uint32_t)id >= t->n_ids || !t->id_bytes[id]) return 0;
+    if (s->skip_special && t->id_special[id]) return 0;
+    size_t n = s->n_pend + t->id_len[id];
+    char local[256];
+    char *buf = n <= sizeof local ? local : cm_malloc(n);
+    if (!buf) return 0;
+    memcpy(buf, s->pend, s->n_pend);
+    memcpy(buf + s->n_pend, t->id_bytes[id], t->id_len[id]);
+    size_t w = emit(s, buf, n, out, cap);
+    if (buf != local) cm_free(buf);
+    return w;
+}
+
+size_t tok_stream_flush(tok_stream_t *s, char *out, size_t cap) {
+    /* An incomplete sequence at the end is one replacement character, as
+     * Python's decode(errors="replace") gives. */
+    size_t w = 0;
+    if (s->n_pend && cap >= 3) {
+        memcpy(out, "\xEF\xBF\xBD", 3);
+        w = 3;
+    }
+    s->n_pend = 0;
+    return w;
+}

@@ -1,0 +1,144 @@
+/*
+ * test_tok.c - the tokenizer against Hugging Face `tokenizers` and
+ * transformers' apply_chat_template on the real Qwen3, Llama 3.1 and
+ * DeepSeek V3 tokenizers (goldens: tests/fixtures/gen_tok_goldens.py).
+ */
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+
+#include "tok.h"
+#include "tt.h"
+
+static cJSON *g_gold;
+
+static const cJSON *goldens(const char *name) {
+    if (!g_gold) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/tests/fixtures/tok/goldens.json", tt_root());
+        FILE *f = fopen(path, "rb");
+        TT_ASSERT_MSG(f, "cannot open %s", path);
+        fseek(f, 0, SEEK_END);
+        long n = ftell(f);
+        fseek(f, 0, SEEK_SET);
+        char *b = malloc((size_t)n + 1);
+        TT_ASSERT(fread(b, 1, (size_t)n, f) == (size_t)n);
+        b[n] = '\0';
+        fclose(f);
+        g_gold = cJSON_Parse(b);
+        free(b);
+        TT_ASSERT(g_gold);
+    }
+    return cJSON_GetObjectItem(g_gold, name);
+}
+
+static tok_t *open_tok(const char *name) {
+    char dir[1024], err[512];
+    snprintf(dir, sizeof dir, "%s/../shared/tokenizers/%s", tt_root(), name);
+    char probe[1100];
+    snprintf(probe, sizeof probe, "%s/tokenizer.json", dir);
+    FILE *f = fopen(probe, "rb");
+    if (!f) TT_SKIP("../shared/tokenizers not present beside the checkout");
+    fclose(f);
+    tok_t *t;
+    cm_status_t st = tok_load(dir, &t, err, sizeof err);
+    TT_ASSERT_MSG(st == CM_OK, "tok_load %s: %s", name, err);
+    return t;
+}
+
+static bool ids_equal(const int32_t *a, size_t n, const cJSON *b) {
+    if ((int)n != cJSON_GetArraySize(b)) return false;
+    for (size_t i = 0; i < n; i++)
+        if (a[i] != cJSON_GetArrayItem(b, (int)i)->valueint) return false;
+    return true;
+}
+
+static void check_tokenizer(const char *name) {
+    tok_t *t = open_tok(name);
+    const cJSON *g = goldens(name), *e;
+    int n_checked = 0;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(g, "strings")) {
+        const char *text = cJSON_GetObjectItem(e, "text")->valuestring;
+        int32_t *ids;
+        size_t n;
+        TT_ASSERT_EQ_INT(tok_encode(t, text, strlen(text), false, &ids, &n), CM_OK);
+        if (!ids_equal(ids, n, cJSON_GetObjectItem(e, "ids"))) {
+            char *got = cJSON_PrintUnformatted(cJSON_GetObjectItem(e, "ids"));
+            fprintf(stderr, "%s: '%.80s': %zu ids, want %s\n  got:", name, text, n, got);
+            for (size_t i = 0; i < n && i < 40; i++) fprintf(stderr, " %d", ids[i]);
+            fprintf(stderr, "\n");
+            free(got);
+            TT_FAILF("%s: ids differ from HF tokenizers", name);
+        }
+        int32_t *ids2;
+        size_t n2;
+        TT_ASSERT_EQ_INT(tok_encode(t, text, strlen(text), true, &ids2, &n2), CM_OK);
+        TT_ASSERT_MSG(ids_equal(ids2, n2, cJSON_GetObjectItem(e, "ids_special")),
+                      "%s: '%.60s': ids with special tokens differ", name, text);
+        char *dec;
+        size_t dl;
+        TT_ASSERT_EQ_INT(tok_decode(t, ids, n, false, &dec, &dl), CM_OK);
+        TT_ASSERT_MSG(strcmp(dec, cJSON_GetObjectItem(e, "decoded")->valuestring) == 0,
+                      "%s: decode of '%.60s' differs", name, text);
+        /* Streaming: one id at a time, every piece valid UTF-8, same text. */
+        tok_stream_t *s = tok_stream_new(t, false);
+        char *acc = malloc(dl + 64), piece[512];
+        size_t al = 0;
+        for (size_t i = 0; i < n; i++) {
+            size_t pl = tok_stream_push(s, ids[i], piece, sizeof piece);
+            TT_ASSERT_MSG(cm_utf8_valid(piece, pl), "%s: broken UTF-8 piece", name);
+            memcpy(acc + al, piece, pl);
+            al += pl;
+        }
+        al += tok_stream_flush(s, acc + al, 64);
+        tok_stream_free(s);
+        TT_ASSERT_MSG(al == dl && memcmp(acc, dec, dl) == 0, "%s: stream decode of '%.60s' differs",
+                      name, text);
+        free(acc);
+        cm_free(dec);
+        cm_free(ids);
+        cm_free(ids2);
+        n_checked++;
+    }
+    TT_ASSERT(n_checked >= 200);
+    tok_free(t);
+}
+
+TT_TEST(tok, qwen3_matches_hf_tokenizers) { check_tokenizer("qwen3"); }
+TT_TEST(tok, llama3_matches_hf_tokenizers) { check_tokenizer("llama3_1"); }
+TT_TEST(tok, deepseek_v3_matches_hf_tokenizers) { check_tokenizer("deepseek_v3"); }
+
+static void check_chat(const char *name, tok_chat_t want) {
+    tok_t *t = open_tok(name);
+    TT_ASSERT_EQ_INT(tok_chat_kind(t), want);
+    const cJSON *e;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(goldens(name), "chat")) {
+        const cJSON *ms = cJSON_GetObjectItem(e, "messages"), *m;
+        tok_msg_t msgs[8];
+        size_t n = 0;
+        cJSON_ArrayForEach(m, ms) {
+            msgs[n].role = cJSON_GetObjectItem(m, "role")->valuestring;
+            msgs[n].content = cJSON_GetObjectItem(m, "content")->valuestring;
+            n++;
+        }
+        char *out;
+        size_t len;
+        TT_ASSERT_EQ_INT(
+            tok_chat_apply(t, msgs, n,
+                           cJSON_IsTrue(cJSON_GetObjectItem(e, "add_generation_prompt")), &out,
+                           &len),
+            CM_OK);
+        const char *wanted = cJSON_GetObjectItem(e, "text")->valuestring;
+        TT_ASSERT_MSG(strcmp(out, wanted) == 0, "%s chat:\n--- got ---\n%s\n--- want ---\n%s", name,
+                      out, wanted);
+        cm_free(out);
+    }
+    tok_msg_t bad = {"robot", "x"};
+    char *out;
+    size_t len;
+    TT_ASSERT_EQ_INT(tok_chat_apply(t, &bad, 1, true, &out, &len), CM_ERR_INVALID_ARG);
+    tok_free(t);
+}
+
+TT_TEST(tok, chatml_qwen3_matches_transformers) { check_chat("qwen3", TOK_CHAT_CHATML); }
+TT_TEST(tok, llama3_chat_matches_transformers) { check_chat("llama3_1", TOK_CHAT_LLAMA3); }
+TT_TEST(tok, deepseek_chat_matches_transformers) { check_chat("deepseek_v3", TOK_CHAT_DEEPSEEK); }
