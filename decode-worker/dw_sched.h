@@ -21,17 +21,11 @@
 #ifndef TANDEM_DW_SCHED_H
 #define TANDEM_DW_SCHED_H
 
-#include "eng_kvcache.h"
+#include "eng.h"
 #include "eng_sampler.h"
 
-/* One entry of a model step: @n new tokens of @seq at positions
- * [start, start + n), already appended to the sequence. */
-typedef struct {
-    eng_kv_seq_t *seq;
-    uint32_t start;
-    uint32_t n;
-    bool logits; /* wants the logits row of its last new token */
-} dw_item_t;
+/* One entry of a model step (see eng_item_t). */
+typedef eng_item_t dw_item_t;
 
 /* The model and tokenizer as the scheduler uses them (an adapter over the
  * engine and tokenizer libraries). */

@@ -11,6 +11,7 @@
 #include "cm_base.h"
 #include "cm_cli.h"
 #include "bench.h"
+#include "dw_cmd.h"
 #include "rt_cmd.h"
 #include "cm_gpu.h"
 
@@ -26,7 +27,7 @@ static const tandem_cmd_t k_commands[] = {
     {"decode", "decode worker: receives KV blocks, batches and generates tokens", NULL},
     {"worker", "colocated worker: prefill and decode in one process", NULL},
     {"up", "launch and supervise a local cluster (router + workers)", cm_cmd_up},
-    {"generate", "generate text from a model in this process", NULL},
+    {"generate", "generate text from a model in this process", dw_cmd_generate},
     {"tokenize", "tokenize stdin text to ids, or decode ids to text", NULL},
     {"bench", "benchmarks (see tandem bench --help)", bench_main},
 };
