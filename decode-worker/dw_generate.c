@@ -18,32 +18,85 @@ static int64_t g_max_tokens, g_top_k, g_logprobs, g_seed;
 static double g_temperature, g_top_p, g_min_p;
 
 static const cm_flag_t k_flags[] = {
-    {.name = "model", .type = CM_FLAG_STRING, .dst = &g_model, .required = true,
+    {.name = "model",
+     .type = CM_FLAG_STRING,
+     .dst = &g_model,
+     .required = true,
      .help = "model directory (Hugging Face layout)"},
     {.name = "prompt", .type = CM_FLAG_STRING, .dst = &g_prompt, .help = "prompt text"},
-    {.name = "prompt-ids", .type = CM_FLAG_STRING, .dst = &g_prompt_ids,
+    {.name = "prompt-ids",
+     .type = CM_FLAG_STRING,
+     .dst = &g_prompt_ids,
      .help = "prompt as comma-separated token ids"},
-    {.name = "chat", .type = CM_FLAG_BOOL, .dst = &g_chat, .def = "false",
+    {.name = "chat",
+     .type = CM_FLAG_BOOL,
+     .dst = &g_chat,
+     .def = "false",
      .help = "wrap the prompt as a user message in the chat template"},
-    {.name = "max-tokens", .type = CM_FLAG_INT, .dst = &g_max_tokens, .def = "64",
-     .help = "tokens to generate", .min = 1, .max = 1 << 20},
-    {.name = "temperature", .type = CM_FLAG_DOUBLE, .dst = &g_temperature, .def = "0",
-     .help = "sampling temperature (0 = greedy)", .fmin = 0, .fmax = 100},
-    {.name = "top-p", .type = CM_FLAG_DOUBLE, .dst = &g_top_p, .def = "1", .help = "nucleus",
-     .fmin = 0, .fmax = 1},
-    {.name = "top-k", .type = CM_FLAG_INT, .dst = &g_top_k, .def = "0",
-     .help = "top-k (0 = off)", .min = 0, .max = 1 << 24},
-    {.name = "min-p", .type = CM_FLAG_DOUBLE, .dst = &g_min_p, .def = "0", .help = "min-p",
-     .fmin = 0, .fmax = 1},
-    {.name = "seed", .type = CM_FLAG_INT, .dst = &g_seed, .def = "-1",
-     .help = "sampling seed (-1 = random)", .min = -1, .max = INT64_MAX},
-    {.name = "logprobs", .type = CM_FLAG_INT, .dst = &g_logprobs, .def = "0",
-     .help = "top-N logprobs per token in --json output", .min = 0, .max = 20},
-    {.name = "ignore-eos", .type = CM_FLAG_BOOL, .dst = &g_ignore_eos, .def = "false",
+    {.name = "max-tokens",
+     .type = CM_FLAG_INT,
+     .dst = &g_max_tokens,
+     .def = "64",
+     .help = "tokens to generate",
+     .min = 1,
+     .max = 1 << 20},
+    {.name = "temperature",
+     .type = CM_FLAG_DOUBLE,
+     .dst = &g_temperature,
+     .def = "0",
+     .help = "sampling temperature (0 = greedy)",
+     .fmin = 0,
+     .fmax = 100},
+    {.name = "top-p",
+     .type = CM_FLAG_DOUBLE,
+     .dst = &g_top_p,
+     .def = "1",
+     .help = "nucleus",
+     .fmin = 0,
+     .fmax = 1},
+    {.name = "top-k",
+     .type = CM_FLAG_INT,
+     .dst = &g_top_k,
+     .def = "0",
+     .help = "top-k (0 = off)",
+     .min = 0,
+     .max = 1 << 24},
+    {.name = "min-p",
+     .type = CM_FLAG_DOUBLE,
+     .dst = &g_min_p,
+     .def = "0",
+     .help = "min-p",
+     .fmin = 0,
+     .fmax = 1},
+    {.name = "seed",
+     .type = CM_FLAG_INT,
+     .dst = &g_seed,
+     .def = "-1",
+     .help = "sampling seed (-1 = random)",
+     .min = -1,
+     .max = INT64_MAX},
+    {.name = "logprobs",
+     .type = CM_FLAG_INT,
+     .dst = &g_logprobs,
+     .def = "0",
+     .help = "top-N logprobs per token in --json output",
+     .min = 0,
+     .max = 20},
+    {.name = "ignore-eos",
+     .type = CM_FLAG_BOOL,
+     .dst = &g_ignore_eos,
+     .def = "false",
      .help = "do not stop at end-of-sequence tokens"},
-    {.name = "backend", .type = CM_FLAG_CHOICE, .dst = &g_backend, .def = "cpu",
-     .choices = "ref|cpu|cuda", .help = "compute backend"},
-    {.name = "json", .type = CM_FLAG_BOOL, .dst = &g_json, .def = "false",
+    {.name = "backend",
+     .type = CM_FLAG_CHOICE,
+     .dst = &g_backend,
+     .def = "cpu",
+     .choices = "ref|cpu|cuda",
+     .help = "compute backend"},
+    {.name = "json",
+     .type = CM_FLAG_BOOL,
+     .dst = &g_json,
+     .def = "false",
      .help = "print a JSON object (ids, text, logprobs) instead of streaming text"},
     {0},
 };
@@ -180,8 +233,8 @@ int dw_cmd_generate(int argc, char **argv) {
     }
     for (size_t i = 0; i < n; i++) {
         if ((uint32_t)ids[i] >= dw_runner_vocab(r)) {
-            fprintf(stderr, "tandem generate: token id %d is outside the vocabulary (%u)\n",
-                    ids[i], dw_runner_vocab(r));
+            fprintf(stderr, "tandem generate: token id %d is outside the vocabulary (%u)\n", ids[i],
+                    dw_runner_vocab(r));
             rcode = CM_EXIT_USAGE;
             goto out;
         }
@@ -220,8 +273,10 @@ int dw_cmd_generate(int argc, char **argv) {
         cJSON_AddItemToObject(o, "token_ids", g.ids);
         cJSON_AddStringToObject(o, "text", g.text ? g.text : "");
         cJSON_AddItemToObject(o, "logprobs", g.lps);
-        if (g_logprobs) cJSON_AddItemToObject(o, "top_logprobs", g.tops);
-        else cJSON_Delete(g.tops);
+        if (g_logprobs)
+            cJSON_AddItemToObject(o, "top_logprobs", g.tops);
+        else
+            cJSON_Delete(g.tops);
         cJSON_AddStringToObject(o, "finish_reason", g.finish == DW_FINISH_STOP ? "stop" : "length");
         g.ids = g.lps = g.tops = NULL;
         char *s = cJSON_PrintUnformatted(o);

@@ -59,8 +59,7 @@ cm_status_t dw_runner_new(const dw_runner_config_t *cfg, dw_emit_fn emit, void *
     uint64_t nb = pool / per_block;
     if (nb < 4) {
         snprintf(err, errlen, "KV pool of %llu bytes holds %llu blocks of %llu bytes: too small",
-                 (unsigned long long)pool, (unsigned long long)nb,
-                 (unsigned long long)per_block);
+                 (unsigned long long)pool, (unsigned long long)nb, (unsigned long long)per_block);
         st = CM_ERR_INVALID_ARG;
         goto fail;
     }
@@ -88,9 +87,8 @@ cm_status_t dw_runner_new(const dw_runner_config_t *cfg, dw_emit_fn emit, void *
                     .detok_push = detok_push,
                     .detok_flush = detok_flush,
                     .detok_free = detok_free};
-    dw_sched_config_t sc = {.max_seqs = cfg->max_seqs,
-                            .max_batch_tokens = cfg->max_batch_tokens,
-                            .max_context = ctx};
+    dw_sched_config_t sc = {
+        .max_seqs = cfg->max_seqs, .max_batch_tokens = cfg->max_batch_tokens, .max_context = ctx};
     if ((st = dw_sched_new(r->kv, &m, &sc, emit, ud, &r->sched))) goto fail;
     *out = r;
     return CM_OK;

@@ -15,7 +15,7 @@
 
 typedef struct {
     const char *model_dir;
-    const char *model_id;      /* for the KV layout fingerprint */
+    const char *model_id; /* for the KV layout fingerprint */
     eng_backend_kind_t backend;
     uint64_t kv_pool_bytes;    /* 0 = 256 MiB */
     uint32_t block_size;       /* 0 = 16 */

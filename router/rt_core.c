@@ -221,13 +221,14 @@ static cm_status_t prompt_ids(rt_core_t *core, const rt_gen_request_t *req, int3
         return CM_OK;
     }
     if (!core->have_tok) return CM_ERR_UNSUPPORTED;
-    if (!req->chat) return core->tok.encode(core->tok.ctx, req->prompt, req->prompt_len, ids, n);
+    if (!req->chat)
+        return core->tok.encode(core->tok.ctx, req->prompt, req->prompt_len, true, ids, n);
     char *text = NULL;
     size_t len = 0;
     cm_status_t st =
         core->tok.apply_chat(core->tok.ctx, req->messages, req->n_messages, &text, &len);
     if (st != CM_OK) return st;
-    st = core->tok.encode(core->tok.ctx, text, len, ids, n);
+    st = core->tok.encode(core->tok.ctx, text, len, false, ids, n);
     cm_free(text);
     return st;
 }
@@ -255,6 +256,9 @@ cm_status_t rt_core_submit(rt_core_t *core, const rt_gen_request_t *req, const r
         return refuse(core, err, 400, "invalid_request_error", 0, st,
                       "This router has no tokenizer (start it with --model DIR); send the "
                       "prompt as token ids.");
+    if (st == CM_ERR_NOT_FOUND)
+        return refuse(core, err, 400, "invalid_request_error", 0, st,
+                      "This model has no chat template; use /v1/completions.");
     if (st != CM_OK)
         return refuse(core, err, 400, "invalid_request_error", 0, st,
                       "The prompt could not be tokenized: %s.", cm_strerror(st));

@@ -105,8 +105,10 @@ typedef struct {
  */
 typedef struct {
     void *ctx;
-    /* Token ids of @text (with the model's BOS handling). */
-    cm_status_t (*encode)(void *ctx, const char *text, size_t len, int32_t **ids, size_t *n);
+    /* Token ids of @text; @add_special adds the model's BOS etc. (plain
+     * prompts yes, chat-template output no: the template has them). */
+    cm_status_t (*encode)(void *ctx, const char *text, size_t len, bool add_special, int32_t **ids,
+                          size_t *n);
     /* The chat template applied to @msgs with the generation prompt added. */
     cm_status_t (*apply_chat)(void *ctx, const rt_chat_msg_t *msgs, size_t n, char **text,
                               size_t *len);

@@ -8,12 +8,33 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "cm_cli.h"
 #include "rt_core.h"
 #include "rt_grpc.h"
 #include "rt_http.h"
+#include "tok.h"
+
+/* The router's tokenizer: the model folder's tokenizer.json. */
+static cm_status_t tok_enc(void *ctx, const char *text, size_t len, bool add_special, int32_t **ids,
+                           size_t *n) {
+    return tok_encode(ctx, text, len, add_special, ids, n);
+}
+
+static cm_status_t tok_chat(void *ctx, const rt_chat_msg_t *msgs, size_t n, char **text,
+                            size_t *len) {
+    tok_msg_t *m = cm_calloc(n ? n : 1, sizeof *m);
+    if (!m) return CM_ERR_NO_MEMORY;
+    for (size_t i = 0; i < n; i++) {
+        m[i].role = msgs[i].role;
+        m[i].content = msgs[i].content;
+    }
+    cm_status_t st = tok_chat_apply(ctx, m, n, true, text, len);
+    cm_free(m);
+    return st;
+}
 
 static const char *g_listen, *g_grpc_listen, *g_cp_bind, *g_name, *g_model;
 static int64_t g_max_context, g_max_queue, g_hb_missed;
@@ -153,8 +174,24 @@ int rt_cmd_router(int argc, char **argv) {
         snprintf(namebuf, sizeof namebuf, "%s", base && base[1] ? base + 1 : g_model);
         g_name = namebuf;
     }
+    tok_t *tok = NULL;
+    rt_tokenizer_t tk = {0};
+    if (g_model && g_model[0]) {
+        char tp[4096], err[512];
+        snprintf(tp, sizeof tp, "%s/tokenizer.json", g_model);
+        if (access(tp, R_OK) == 0) {
+            if (tok_load(g_model, &tok, err, sizeof err) != CM_OK) {
+                fprintf(stderr, "tandem router: %s\n", err);
+                return CM_EXIT_FAILURE;
+            }
+            tk = (rt_tokenizer_t){.ctx = tok, .encode = tok_enc, .apply_chat = tok_chat};
+        } else {
+            cm_log_warn("router", "%s has no tokenizer.json: only token-id prompts", g_model);
+        }
+    }
     uv_loop_t *loop = uv_default_loop();
     rt_core_config_t cfg = {.served_model_name = g_name,
+                            .tokenizer = tok ? &tk : NULL,
                             .model_dir = g_model,
                             .max_context = (uint32_t)g_max_context,
                             .max_queue = (uint32_t)g_max_queue,
@@ -185,6 +222,7 @@ int rt_cmd_router(int argc, char **argv) {
     cm_log_info("router", "serving '%s'", g_name);
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
+    tok_free(tok);
     cm_log_info("router", "stopped");
     return CM_EXIT_OK;
 }

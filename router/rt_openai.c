@@ -20,7 +20,7 @@ struct rt_oai_req {
     size_t n_msg_text;
     const char *stop[OAI_MAX_STOP];
     int32_t *stop_ids;
-    bool stream, include_usage;
+    bool stream, include_usage, ids_as_tokens;
 };
 
 static cm_status_t bad(rt_oai_error_t *err, const char *param, const char *fmt, ...)
@@ -329,6 +329,14 @@ cm_status_t rt_oai_parse(rt_oai_kind_t kind, const char *body, size_t len, rt_oa
         TRY(get_ids(v, "stop_token_ids", &r->stop_ids, &s->n_stop_token_ids, err));
         s->stop_token_ids = r->stop_ids;
     }
+    if (present(v = FIELD("return_tokens_as_token_ids"))) {
+        if (!cJSON_IsBool(v)) {
+            bad(err, "return_tokens_as_token_ids",
+                "'return_tokens_as_token_ids' must be a boolean.");
+            goto fail;
+        }
+        r->ids_as_tokens = cJSON_IsTrue(v);
+    }
     if (present(v = FIELD("ignore_eos"))) {
         if (!cJSON_IsBool(v)) {
             bad(err, "ignore_eos", "'ignore_eos' must be a boolean.");
@@ -423,7 +431,7 @@ struct rt_oai_resp {
     char id[64];
     char model[256];
     uint64_t created;
-    bool include_usage, logprobs;
+    bool include_usage, logprobs, ids_as_tokens;
     uint32_t top_n;
     /* Non-streaming accumulation. */
     char *text;
@@ -442,6 +450,7 @@ rt_oai_resp_t *rt_oai_resp_new(const rt_oai_req_t *req, const char *id, uint64_t
     r->include_usage = req->include_usage;
     r->logprobs = req->gen.sampling.logprobs;
     r->top_n = req->gen.sampling.top_logprobs;
+    r->ids_as_tokens = req->ids_as_tokens;
     return r;
 }
 
@@ -453,9 +462,11 @@ void rt_oai_resp_free(rt_oai_resp_t *r) {
 }
 
 /* The printable name of token i of a delta: the delta's text when it holds
- * a single token, else "token_id:<id>" (vLLM's convention). */
-static void token_name(const rt_delta_t *d, size_t i, char *buf, size_t cap) {
-    if (d->n == 1)
+ * a single token, else "token_id:<id>" (vLLM's convention, also what
+ * return_tokens_as_token_ids asks for). */
+static void token_name(const rt_oai_resp_t *r, const rt_delta_t *d, size_t i, char *buf,
+                       size_t cap) {
+    if (d->n == 1 && !r->ids_as_tokens)
         snprintf(buf, cap, "%.*s", (int)d->text_len, d->text);
     else
         snprintf(buf, cap, "token_id:%d", d->ids[i]);
@@ -474,7 +485,7 @@ static cJSON *bytes_of(const char *s) {
 static void add_logprobs(rt_oai_resp_t *r, cJSON *lp, const rt_delta_t *d) {
     char name[512];
     for (size_t i = 0; i < d->n; i++) {
-        token_name(d, i, name, sizeof name);
+        token_name(r, d, i, name, sizeof name);
         float l = d->logprobs ? d->logprobs[i] : 0.0f;
         if (r->kind == RT_OAI_CHAT) {
             cJSON *content = cJSON_GetObjectItemCaseSensitive(lp, "content");

@@ -12,7 +12,8 @@
  * top_p, top_k, min_p, n (1), stream, stream_options.include_usage, stop
  * (string or up to 16 strings), stop_token_ids, seed, logprobs
  * (completions: 0..5; chat: bool with top_logprobs 0..20),
- * presence/frequency/repetition penalties, ignore_eos, user. Unknown fields
+ * presence/frequency/repetition penalties, ignore_eos, user, and vLLM's
+ * return_tokens_as_token_ids (logprob tokens as "token_id:<id>"). Unknown fields
  * are ignored; known fields with wrong types or out of range are a 400
  * naming the parameter. Features Tandem does not have (n > 1, best_of > 1,
  * echo, logit_bias, suffix, tools) are a 400 saying so, never ignored.

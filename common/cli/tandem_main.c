@@ -25,7 +25,7 @@ static const tandem_cmd_t k_commands[] = {
     {"router", "HTTP/gRPC front end and scheduler (OpenAI API)", rt_cmd_router},
     {"prefill", "prefill worker: runs prompts, streams KV blocks to decode workers", NULL},
     {"decode", "decode worker: receives KV blocks, batches and generates tokens", NULL},
-    {"worker", "colocated worker: prefill and decode in one process", NULL},
+    {"worker", "colocated worker: prefill and decode in one process", dw_cmd_worker},
     {"up", "launch and supervise a local cluster (router + workers)", cm_cmd_up},
     {"generate", "generate text from a model in this process", dw_cmd_generate},
     {"tokenize", "tokenize stdin text to ids, or decode ids to text", NULL},
