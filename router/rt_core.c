@@ -227,6 +227,7 @@ static cm_status_t prompt_ids(rt_core_t *core, const rt_gen_request_t *req, int3
     size_t len = 0;
     cm_status_t st =
         core->tok.apply_chat(core->tok.ctx, req->messages, req->n_messages, &text, &len);
+    if (st == CM_ERR_UNSUPPORTED) return CM_ERR_NOT_FOUND; /* no chat template */
     if (st != CM_OK) return st;
     st = core->tok.encode(core->tok.ctx, text, len, false, ids, n);
     cm_free(text);

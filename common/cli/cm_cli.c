@@ -53,3 +53,6 @@ bool cm_cli_parse(const cm_cmd_spec_t *spec, int argc, char **argv, char **pos, 
     cm_log_configure(level, format, 2);
     return true;
 }
+
+const char *cm_cli_log_level(void) { return g_log_level ? g_log_level : "info"; }
+const char *cm_cli_log_format(void) { return g_log_format ? g_log_format : "text"; }

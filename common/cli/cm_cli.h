@@ -25,6 +25,11 @@ enum {
 bool cm_cli_parse(const cm_cmd_spec_t *spec, int argc, char **argv, char **pos, int *npos,
                   int *exit_code);
 
+/* The global --log-level / --log-format values in force (after parsing),
+ * for passing on to child processes. */
+const char *cm_cli_log_level(void);
+const char *cm_cli_log_format(void);
+
 /* `tandem up` (cm_up.c). Returns the process exit code. */
 int cm_cmd_up(int argc, char **argv);
 

@@ -394,6 +394,8 @@ static up_child_t *add_child(up_t *up, const char *name, const char *cmd) {
     snprintf(c->name, sizeof c->name, "%s", name);
     up_arg(c, "tandem");
     up_arg(c, "%s", cmd);
+    up_arg(c, "--log-level=%s", cm_cli_log_level());
+    up_arg(c, "--log-format=%s", cm_cli_log_format());
     uv_timer_init(up->loop, &c->restart_timer);
     c->restart_timer.data = c;
     return c;
