@@ -71,6 +71,18 @@ cm_status_t dw_runner_new(const dw_runner_config_t *cfg, dw_emit_fn emit, void *
                           .mem_mode = ENG_KV_MEM_ALLOC,
                           .prefault = true,
                           .enable_prefix_cache = true};
+    if (cfg->kv_alloc) {
+        kc.mem = cfg->kv_alloc(cfg->kv_alloc_ud, &kc.geom);
+        if (!kc.mem) {
+            snprintf(err, errlen, "could not provide KV pool memory (%llu blocks)",
+                     (unsigned long long)nb);
+            st = CM_ERR_NO_MEMORY;
+            goto fail;
+        }
+        kc.mem_mode = ENG_KV_MEM_EXTERNAL;
+        kc.mem_bytes = eng_kv_geom_pool_bytes(&kc.geom);
+        kc.mem_is_host = true;
+    }
     if ((st = eng_kv_init(&kc, &r->kv))) {
         snprintf(err, errlen, "KV pool of %llu blocks: %s", (unsigned long long)nb,
                  cm_strerror(st));

@@ -22,6 +22,11 @@ typedef struct {
     uint32_t max_seqs;         /* 0 = 64 */
     uint32_t max_batch_tokens; /* 0 = 512 */
     uint32_t max_context;      /* 0 = min(config max positions, pool) */
+    /* Optional: provides the KV pool memory for geometry @g (e.g. memory
+     * UCX allocated for receiving KV); NULL result = failure. Without it
+     * the KV manager allocates the pool. */
+    void *(*kv_alloc)(void *ud, const eng_kv_geom_t *g);
+    void *kv_alloc_ud;
 } dw_runner_config_t;
 
 typedef struct dw_runner dw_runner_t;

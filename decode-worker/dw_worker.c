@@ -25,6 +25,7 @@
 #include "cm_cp_agent.h"
 #include "dw_cmd.h"
 #include "dw_runner.h"
+#include "kvx.h"
 
 static const char *g_router, *g_model, *g_name, *g_backend, *g_worker_id;
 static uint64_t g_pool, g_drain_ms;
@@ -96,20 +97,29 @@ static const cm_flag_t k_flags[] = {
     {0},
 };
 
-typedef enum { CMD_ADD, CMD_CANCEL } cmd_kind_t;
+typedef enum { WK_COLOCATED = 0, WK_PREFILL, WK_DECODE } wk_role_t;
+
+typedef enum { CMD_ADD, CMD_CANCEL, CMD_RESERVE, CMD_COMMIT, CMD_FREE_SEQ } cmd_kind_t;
 
 typedef struct cmd {
     struct cmd *next;
     cmd_kind_t kind;
     uint64_t id;
-    dw_request_t req; /* CMD_ADD: owns prompt and stop strings */
+    eng_kv_seq_t *seq; /* CMD_FREE_SEQ */
+    dw_request_t req;  /* CMD_ADD: owns prompt and stop strings */
     int32_t *prompt;
     char **stop;
 } cmd_t;
 
+typedef enum { EVT_SCHED = 0, EVT_RESERVED, EVT_RESERVE_FAILED } evt_kind_t;
+
 typedef struct evt {
     struct evt *next;
+    evt_kind_t kind;
     uint64_t id;
+    eng_kv_seq_t *seq; /* DW_FINISH_PREFILL: the prompt's KV, handed over */
+    int32_t *blocks;   /* its block ids, or the reserved ones (EVT_RESERVED) */
+    uint32_t n_blocks, cached_blocks, cached_tokens;
     int32_t *ids;
     size_t n;
     char *text;
@@ -122,10 +132,50 @@ typedef struct evt {
     uint32_t prompt_tokens, completion_tokens;
 } evt_t;
 
+/* Decode: a reserved request waiting for its KV and first token. */
 typedef struct {
+    uint64_t id;
+    cmd_t *add;      /* the request to add once everything arrived */
+    uint32_t layers; /* layers landed so far (notices) */
+    bool kv_ready;   /* KvReady from the router arrived */
+    uint64_t deadline_ms;
+} pend_t;
+
+/* Prefill: where a request's KV goes. */
+typedef struct {
+    uint64_t id;
+    kvx_peer_t *peer;
+    uint32_t *dst;
+    size_t n_dst;
+    uint32_t skip;
+    uint64_t deadline_ms;
+    /* After the transfer: what KvReady says. */
+    int32_t first_token;
+    float first_logprob;
+    uint32_t n_top;
+    eng_logprob_t top[ENG_SAMPLER_MAX_LOGPROBS];
+    uint32_t prompt_tokens, cached_tokens;
+    eng_kv_seq_t *seq;
+    bool sending;
+} job_t;
+
+typedef struct {
+    wk_role_t role;
     uv_loop_t *loop;
     void *zctx;
     cm_cp_agent_t *agent;
+    /* kvxfer (prefill and decode). */
+    kvx_ctx_t *kvx;
+    kvx_pool_t *pool;
+    uint8_t *desc;
+    size_t desc_len;
+    uint64_t fingerprint;
+    uv_poll_t kvx_poll;
+    uv_timer_t kvx_timer;
+    pend_t *pend;
+    size_t n_pend, cap_pend;
+    job_t *jobs;
+    size_t n_jobs, cap_jobs;
     uv_async_t async;
     uv_signal_t sigint, sigterm;
     uv_timer_t drain_timer;
@@ -153,6 +203,8 @@ static wk_t g_wk;
 
 /* ---- compute thread ---------------------------------------------------- */
 
+static void push_evt(wk_t *w, evt_t *v);
+
 static void on_sched_event(void *ud, const dw_event_t *e) {
     wk_t *w = ud;
     evt_t *v = cm_calloc(1, sizeof *v);
@@ -162,6 +214,15 @@ static void on_sched_event(void *ud, const dw_event_t *e) {
     v->error = e->error;
     v->prompt_tokens = e->prompt_tokens;
     v->completion_tokens = e->completion_tokens;
+    v->cached_tokens = e->cached_tokens;
+    if (e->seq) {
+        /* Prefill done: its blocks are stable until CMD_FREE_SEQ. */
+        v->seq = e->seq;
+        v->n_blocks = eng_kv_seq_n_blocks(e->seq);
+        v->blocks = cm_malloc_array(v->n_blocks ? v->n_blocks : 1, sizeof *v->blocks);
+        if (v->blocks)
+            memcpy(v->blocks, eng_kv_seq_blocks(e->seq), v->n_blocks * sizeof *v->blocks);
+    }
     if (e->n) {
         v->ids = cm_malloc_array(e->n, sizeof *v->ids);
         if (v->ids) memcpy(v->ids, e->ids, e->n * sizeof *v->ids);
@@ -182,6 +243,10 @@ static void on_sched_event(void *ud, const dw_event_t *e) {
             v->top_per_token = e->top_per_token;
         }
     }
+    push_evt(w, v);
+}
+
+static void push_evt(wk_t *w, evt_t *v) {
     pthread_mutex_lock(&w->mu);
     if (w->evt_tail)
         w->evt_tail->next = v;
@@ -200,6 +265,59 @@ static void cmd_free(cmd_t *c) {
     cm_free(c);
 }
 
+/* Reservations made for remote prefills (compute thread only). */
+typedef struct {
+    uint64_t id;
+    eng_kv_seq_t *seq;
+} resv_t;
+static resv_t *g_resv;
+static size_t g_n_resv, g_cap_resv;
+
+static eng_kv_seq_t *resv_take(uint64_t id) {
+    for (size_t i = 0; i < g_n_resv; i++) {
+        if (g_resv[i].id == id) {
+            eng_kv_seq_t *s = g_resv[i].seq;
+            g_resv[i] = g_resv[--g_n_resv];
+            return s;
+        }
+    }
+    return NULL;
+}
+
+static void push_evt(wk_t *w, evt_t *v);
+
+static void do_reserve(wk_t *w, cmd_t *c) {
+    eng_kv_t *kv = dw_runner_kv(w->runner);
+    evt_t *v = cm_calloc(1, sizeof *v);
+    if (!v) return;
+    v->id = c->id;
+    eng_kv_seq_t *seq = NULL;
+    uint32_t hit = 0;
+    cm_status_t st = CM_ERR_NO_MEMORY;
+    if (g_n_resv == g_cap_resv) {
+        size_t cap = g_cap_resv ? g_cap_resv * 2 : 64;
+        resv_t *n = cm_realloc_array(g_resv, cap, sizeof *n);
+        if (n) {
+            g_resv = n;
+            g_cap_resv = cap;
+        }
+    }
+    if (g_n_resv < g_cap_resv)
+        st = eng_kv_reserve(kv, c->prompt, c->req.n_prompt, c->req.n_prompt - 1, &seq, &hit);
+    if (st == CM_OK) {
+        g_resv[g_n_resv++] = (resv_t){c->id, seq};
+        v->kind = EVT_RESERVED;
+        v->n_blocks = eng_kv_seq_n_blocks(seq);
+        v->blocks = cm_malloc_array(v->n_blocks, sizeof *v->blocks);
+        if (v->blocks) memcpy(v->blocks, eng_kv_seq_blocks(seq), v->n_blocks * sizeof *v->blocks);
+        v->cached_blocks = hit;
+    } else {
+        v->kind = EVT_RESERVE_FAILED;
+        v->error = st;
+    }
+    push_evt(w, v);
+}
+
 static void *compute_main(void *arg) {
     wk_t *w = arg;
     dw_sched_t *s = dw_runner_sched(w->runner);
@@ -211,14 +329,28 @@ static void *compute_main(void *arg) {
             while (c) {
                 cmd_t *next = c->next;
                 pthread_mutex_unlock(&w->mu);
-                if (c->kind == CMD_ADD) {
-                    cm_status_t st = dw_sched_add(s, &c->req);
+                if (c->kind == CMD_ADD || c->kind == CMD_COMMIT) {
+                    cm_status_t st = CM_OK;
+                    if (c->kind == CMD_COMMIT) {
+                        c->req.seq = resv_take(c->id);
+                        st = c->req.seq ? eng_kv_reserve_commit(kv, c->req.seq) : CM_ERR_NOT_FOUND;
+                    }
+                    if (st == CM_OK) st = dw_sched_add(s, &c->req);
                     if (st != CM_OK) {
+                        if (c->req.seq) eng_kv_seq_free(kv, c->req.seq);
                         dw_event_t e = {.id = c->id, .finish = DW_FINISH_ERROR, .error = st};
                         on_sched_event(w, &e);
                     }
+                } else if (c->kind == CMD_RESERVE) {
+                    do_reserve(w, c);
+                } else if (c->kind == CMD_FREE_SEQ) {
+                    eng_kv_seq_free(kv, c->seq);
                 } else {
-                    dw_sched_cancel(s, c->id);
+                    eng_kv_seq_t *r = resv_take(c->id);
+                    if (r)
+                        eng_kv_reserve_cancel(kv, r);
+                    else
+                        dw_sched_cancel(s, c->id);
                 }
                 cmd_free(c);
                 pthread_mutex_lock(&w->mu);
@@ -297,6 +429,192 @@ static bool live_remove(wk_t *w, uint64_t id) {
     return false;
 }
 
+static void evt_free(evt_t *v) {
+    cm_free(v->ids);
+    cm_free(v->text);
+    cm_free(v->logprobs);
+    cm_free(v->top);
+    cm_free(v->blocks);
+    cm_free(v);
+}
+
+static void send_tokens(wk_t *w, const evt_t *v) {
+    Tandem__Cp__TokenStream ts = TANDEM__CP__TOKEN_STREAM__INIT;
+    ts.request_id = v->id;
+    ts.n_token_ids = v->n;
+    ts.token_ids = v->ids;
+    ts.text = v->text ? v->text : "";
+    if (v->logprobs) {
+        ts.n_logprobs = v->n;
+        ts.logprobs = v->logprobs;
+    }
+    size_t ntop = v->top ? v->n * v->top_per_token : 0;
+    Tandem__Cp__TopLogprob *tl = ntop ? cm_calloc(ntop, sizeof *tl) : NULL;
+    Tandem__Cp__TopLogprob **tlp = ntop ? cm_calloc(ntop, sizeof *tlp) : NULL;
+    if (tl && tlp) {
+        for (size_t i = 0; i < ntop; i++) {
+            tl[i] = (Tandem__Cp__TopLogprob)TANDEM__CP__TOP_LOGPROB__INIT;
+            tl[i].token_id = v->top[i].token;
+            tl[i].logprob = v->top[i].logprob;
+            tlp[i] = &tl[i];
+        }
+        ts.n_top_logprobs = ntop;
+        ts.top_logprobs = tlp;
+    }
+    ts.finish_reason = v->finish == DW_FINISH_STOP     ? TANDEM__CP__FINISH_REASON__FINISH_STOP
+                       : v->finish == DW_FINISH_LENGTH ? TANDEM__CP__FINISH_REASON__FINISH_LENGTH
+                                                       : TANDEM__CP__FINISH_REASON__FINISH_NONE;
+    ts.prompt_tokens = v->prompt_tokens;
+    ts.completion_tokens = v->completion_tokens;
+    cm_cp_msg_t m = envelope();
+    m.body_case = TANDEM__CP__ENVELOPE__BODY_TOKENS;
+    m.tokens = &ts;
+    cm_status_t st = cm_cp_agent_send(w->agent, &m);
+    if (st != CM_OK)
+        cm_log_warn("worker", "token stream %llu: %s", (unsigned long long)v->id, cm_strerror(st));
+    cm_free(tl);
+    cm_free(tlp);
+}
+
+/* ---- prefill: ship the KV, then report the first token ------------------- */
+
+static job_t *job_find(wk_t *w, uint64_t id) {
+    for (size_t i = 0; i < w->n_jobs; i++)
+        if (w->jobs[i].id == id) return &w->jobs[i];
+    return NULL;
+}
+
+static void job_remove(wk_t *w, uint64_t id) {
+    for (size_t i = 0; i < w->n_jobs; i++) {
+        if (w->jobs[i].id == id) {
+            cm_free(w->jobs[i].dst);
+            w->jobs[i] = w->jobs[--w->n_jobs];
+            return;
+        }
+    }
+}
+
+static void free_seq_later(wk_t *w, eng_kv_seq_t *seq) {
+    cmd_t *c = cm_calloc(1, sizeof *c);
+    if (!c) return; /* leaks one sequence's blocks rather than crash */
+    c->kind = CMD_FREE_SEQ;
+    c->seq = seq;
+    post(w, c);
+}
+
+static void on_kv_sent(void *ud, cm_status_t st) {
+    wk_t *w = &g_wk;
+    uint64_t id = (uint64_t)(uintptr_t)ud;
+    job_t *j = job_find(w, id);
+    if (!j) return;
+    if (st == CM_OK) {
+        Tandem__Cp__KvReady k = TANDEM__CP__KV_READY__INIT;
+        Tandem__Cp__TopLogprob tl[ENG_SAMPLER_MAX_LOGPROBS], *tlp[ENG_SAMPLER_MAX_LOGPROBS];
+        for (uint32_t i = 0; i < j->n_top; i++) {
+            tl[i] = (Tandem__Cp__TopLogprob)TANDEM__CP__TOP_LOGPROB__INIT;
+            tl[i].token_id = j->top[i].token;
+            tl[i].logprob = j->top[i].logprob;
+            tlp[i] = &tl[i];
+        }
+        k.request_id = id;
+        k.first_token = j->first_token;
+        k.first_logprob = j->first_logprob < 0 ? j->first_logprob : 0;
+        k.n_first_top_logprobs = j->n_top;
+        k.first_top_logprobs = tlp;
+        k.rng_counter = 1;
+        k.prompt_tokens = j->prompt_tokens;
+        k.cached_tokens = j->cached_tokens < j->prompt_tokens ? j->cached_tokens : 0;
+        cm_cp_msg_t m = envelope();
+        m.body_case = TANDEM__CP__ENVELOPE__BODY_KV_READY;
+        m.kv_ready = &k;
+        cm_cp_agent_send(w->agent, &m);
+    } else {
+        send_error(w, id, st, "KV transfer to the decode worker failed");
+    }
+    free_seq_later(w, j->seq);
+    live_remove(w, id);
+    job_remove(w, id);
+    maybe_finish_drain(w);
+}
+
+static void on_prefill_done(wk_t *w, evt_t *v) {
+    job_t *j = job_find(w, v->id);
+    if (!j) { /* canceled meanwhile */
+        free_seq_later(w, v->seq);
+        return;
+    }
+    j->seq = v->seq;
+    j->first_token = v->n ? v->ids[0] : 0;
+    j->first_logprob = v->logprobs ? v->logprobs[0] : 0;
+    j->n_top = v->top ? (uint32_t)v->top_per_token : 0;
+    if (j->n_top) memcpy(j->top, v->top, j->n_top * sizeof *j->top);
+    j->prompt_tokens = v->prompt_tokens;
+    j->cached_tokens = v->cached_tokens;
+    if (v->n_blocks < j->n_dst) {
+        on_kv_sent((void *)(uintptr_t)v->id, CM_ERR_INTERNAL);
+        return;
+    }
+    size_t np = j->n_dst - j->skip;
+    kvx_pair_t *pairs = cm_malloc_array(np ? np : 1, sizeof *pairs);
+    if (!pairs) {
+        on_kv_sent((void *)(uintptr_t)v->id, CM_ERR_NO_MEMORY);
+        return;
+    }
+    for (size_t i = 0; i < np; i++)
+        pairs[i] = (kvx_pair_t){v->blocks[j->skip + i], (int32_t)j->dst[j->skip + i]};
+    uint64_t now = cm_time_mono_ms();
+    uint64_t left = j->deadline_ms > now ? j->deadline_ms - now : 1;
+    uint32_t layers = eng_model_config(dw_runner_model(w->runner))->n_layers;
+    cm_status_t st = CM_OK;
+    if (np == 0) {
+        on_kv_sent((void *)(uintptr_t)v->id, CM_OK); /* all cached on the decode side */
+    } else {
+        j->sending = true;
+        st = kvx_send(j->peer, w->pool, v->id, 0, layers, pairs, np, false, left, on_kv_sent,
+                      (void *)(uintptr_t)v->id);
+        kvx_ctx_progress(w->kvx);
+    }
+    cm_free(pairs);
+    if (st != CM_OK) on_kv_sent((void *)(uintptr_t)v->id, st);
+}
+
+/* ---- decode: commit once all layers and the first token arrived ---------- */
+
+static pend_t *pend_find(wk_t *w, uint64_t id) {
+    for (size_t i = 0; i < w->n_pend; i++)
+        if (w->pend[i].id == id) return &w->pend[i];
+    return NULL;
+}
+
+static void pend_remove(wk_t *w, uint64_t id, bool free_cmd) {
+    for (size_t i = 0; i < w->n_pend; i++) {
+        if (w->pend[i].id == id) {
+            if (free_cmd) cmd_free(w->pend[i].add);
+            w->pend[i] = w->pend[--w->n_pend];
+            return;
+        }
+    }
+}
+
+static void maybe_commit(wk_t *w, pend_t *p) {
+    uint32_t layers = eng_model_config(dw_runner_model(w->runner))->n_layers;
+    if (!p->kv_ready || p->layers < layers) return;
+    cmd_t *c = p->add;
+    c->kind = CMD_COMMIT;
+    uint64_t id = p->id;
+    pend_remove(w, id, false);
+    post(w, c); /* live since the reservation */
+}
+
+static void on_kvx_notice(void *ud, const kvx_notice_t *n) {
+    wk_t *w = ud;
+    pend_t *p = pend_find(w, n->req_id);
+    if (!p) return; /* canceled or unknown: the router cleans up */
+    if (n->status != CM_OK) return;
+    p->layers += n->layer_hi - n->layer_lo;
+    maybe_commit(w, p);
+}
+
 static void on_async(uv_async_t *a) {
     wk_t *w = a->data;
     pthread_mutex_lock(&w->mu);
@@ -305,95 +623,84 @@ static void on_async(uv_async_t *a) {
     pthread_mutex_unlock(&w->mu);
     while (v) {
         evt_t *next = v->next;
-        if (v->finish == DW_FINISH_ERROR) {
-            send_error(w, v->id, v->error, cm_strerror(v->error));
-        } else {
-            Tandem__Cp__TokenStream ts = TANDEM__CP__TOKEN_STREAM__INIT;
-            ts.request_id = v->id;
-            ts.n_token_ids = v->n;
-            ts.token_ids = v->ids;
-            ts.text = v->text ? v->text : "";
-            if (v->logprobs) {
-                ts.n_logprobs = v->n;
-                ts.logprobs = v->logprobs;
-            }
-            size_t ntop = v->top ? v->n * v->top_per_token : 0;
-            Tandem__Cp__TopLogprob *tl = ntop ? cm_calloc(ntop, sizeof *tl) : NULL;
-            Tandem__Cp__TopLogprob **tlp = ntop ? cm_calloc(ntop, sizeof *tlp) : NULL;
-            if (tl && tlp) {
-                for (size_t i = 0; i < ntop; i++) {
-                    tl[i] = (Tandem__Cp__TopLogprob)TANDEM__CP__TOP_LOGPROB__INIT;
-                    tl[i].token_id = v->top[i].token;
-                    tl[i].logprob = v->top[i].logprob;
-                    tlp[i] = &tl[i];
+        if (v->kind == EVT_RESERVED) {
+            if (!pend_find(w, v->id)) {
+                /* Canceled while reserving: give the blocks back. */
+                cmd_t *c = cm_calloc(1, sizeof *c);
+                if (c) {
+                    c->kind = CMD_CANCEL;
+                    c->id = v->id;
+                    post(w, c);
                 }
-                ts.n_top_logprobs = ntop;
-                ts.top_logprobs = tlp;
+            } else {
+                Tandem__Cp__ReserveReply r = TANDEM__CP__RESERVE_REPLY__INIT;
+                uint32_t *ids = cm_malloc_array(v->n_blocks ? v->n_blocks : 1, sizeof *ids);
+                for (uint32_t i = 0; ids && i < v->n_blocks; i++) ids[i] = (uint32_t)v->blocks[i];
+                r.request_id = v->id;
+                r.n_block_ids = ids ? v->n_blocks : 0;
+                r.block_ids = ids;
+                r.cached_blocks = v->cached_blocks;
+                cm_cp_msg_t m = envelope();
+                m.body_case = TANDEM__CP__ENVELOPE__BODY_RESERVE_REPLY;
+                m.reserve_reply = &r;
+                cm_cp_agent_send(w->agent, &m);
+                cm_free(ids);
             }
-            ts.finish_reason = v->finish == DW_FINISH_STOP ? TANDEM__CP__FINISH_REASON__FINISH_STOP
-                               : v->finish == DW_FINISH_LENGTH
-                                   ? TANDEM__CP__FINISH_REASON__FINISH_LENGTH
-                                   : TANDEM__CP__FINISH_REASON__FINISH_NONE;
-            ts.prompt_tokens = v->prompt_tokens;
-            ts.completion_tokens = v->completion_tokens;
-            cm_cp_msg_t m = envelope();
-            m.body_case = TANDEM__CP__ENVELOPE__BODY_TOKENS;
-            m.tokens = &ts;
-            cm_status_t st = cm_cp_agent_send(w->agent, &m);
-            if (st != CM_OK)
-                cm_log_warn("worker", "token stream %llu: %s", (unsigned long long)v->id,
-                            cm_strerror(st));
-            cm_free(tl);
-            cm_free(tlp);
+        } else if (v->kind == EVT_RESERVE_FAILED) {
+            if (pend_find(w, v->id)) {
+                pend_remove(w, v->id, true);
+                live_remove(w, v->id);
+                send_error(w, v->id,
+                           v->error == CM_ERR_NO_RESOURCES ? CM_ERR_NO_RESOURCES : v->error,
+                           "cannot reserve KV blocks");
+            }
+        } else if (v->finish == DW_FINISH_PREFILL) {
+            on_prefill_done(w, v);
+        } else if (v->finish == DW_FINISH_ERROR) {
+            send_error(w, v->id, v->error, cm_strerror(v->error));
+            live_remove(w, v->id);
+            job_remove(w, v->id);
+        } else {
+            send_tokens(w, v);
+            if (v->finish != DW_FINISH_NONE) live_remove(w, v->id);
         }
-        if (v->finish != DW_FINISH_NONE) live_remove(w, v->id);
-        cm_free(v->ids);
-        cm_free(v->text);
-        cm_free(v->logprobs);
-        cm_free(v->top);
-        cm_free(v);
+        evt_free(v);
         v = next;
     }
     maybe_finish_drain(w);
 }
 
-/* PrefillJob without a decode worker: run the whole request here. */
-static void on_job(wk_t *w, const Tandem__Cp__PrefillJob *j) {
-    if (w->draining) {
-        send_error(w, j->request_id, CM_ERR_NO_RESOURCES, "worker is draining");
-        return;
-    }
-    if (j->decode_worker_id[0]) {
-        send_error(w, j->request_id, CM_ERR_UNSUPPORTED,
-                   "this worker is colocated: it does not send KV to decode workers");
-        return;
-    }
+/* A request to add: prompt, sampling and stop strings copied. */
+static cmd_t *build_add(wk_t *w, uint64_t id, const int32_t *prompt, size_t n,
+                        const Tandem__Cp__SamplingParams *sp, char **stop, size_t n_stop, char *err,
+                        size_t errlen) {
     cmd_t *c = cm_calloc(1, sizeof *c);
     if (!c) {
-        send_error(w, j->request_id, CM_ERR_NO_MEMORY, "out of memory");
-        return;
+        snprintf(err, errlen, "out of memory");
+        return NULL;
     }
     c->kind = CMD_ADD;
-    c->id = j->request_id;
-    c->prompt = cm_malloc_array(j->n_prompt_tokens, sizeof *c->prompt);
-    c->stop = j->n_stop ? cm_calloc(j->n_stop, sizeof *c->stop) : NULL;
-    bool ok = c->prompt && (!j->n_stop || c->stop);
-    for (size_t i = 0; ok && i < j->n_stop; i++) ok = (c->stop[i] = cm_strdup(j->stop[i])) != NULL;
-    for (size_t i = 0; ok && i < j->n_prompt_tokens; i++)
-        ok = (uint32_t)j->prompt_tokens[i] < w->vocab;
-    if (!ok) {
-        send_error(w, j->request_id, CM_ERR_INVALID_ARG, "bad prompt or out of memory");
-        cmd_free(c);
-        return;
+    c->id = id;
+    c->prompt = cm_malloc_array(n ? n : 1, sizeof *c->prompt);
+    c->stop = n_stop ? cm_calloc(n_stop, sizeof *c->stop) : NULL;
+    c->req.n_stop = 0;
+    bool ok = c->prompt && (!n_stop || c->stop);
+    for (size_t i = 0; ok && i < n_stop; i++) {
+        ok = (c->stop[i] = cm_strdup(stop[i])) != NULL;
+        c->req.n_stop += ok;
     }
-    memcpy(c->prompt, j->prompt_tokens, j->n_prompt_tokens * sizeof *c->prompt);
-    const Tandem__Cp__SamplingParams *sp = j->sampling;
+    for (size_t i = 0; ok && i < n; i++) ok = (uint32_t)prompt[i] < w->vocab;
+    if (!ok) {
+        snprintf(err, errlen, "bad prompt (ids must be < %u) or out of memory", w->vocab);
+        cmd_free(c);
+        return NULL;
+    }
+    memcpy(c->prompt, prompt, n * sizeof *c->prompt);
     dw_request_t *q = &c->req;
-    q->id = j->request_id;
+    q->id = id;
     q->prompt = c->prompt;
-    q->n_prompt = (uint32_t)j->n_prompt_tokens;
+    q->n_prompt = (uint32_t)n;
     q->stop = (const char *const *)c->stop;
-    q->n_stop = j->n_stop;
     eng_sampler_params_t *p = &q->params;
     eng_sampler_params_default(p);
     p->temperature = sp->temperature;
@@ -409,24 +716,140 @@ static void on_job(wk_t *w, const Tandem__Cp__PrefillJob *j) {
     if (sp->has_seed)
         p->seed = sp->seed;
     else if (getrandom(&p->seed, sizeof p->seed, 0) != (ssize_t)sizeof p->seed)
-        p->seed = cm_time_wall_ns() ^ j->request_id;
+        p->seed = cm_time_wall_ns() ^ id;
     for (size_t i = 0; i < sp->n_stop_token_ids && p->n_stop < ENG_SAMPLER_MAX_STOP; i++)
         p->stop_ids[p->n_stop++] = sp->stop_token_ids[i];
     if (!sp->ignore_eos)
         for (uint32_t i = 0; i < w->n_eos && p->n_stop < ENG_SAMPLER_MAX_STOP; i++)
             p->stop_ids[p->n_stop++] = w->eos[i];
-    char err[256];
-    if (eng_sampler_params_validate(p, w->vocab, err, sizeof err) != CM_OK) {
-        send_error(w, j->request_id, CM_ERR_INVALID_ARG, err);
+    if (eng_sampler_params_validate(p, w->vocab, err, errlen) != CM_OK) {
         cmd_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static void on_job(wk_t *w, const Tandem__Cp__PrefillJob *j) {
+    char err[256];
+    if (w->draining) {
+        send_error(w, j->request_id, CM_ERR_NO_RESOURCES, "worker is draining");
         return;
     }
+    bool remote = j->decode_worker_id[0] != '\0';
+    if (w->role == WK_DECODE || (w->role == WK_COLOCATED && remote) ||
+        (w->role == WK_PREFILL && !remote)) {
+        send_error(w, j->request_id, CM_ERR_UNSUPPORTED,
+                   remote ? "this worker does not send KV to decode workers"
+                          : "this prefill worker needs a decode worker to send KV to");
+        return;
+    }
+    cmd_t *c = build_add(w, j->request_id, j->prompt_tokens, j->n_prompt_tokens, j->sampling,
+                         j->stop, j->n_stop, err, sizeof err);
+    if (!c) {
+        send_error(w, j->request_id, CM_ERR_INVALID_ARG, err);
+        return;
+    }
+    if (remote) {
+        kvx_peer_t *peer;
+        cm_status_t st = kvx_peer_connect(w->kvx, j->decode_kvx_descriptor.data,
+                                          j->decode_kvx_descriptor.len, w->fingerprint, &peer);
+        size_t need = (j->n_prompt_tokens + eng_kv_geom(dw_runner_kv(w->runner))->block_size - 1) /
+                      eng_kv_geom(dw_runner_kv(w->runner))->block_size;
+        if (st == CM_OK && (j->n_dst_block_ids != need || j->skip_blocks > need))
+            st = CM_ERR_INVALID_ARG;
+        if (st == CM_OK && w->n_jobs == w->cap_jobs) {
+            size_t cap = w->cap_jobs ? w->cap_jobs * 2 : 32;
+            job_t *nj = cm_realloc_array(w->jobs, cap, sizeof *nj);
+            if (nj) {
+                w->jobs = nj;
+                w->cap_jobs = cap;
+            } else {
+                st = CM_ERR_NO_MEMORY;
+            }
+        }
+        uint32_t *dst = st == CM_OK ? cm_malloc_array(need ? need : 1, sizeof *dst) : NULL;
+        if (st == CM_OK && !dst) st = CM_ERR_NO_MEMORY;
+        if (st != CM_OK) {
+            cm_free(dst);
+            cmd_free(c);
+            send_error(w, j->request_id, st,
+                       st == CM_ERR_FINGERPRINT ? "decode worker has a different KV layout"
+                                                : "cannot reach the decode worker's KV pool");
+            return;
+        }
+        memcpy(dst, j->dst_block_ids, need * sizeof *dst);
+        w->jobs[w->n_jobs++] = (job_t){.id = j->request_id,
+                                       .peer = peer,
+                                       .dst = dst,
+                                       .n_dst = need,
+                                       .skip = j->skip_blocks,
+                                       .deadline_ms = cm_time_mono_ms() + j->deadline_ms};
+        c->req.prefill_only = true;
+    }
     if (!live_add(w, c->id)) {
+        job_remove(w, c->id);
         send_error(w, j->request_id, CM_ERR_NO_MEMORY, "out of memory");
         cmd_free(c);
         return;
     }
     post(w, c);
+}
+
+/* Decode: reserve blocks now, admit the request when its KV is in. */
+static void on_reserve(wk_t *w, const Tandem__Cp__ReserveBlocks *r) {
+    char err[256];
+    if (w->draining) {
+        send_error(w, r->request_id, CM_ERR_NO_RESOURCES, "worker is draining");
+        return;
+    }
+    if (w->role != WK_DECODE) {
+        send_error(w, r->request_id, CM_ERR_UNSUPPORTED, "not a decode worker");
+        return;
+    }
+    cmd_t *add = build_add(w, r->request_id, r->prompt_tokens, r->n_prompt_tokens, r->sampling,
+                           r->stop, r->n_stop, err, sizeof err);
+    cmd_t *res = cm_calloc(1, sizeof *res);
+    int32_t *pr = cm_malloc_array(r->n_prompt_tokens, sizeof *pr);
+    if (w->n_pend == w->cap_pend) {
+        size_t cap = w->cap_pend ? w->cap_pend * 2 : 32;
+        pend_t *np = cm_realloc_array(w->pend, cap, sizeof *np);
+        if (np) {
+            w->pend = np;
+            w->cap_pend = cap;
+        }
+    }
+    if (!add || !res || !pr || w->n_pend >= w->cap_pend || !live_add(w, r->request_id)) {
+        cmd_free(add);
+        cm_free(res);
+        cm_free(pr);
+        send_error(w, r->request_id, add ? CM_ERR_NO_MEMORY : CM_ERR_INVALID_ARG,
+                   add ? "out of memory" : err);
+        return;
+    }
+    memcpy(pr, r->prompt_tokens, r->n_prompt_tokens * sizeof *pr);
+    res->kind = CMD_RESERVE;
+    res->id = r->request_id;
+    res->prompt = pr;
+    res->req.n_prompt = (uint32_t)r->n_prompt_tokens;
+    w->pend[w->n_pend++] = (pend_t){
+        .id = r->request_id, .add = add, .deadline_ms = cm_time_mono_ms() + r->deadline_ms};
+    post(w, res);
+}
+
+static void on_kv_ready(wk_t *w, const Tandem__Cp__KvReady *k) {
+    pend_t *p = pend_find(w, k->request_id);
+    if (!p || k->status != 0) return; /* the router cancels failed prefills */
+    dw_request_t *q = &p->add->req;
+    q->first_token = k->first_token;
+    q->first_logprob = k->first_logprob;
+    q->n_first_top = 0;
+    for (size_t i = 0; i < k->n_first_top_logprobs && i < ENG_SAMPLER_MAX_LOGPROBS; i++) {
+        q->first_top[i].token = k->first_top_logprobs[i]->token_id;
+        q->first_top[i].logprob = k->first_top_logprobs[i]->logprob;
+        q->n_first_top++;
+    }
+    p->kv_ready = true;
+    maybe_commit(w, p);
 }
 
 static void on_msg(void *ud, const cm_cp_msg_t *msg) {
@@ -435,13 +858,23 @@ static void on_msg(void *ud, const cm_cp_msg_t *msg) {
     case TANDEM__CP__ENVELOPE__BODY_PREFILL_JOB:
         on_job(w, msg->prefill_job);
         break;
+    case TANDEM__CP__ENVELOPE__BODY_RESERVE:
+        on_reserve(w, msg->reserve);
+        break;
+    case TANDEM__CP__ENVELOPE__BODY_KV_READY:
+        on_kv_ready(w, msg->kv_ready);
+        break;
     case TANDEM__CP__ENVELOPE__BODY_CANCEL: {
+        uint64_t id = msg->cancel->request_id;
+        pend_remove(w, id, true);
+        job_t *j = job_find(w, id);
+        if (j && !j->sending) job_remove(w, id); /* a transfer in flight finishes on its own */
         cmd_t *c = cm_calloc(1, sizeof *c);
         if (!c) break;
         c->kind = CMD_CANCEL;
-        c->id = msg->cancel->request_id;
+        c->id = id;
         post(w, c);
-        live_remove(w, c->id); /* no event will come for it */
+        live_remove(w, id); /* no event will come for it */
         maybe_finish_drain(w);
         break;
     }
@@ -480,6 +913,12 @@ static void shutdown_now(wk_t *w) {
     uv_close((uv_handle_t *)&w->async, NULL);
     uv_close((uv_handle_t *)&w->sigint, NULL);
     uv_close((uv_handle_t *)&w->sigterm, NULL);
+    if (w->kvx) {
+        uv_poll_stop(&w->kvx_poll);
+        uv_close((uv_handle_t *)&w->kvx_poll, NULL);
+        uv_timer_stop(&w->kvx_timer);
+        uv_close((uv_handle_t *)&w->kvx_timer, NULL);
+    }
 }
 
 static void maybe_finish_drain(wk_t *w) {
@@ -505,16 +944,60 @@ static void on_signal(uv_signal_t *s, int signum) {
     maybe_finish_drain(w);
 }
 
-int dw_cmd_worker(int argc, char **argv) {
+static void on_kvx_poll(uv_poll_t *h, int status, int events) {
+    (void)status;
+    (void)events;
+    kvx_ctx_progress(((wk_t *)h->data)->kvx);
+}
+
+/* Progress for deadlines, and reservations whose KV never came. */
+static void on_kvx_timer(uv_timer_t *t) {
+    wk_t *w = t->data;
+    kvx_ctx_progress(w->kvx);
+    uint64_t now = cm_time_mono_ms();
+    for (size_t i = 0; i < w->n_pend;) {
+        if (now < w->pend[i].deadline_ms) {
+            i++;
+            continue;
+        }
+        uint64_t id = w->pend[i].id;
+        cm_log_warn("worker", "request %llu: KV did not arrive before its deadline",
+                    (unsigned long long)id);
+        pend_remove(w, id, true);
+        live_remove(w, id);
+        cmd_t *c = cm_calloc(1, sizeof *c);
+        if (c) {
+            c->kind = CMD_CANCEL;
+            c->id = id;
+            post(w, c);
+        }
+        send_error(w, id, CM_ERR_TIMEOUT, "KV did not arrive before the deadline");
+    }
+    maybe_finish_drain(w);
+}
+
+/* Decode: the KV pool lives in memory UCX allocated (fastest put target). */
+static void *kv_alloc_ucx(void *ud, const eng_kv_geom_t *g) {
+    wk_t *w = ud;
+    uint64_t inc = 0;
+    if (getrandom(&inc, sizeof inc, 0) != (ssize_t)sizeof inc) inc = cm_time_wall_ns();
+    if (kvx_pool_register(w->kvx, g, NULL, w->fingerprint, inc | 1, &w->pool) != CM_OK) return NULL;
+    return kvx_pool_base(w->pool);
+}
+
+static int run_worker(wk_role_t role, int argc, char **argv) {
     static const cm_flag_t *const tables[] = {k_flags, NULL};
-    const cm_cmd_spec_t spec = {.prog = "tandem worker",
-                                .summary = "Colocated worker: prefill and decode in one process, "
-                                           "registered with the router's control plane.",
-                                .tables = tables};
+    static const char *const progs[] = {"tandem worker", "tandem prefill", "tandem decode"};
+    static const char *const sums[] = {
+        "Colocated worker: prefill and decode in one process, registered with the router.",
+        "Prefill worker: runs prompts and sends their KV blocks to decode workers over UCX.",
+        "Decode worker: reserves KV blocks, receives them over UCX, batches and generates."};
+    const cm_cmd_spec_t spec = {.prog = progs[role], .summary = sums[role], .tables = tables};
     int code, npos;
     if (!cm_cli_parse(&spec, argc, argv, NULL, &npos, &code)) return code;
     wk_t *w = &g_wk;
     memset(w, 0, sizeof *w);
+    w->role = role;
     char namebuf[256], idbuf[128], err[512];
     if (!g_name || !g_name[0]) {
         const char *base = strrchr(g_model, '/');
@@ -541,8 +1024,38 @@ int dw_cmd_worker(int argc, char **argv) {
                              .max_seqs = (uint32_t)g_max_seqs,
                              .max_batch_tokens = (uint32_t)g_max_batch_tokens,
                              .max_context = (uint32_t)g_max_context};
+    if (role != WK_COLOCATED && kvx_ctx_new(on_kvx_notice, w, &w->kvx) != CM_OK) {
+        fprintf(stderr, "%s: UCX could not start\n", progs[role]);
+        return CM_EXIT_FAILURE;
+    }
+    if (role == WK_DECODE) {
+        /* The fingerprint must be known before the pool is registered:
+         * load the model first through a probe of its geometry. */
+        rc.kv_alloc = kv_alloc_ucx;
+        rc.kv_alloc_ud = w;
+    }
+    /* The layout fingerprint depends only on the model and block size. */
+    {
+        eng_model_t *m;
+        if (eng_model_load(g_model, ENG_BACKEND_REF, &m, err, sizeof err) != CM_OK) {
+            fprintf(stderr, "%s: %s\n", progs[role], err);
+            return CM_EXIT_FAILURE;
+        }
+        w->fingerprint = eng_model_kv_fingerprint(m, g_name, (uint32_t)g_block_size);
+        eng_model_free(m);
+    }
     if (dw_runner_new(&rc, on_sched_event, w, &w->runner, err, sizeof err) != CM_OK) {
-        fprintf(stderr, "tandem worker: %s\n", err);
+        fprintf(stderr, "%s: %s\n", progs[role], err);
+        return CM_EXIT_FAILURE;
+    }
+    if (role == WK_PREFILL && kvx_pool_register(w->kvx, eng_kv_geom(dw_runner_kv(w->runner)),
+                                                eng_kv_pool_base(dw_runner_kv(w->runner)),
+                                                w->fingerprint, 1, &w->pool) != CM_OK) {
+        fprintf(stderr, "%s: cannot register the KV pool with UCX\n", progs[role]);
+        return CM_EXIT_FAILURE;
+    }
+    if (w->pool && kvx_pool_export(w->pool, &w->desc, &w->desc_len) != CM_OK) {
+        fprintf(stderr, "%s: cannot export the KV pool descriptor\n", progs[role]);
         return CM_EXIT_FAILURE;
     }
     w->vocab = dw_runner_vocab(w->runner);
@@ -561,11 +1074,24 @@ int dw_cmd_worker(int argc, char **argv) {
     uv_signal_start(&w->sigterm, on_signal, SIGTERM);
     const eng_kv_geom_t *g = eng_kv_geom(dw_runner_kv(w->runner));
     w->zctx = zmq_ctx_new();
+    if (w->kvx) {
+        uv_poll_init(w->loop, &w->kvx_poll, kvx_ctx_fd(w->kvx));
+        w->kvx_poll.data = w;
+        uv_poll_start(&w->kvx_poll, UV_READABLE, on_kvx_poll);
+        uv_timer_init(w->loop, &w->kvx_timer);
+        w->kvx_timer.data = w;
+        uv_timer_start(&w->kvx_timer, on_kvx_timer, 20, 20);
+    }
+    static const Tandem__Cp__Role roles[] = {TANDEM__CP__ROLE__ROLE_COLOCATED,
+                                             TANDEM__CP__ROLE__ROLE_PREFILL,
+                                             TANDEM__CP__ROLE__ROLE_DECODE};
     cm_cp_agent_config_t ac = {.router = g_router,
                                .worker_id = g_worker_id,
-                               .role = TANDEM__CP__ROLE__ROLE_COLOCATED,
+                               .role = roles[role],
+                               .kvx_descriptor = w->desc,
+                               .kvx_descriptor_len = w->desc_len,
                                .model = g_name,
-                               .fingerprint = dw_runner_fingerprint(w->runner),
+                               .fingerprint = w->fingerprint,
                                .block_size = g->block_size,
                                .total_blocks = g->n_blocks,
                                .max_batch = (uint32_t)g_max_seqs,
@@ -583,11 +1109,17 @@ int dw_cmd_worker(int argc, char **argv) {
         fprintf(stderr, "tandem worker: cannot start the compute thread\n");
         return CM_EXIT_FAILURE;
     }
-    cm_log_info("worker", "%s serving '%s' (%s backend, %u KV blocks of %u tokens, context %u)",
-                g_worker_id, g_name, g_backend, g->n_blocks, g->block_size,
+    cm_log_info("worker", "%s: %s serving '%s' (%s backend, %u KV blocks of %u tokens, context %u)",
+                progs[role], g_worker_id, g_name, g_backend, g->n_blocks, g->block_size,
                 dw_runner_max_context(w->runner));
     uv_run(w->loop, UV_RUN_DEFAULT);
     pthread_join(w->thread, NULL);
+    kvx_ctx_free(w->kvx); /* after the compute thread: no more block reads */
+    cm_free(w->desc);
+    for (size_t i = 0; i < w->n_pend; i++) cmd_free(w->pend[i].add);
+    cm_free(w->pend);
+    for (size_t i = 0; i < w->n_jobs; i++) cm_free(w->jobs[i].dst);
+    cm_free(w->jobs);
     uv_loop_close(w->loop);
     zmq_ctx_term(w->zctx);
     while (w->cmd_head) {
@@ -611,3 +1143,7 @@ int dw_cmd_worker(int argc, char **argv) {
     cm_log_info("worker", "stopped");
     return w->exit_code;
 }
+
+int dw_cmd_worker(int argc, char **argv) { return run_worker(WK_COLOCATED, argc, argv); }
+int dw_cmd_decode(int argc, char **argv) { return run_worker(WK_DECODE, argc, argv); }
+int dw_cmd_prefill(int argc, char **argv) { return run_worker(WK_PREFILL, argc, argv); }

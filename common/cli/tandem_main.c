@@ -12,6 +12,7 @@
 #include "cm_cli.h"
 #include "bench.h"
 #include "dw_cmd.h"
+#include "pw_cmd.h"
 #include "rt_cmd.h"
 #include "cm_gpu.h"
 
@@ -23,8 +24,8 @@ typedef struct {
 
 static const tandem_cmd_t k_commands[] = {
     {"router", "HTTP/gRPC front end and scheduler (OpenAI API)", rt_cmd_router},
-    {"prefill", "prefill worker: runs prompts, streams KV blocks to decode workers", NULL},
-    {"decode", "decode worker: receives KV blocks, batches and generates tokens", NULL},
+    {"prefill", "prefill worker: runs prompts, streams KV blocks to decode workers", pw_cmd_prefill},
+    {"decode", "decode worker: receives KV blocks, batches and generates tokens", dw_cmd_decode},
     {"worker", "colocated worker: prefill and decode in one process", dw_cmd_worker},
     {"up", "launch and supervise a local cluster (router + workers)", cm_cmd_up},
     {"generate", "generate text from a model in this process", dw_cmd_generate},
