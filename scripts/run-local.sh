@@ -19,9 +19,8 @@ if [ -z "$model" ]; then
   fi
 fi
 port=${TANDEM_PORT:-8000}
-# Colocated until the disaggregated prefill/decode workers land
-# (docs/STATUS.md); then: --prefill 1 --decode 1.
-"$bin" up --model "$model" --port "$port" --prefill 0 --decode 0 --colocated 1
+# One prefill and one decode worker: KV crosses between processes over UCX.
+"$bin" up --model "$model" --port "$port" --prefill 1 --decode 1
 rc=$?
 if [ "$rc" -eq 69 ]; then
   echo "make run: the local cluster is not available in this build (see docs/STATUS.md)."
