@@ -377,9 +377,10 @@ static void probe_done(up_t *up, bool ready) {
     uv_timer_stop(&up->poll_timer);
     printf("\nTandem is ready: model '%s' at http://%s:%lld (%lld prefill, %lld decode, %lld "
            "colocated workers). Try:\n\n"
-           "  curl http://%s:%lld/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-           "    -d '{\"model\": \"%s\", \"messages\": [{\"role\": \"user\", \"content\": "
-           "\"Hello!\"}], \"max_tokens\": 32}'\n\nPress Ctrl-C to stop.\n",
+           "  curl http://%s:%lld/v1/completions -H 'Content-Type: application/json' \\\n"
+           "    -d '{\"model\": \"%s\", \"prompt\": \"Hello\", \"max_tokens\": 32}'\n\n"
+           "(or /v1/chat/completions with \"messages\" when the model has a chat template)\n"
+           "Press Ctrl-C to stop.\n",
            g_name, g_host, (long long)g_port, (long long)g_prefill, (long long)g_decode,
            (long long)g_colocated, g_host, (long long)g_port, g_name);
     fflush(stdout);
