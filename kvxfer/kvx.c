@@ -198,6 +198,7 @@ cm_status_t kvx_ctx_new(kvx_notice_fn on_notice, void *ud, kvx_ctx_t **out) {
      * shared memory is noticed within about a second (PITFALLS.md). */
     setenv("UCX_MM_ERROR_HANDLING", "y", 0);
     setenv("UCX_KEEPALIVE_INTERVAL", "1s", 0);
+    setenv("UCX_WARN_UNUSED_ENV_VARS", "n", 0);
     kvx_ctx_t *c = cm_calloc(1, sizeof *c);
     if (!c) return CM_ERR_NO_MEMORY;
     c->on_notice = on_notice;

@@ -48,6 +48,7 @@ static void on_worker_down(void *ud, const rt_worker_t *w, rt_down_reason_t why)
 static void on_tick(uv_timer_t *t) {
     rt_core_t *c = t->data;
     uint64_t now = cm_time_mono_ms();
+    rt_sched_drop_unreachable(c);
     rt_registry_expire(c->registry, now);
     rt_sched_expire(c, now);
     rt_sched_pump(c);

@@ -81,6 +81,9 @@ struct rt_core {
     size_t qlen;
     rt_load_t *loads;
     size_t n_loads, cap_loads;
+    /* Workers a send found unreachable: skipped, dropped at the next tick. */
+    char unreachable[8][256];
+    int n_unreachable;
     /* Metrics. */
     uint64_t n_submitted, n_completed, n_failed, n_canceled, n_retried, n_timed_out;
     uint64_t n_refused_by_status[6]; /* 400, 404, 413, 429, 503, other */
@@ -102,6 +105,8 @@ void rt_req_fail(rt_req_t *r, int http_status, const char *type, const char *fmt
     __attribute__((format(printf, 4, 5)));
 /* Unlinks and frees a request (no callback). */
 void rt_req_destroy(rt_req_t *r);
+/* Drops the workers sends found unreachable (their requests are retried). */
+void rt_sched_drop_unreachable(rt_core_t *core);
 /* Load record of @peer (created on first use; NULL on OOM). */
 rt_load_t *rt_load_get(rt_core_t *core, const char *peer);
 

@@ -239,3 +239,11 @@ const rt_worker_t *rt_registry_at(const rt_registry_t *reg, size_t i) {
 }
 
 uint64_t rt_registry_fingerprint(const rt_registry_t *reg) { return reg->fingerprint; }
+
+bool rt_registry_drop(rt_registry_t *reg, const char *peer) {
+    ssize_t i = find_index(reg, peer);
+    if (i < 0) return false;
+    cm_log_warn("router", "worker %s is unreachable: dropped", peer);
+    remove_at(reg, (size_t)i, RT_DOWN_EXPIRED);
+    return true;
+}

@@ -77,6 +77,10 @@ bool rt_registry_handle(rt_registry_t *reg, uint64_t now_ms, const char *peer,
 /* Removes workers silent for longer than the expiry; returns how many. */
 size_t rt_registry_expire(rt_registry_t *reg, uint64_t now_ms);
 
+/* Removes worker @peer now (RT_DOWN_EXPIRED): used when the transport
+ * says it is gone before its heartbeats do. Returns false if unknown. */
+bool rt_registry_drop(rt_registry_t *reg, const char *peer);
+
 /* Looks up a live worker by routing id (NULL when unknown). */
 const rt_worker_t *rt_registry_find(const rt_registry_t *reg, const char *peer);
 

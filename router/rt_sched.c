@@ -146,8 +146,22 @@ static double score(const rt_core_t *core, const rt_worker_t *w) {
     return ((double)assigned + (double)w->queued) / (double)(w->max_batch ? w->max_batch : 1);
 }
 
+static bool is_unreachable(const rt_core_t *core, const char *peer) {
+    for (int i = 0; i < core->n_unreachable; i++)
+        if (!strcmp(core->unreachable[i], peer)) return true;
+    return false;
+}
+
+void rt_sched_drop_unreachable(rt_core_t *core) {
+    while (core->n_unreachable > 0) {
+        char peer[256];
+        snprintf(peer, sizeof peer, "%s", core->unreachable[--core->n_unreachable]);
+        rt_registry_drop(core->registry, peer); /* on_down retries its requests */
+    }
+}
+
 static bool has_room(rt_core_t *core, const rt_worker_t *w, const rt_req_t *r) {
-    if (w->draining) return false;
+    if (w->draining || is_unreachable(core, w->peer)) return false;
     rt_load_t *l = rt_load_get(core, w->peer);
     if (!l || l->assigned >= 2 * w->max_batch) return false;
     if (w->role != RT_ROLE_PREFILL && l->full) return false;
@@ -175,6 +189,11 @@ static bool send_to(rt_core_t *core, const char *peer, const cm_cp_msg_t *m) {
     cm_status_t st = cm_cp_endpoint_send(core->cp, peer, m);
     if (st != CM_OK) {
         cm_log_warn("router", "send %s to %s: %s", cm_cp_body_name(m), peer, cm_strerror(st));
+        /* Its connection is gone: stop placing work there now, and drop it
+         * (retrying its requests) at the next tick rather than after its
+         * heartbeats expire. */
+        if (st == CM_ERR_PEER_DEAD && !is_unreachable(core, peer) && core->n_unreachable < 8)
+            snprintf(core->unreachable[core->n_unreachable++], 256, "%s", peer);
         return false;
     }
     return true;
