@@ -318,6 +318,35 @@ static void do_reserve(wk_t *w, cmd_t *c) {
     push_evt(w, v);
 }
 
+/* Executes one command on the compute thread. */
+static void run_cmd(wk_t *w, cmd_t *c) {
+    dw_sched_t *s = dw_runner_sched(w->runner);
+    eng_kv_t *kv = dw_runner_kv(w->runner);
+    if (c->kind == CMD_ADD || c->kind == CMD_COMMIT) {
+        cm_status_t st = CM_OK;
+        if (c->kind == CMD_COMMIT) {
+            c->req.seq = resv_take(c->id);
+            st = c->req.seq ? eng_kv_reserve_commit(kv, c->req.seq) : CM_ERR_NOT_FOUND;
+        }
+        if (st == CM_OK) st = dw_sched_add(s, &c->req);
+        if (st != CM_OK) {
+            if (c->req.seq) eng_kv_seq_free(kv, c->req.seq);
+            dw_event_t e = {.id = c->id, .finish = DW_FINISH_ERROR, .error = st};
+            on_sched_event(w, &e);
+        }
+    } else if (c->kind == CMD_RESERVE) {
+        do_reserve(w, c);
+    } else if (c->kind == CMD_FREE_SEQ) {
+        eng_kv_seq_free(kv, c->seq);
+    } else {
+        eng_kv_seq_t *r = resv_take(c->id);
+        if (r)
+            eng_kv_reserve_cancel(kv, r);
+        else
+            dw_sched_cancel(s, c->id);
+    }
+}
+
 static void *compute_main(void *arg) {
     wk_t *w = arg;
     dw_sched_t *s = dw_runner_sched(w->runner);
@@ -325,38 +354,20 @@ static void *compute_main(void *arg) {
     for (;;) {
         pthread_mutex_lock(&w->mu);
         for (;;) {
-            cmd_t *c = w->cmd_head;
-            while (c) {
-                cmd_t *next = c->next;
+            /* Take the whole queue at once: commands posted while these
+             * run are picked up on the next turn, never lost. */
+            while (w->cmd_head) {
+                cmd_t *c = w->cmd_head;
+                w->cmd_head = w->cmd_tail = NULL;
                 pthread_mutex_unlock(&w->mu);
-                if (c->kind == CMD_ADD || c->kind == CMD_COMMIT) {
-                    cm_status_t st = CM_OK;
-                    if (c->kind == CMD_COMMIT) {
-                        c->req.seq = resv_take(c->id);
-                        st = c->req.seq ? eng_kv_reserve_commit(kv, c->req.seq) : CM_ERR_NOT_FOUND;
-                    }
-                    if (st == CM_OK) st = dw_sched_add(s, &c->req);
-                    if (st != CM_OK) {
-                        if (c->req.seq) eng_kv_seq_free(kv, c->req.seq);
-                        dw_event_t e = {.id = c->id, .finish = DW_FINISH_ERROR, .error = st};
-                        on_sched_event(w, &e);
-                    }
-                } else if (c->kind == CMD_RESERVE) {
-                    do_reserve(w, c);
-                } else if (c->kind == CMD_FREE_SEQ) {
-                    eng_kv_seq_free(kv, c->seq);
-                } else {
-                    eng_kv_seq_t *r = resv_take(c->id);
-                    if (r)
-                        eng_kv_reserve_cancel(kv, r);
-                    else
-                        dw_sched_cancel(s, c->id);
+                while (c) {
+                    cmd_t *next = c->next;
+                    run_cmd(w, c);
+                    cmd_free(c);
+                    c = next;
                 }
-                cmd_free(c);
                 pthread_mutex_lock(&w->mu);
-                c = next;
             }
-            w->cmd_head = w->cmd_tail = NULL;
             eng_kv_stats_t ks;
             eng_kv_stats(kv, &ks);
             w->running = dw_sched_running(s);
@@ -365,7 +376,6 @@ static void *compute_main(void *arg) {
             w->used_blocks = ks.n_used;
             if (w->stop || w->running || w->waiting) break;
             pthread_cond_wait(&w->cv, &w->mu);
-            if (!w->cmd_head && !w->stop) continue;
         }
         bool stop = w->stop;
         pthread_mutex_unlock(&w->mu);
