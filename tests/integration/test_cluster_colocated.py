@@ -169,12 +169,21 @@ try:
             model="qwen3", prompt="abc", max_tokens=5, temperature=0, stream=True,
             extra_body={"ignore_eos": True}) if c.choices)
         check("SDK stream equals non-stream", text == r.choices[0].text, (text, r.choices[0].text))
-        try:
-            client.chat.completions.create(model="qwen3",
-                                           messages=[{"role": "user", "content": "hi"}])
-            check("chat without a chat template is a clear 400", False)
-        except openai.BadRequestError as e:
-            check("chat without a chat template is a clear 400", "chat template" in str(e), e)
+        msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+        cr = client.chat.completions.create(model="qwen3", messages=msgs, max_tokens=6,
+                                            temperature=0, extra_body={"ignore_eos": True})
+        # ChatML rendered by the router, one token per byte with this model.
+        rendered = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n" \
+                   "<|im_start|>assistant\n"
+        check("SDK chat through the cluster", cr.choices[0].message.role == "assistant" and
+              cr.usage.completion_tokens == 6 and cr.usage.prompt_tokens == len(rendered), cr)
+        chunks = list(client.chat.completions.create(
+            model="qwen3", messages=msgs, max_tokens=6, temperature=0, stream=True,
+            stream_options={"include_usage": True}, extra_body={"ignore_eos": True}))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        check("SDK chat stream equals non-stream, with usage",
+              text == cr.choices[0].message.content and chunks[0].choices[0].delta.role ==
+              "assistant" and chunks[-1].usage.completion_tokens == 6, (text, cr, chunks[-1]))
     except ImportError:
         check("openai SDK available", False)
 
