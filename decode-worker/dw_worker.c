@@ -157,6 +157,7 @@ typedef struct {
     uint32_t prompt_tokens, cached_tokens;
     eng_kv_seq_t *seq;
     bool sending;
+    uint64_t t_post_ns;
 } job_t;
 
 typedef struct {
@@ -176,6 +177,7 @@ typedef struct {
     size_t n_pend, cap_pend;
     job_t *jobs;
     size_t n_jobs, cap_jobs;
+    uint64_t kv_transfers, kv_transfer_us;
     uv_async_t async;
     uv_signal_t sigint, sigterm;
     uv_timer_t drain_timer;
@@ -517,6 +519,10 @@ static void on_kv_sent(void *ud, cm_status_t st) {
     uint64_t id = (uint64_t)(uintptr_t)ud;
     job_t *j = job_find(w, id);
     if (!j) return;
+    if (st == CM_OK && j->t_post_ns) {
+        w->kv_transfers++;
+        w->kv_transfer_us += (cm_time_mono_ns() - j->t_post_ns) / 1000;
+    }
     if (st == CM_OK) {
         Tandem__Cp__KvReady k = TANDEM__CP__KV_READY__INIT;
         Tandem__Cp__TopLogprob tl[ENG_SAMPLER_MAX_LOGPROBS], *tlp[ENG_SAMPLER_MAX_LOGPROBS];
@@ -580,6 +586,7 @@ static void on_prefill_done(wk_t *w, evt_t *v) {
         on_kv_sent((void *)(uintptr_t)v->id, CM_OK); /* all cached on the decode side */
     } else {
         j->sending = true;
+        j->t_post_ns = cm_time_mono_ns();
         st = kvx_send(j->peer, w->pool, v->id, 0, layers, pairs, np, false, left, on_kv_sent,
                       (void *)(uintptr_t)v->id);
         kvx_ctx_progress(w->kvx);
@@ -908,6 +915,14 @@ static void fill_load(void *ud, Tandem__Cp__Heartbeat *hb) {
     hb->free_blocks = w->free_blocks;
     hb->used_blocks = w->used_blocks;
     pthread_mutex_unlock(&w->mu);
+    if (w->kvx) {
+        kvx_stats_t ks;
+        kvx_ctx_stats(w->kvx, &ks);
+        hb->kv_bytes_sent = ks.bytes;
+        hb->kv_notices_received = ks.notices;
+        hb->kv_transfers_sent = w->kv_transfers;
+        hb->kv_transfer_us_total = w->kv_transfer_us;
+    }
 }
 
 static void shutdown_now(wk_t *w) {

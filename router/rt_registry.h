@@ -34,6 +34,7 @@ typedef struct rt_worker {
     /* From the latest heartbeat. */
     uint32_t free_blocks, used_blocks, running, queued;
     bool draining;
+    uint64_t kv_bytes_sent, kv_transfers_sent, kv_transfer_us_total, kv_notices_received;
     uint64_t registered_ms, last_seen_ms;
 } rt_worker_t;
 

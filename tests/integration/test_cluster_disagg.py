@@ -155,6 +155,12 @@ try:
         codes = list(ex.map(one, range(64)))
     check("32 concurrent clients, 64 requests: all 200", codes == [200] * 64, codes)
     # Every KV block is free again (heartbeats carry the decode pools' use).
+    check("/metrics counts KV transfers",
+          wait_for(lambda: (metric(cl.http, "tandem_kv_transfer_seconds_count") or 0) >= 64 and
+                   (metric(cl.http, "tandem_kv_transfer_bytes_total") or 0) > 0 and
+                   (metric(cl.http, "tandem_kv_notices_received_total") or 0) >= 64, 3),
+          (metric(cl.http, "tandem_kv_transfer_seconds_count"),
+           metric(cl.http, "tandem_kv_notices_received_total")))
     check("every decode KV block free afterwards",
           wait_for(lambda: metric(cl.http, 'tandem_kv_blocks{state="used"}') == 0, 5),
           metric(cl.http, 'tandem_kv_blocks{state="used"}'))
