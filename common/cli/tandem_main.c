@@ -14,6 +14,7 @@
 #include "dw_cmd.h"
 #include "pw_cmd.h"
 #include "rt_cmd.h"
+#include "tok.h"
 #include "cm_gpu.h"
 
 typedef struct {
@@ -24,12 +25,13 @@ typedef struct {
 
 static const tandem_cmd_t k_commands[] = {
     {"router", "HTTP/gRPC front end and scheduler (OpenAI API)", rt_cmd_router},
-    {"prefill", "prefill worker: runs prompts, streams KV blocks to decode workers", pw_cmd_prefill},
+    {"prefill", "prefill worker: runs prompts, streams KV blocks to decode workers",
+     pw_cmd_prefill},
     {"decode", "decode worker: receives KV blocks, batches and generates tokens", dw_cmd_decode},
     {"worker", "colocated worker: prefill and decode in one process", dw_cmd_worker},
     {"up", "launch and supervise a local cluster (router + workers)", cm_cmd_up},
     {"generate", "generate text from a model in this process", dw_cmd_generate},
-    {"tokenize", "tokenize stdin text to ids, or decode ids to text", NULL},
+    {"tokenize", "tokenize stdin text to ids, or decode ids to text", tok_cmd_tokenize},
     {"bench", "benchmarks (see tandem bench --help)", bench_main},
 };
 enum { N_COMMANDS = sizeof k_commands / sizeof k_commands[0] };

@@ -69,4 +69,7 @@ tok_chat_t tok_chat_kind(const tok_t *t);
 cm_status_t tok_chat_apply(const tok_t *t, const tok_msg_t *msgs, size_t n,
                            bool add_generation_prompt, char **out, size_t *len);
 
+/* `tandem tokenize` (tok_cmd.c). Returns the exit code. */
+int tok_cmd_tokenize(int argc, char **argv);
+
 #endif /* TANDEM_TOK_H */
