@@ -8,6 +8,7 @@ int bench_main(int argc, char **argv);
 /* Each benchmark: argv[0] is its first flag. Returns an exit code. */
 int bench_hash_main(int argc, char **argv);
 int bench_kvxfer_main(int argc, char **argv);
+int bench_engine_main(int argc, char **argv);
 /* `tandem bench serve`: load an OpenAI-compatible endpoint (bench_serve.c). */
 int bench_serve_main(int argc, char **argv);
 /* `tandem bench compare A.json B.json`: side-by-side report (bench_compare.c). */

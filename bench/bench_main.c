@@ -17,6 +17,7 @@ typedef struct {
 static const bench_entry_t k_benches[] = {
     {"hash", "hashing and checksum throughput (XXH64, CRC-32C)", bench_hash_main},
     {"kvxfer", "KV block transfers over UCX vs ucx_perftest", bench_kvxfer_main},
+    {"engine", "prefill/decode tokens/s vs memory bandwidth and matmul peak", bench_engine_main},
     {"serve", "load an OpenAI-compatible endpoint: TTFT, TPOT, latency, throughput",
      bench_serve_main},
     {"compare", "side-by-side report of two `bench serve` results", bench_compare_main},

@@ -31,8 +31,11 @@ cm_status_t eng_model_load(const char *dir, eng_backend_kind_t backend, eng_mode
 void eng_model_free(eng_model_t *m);
 const mdl_config_t *eng_model_config(const eng_model_t *m);
 const char *eng_model_backend_name(const eng_model_t *m);
-/* Bytes of weights read per forward pass over all layers (dense path). */
+/* Bytes of weights read per forward pass over all layers (dense path,
+ * top-k experts per MoE layer), LM head included. */
 size_t eng_model_weight_bytes(const eng_model_t *m);
+/* Bytes of the LM head alone (applied once per sequence in prefill). */
+size_t eng_model_lm_head_bytes(const eng_model_t *m);
 
 /* KV geometry of this model for a pool of @n_blocks blocks of @block_size
  * tokens (all layers, all KV heads, f32). */

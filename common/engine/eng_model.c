@@ -269,6 +269,7 @@ void eng_model_free(eng_model_t *m) {
 const mdl_config_t *eng_model_config(const eng_model_t *m) { return &m->c; }
 const char *eng_model_backend_name(const eng_model_t *m) { return m->be.iface->name; }
 size_t eng_model_weight_bytes(const eng_model_t *m) { return m->weight_bytes; }
+size_t eng_model_lm_head_bytes(const eng_model_t *m) { return m->lm_head.nbytes; }
 
 eng_kv_geom_t eng_model_kv_geom(const eng_model_t *m, uint32_t n_blocks, uint32_t block_size) {
     eng_kv_geom_t g = {.n_layers = m->c.n_layers,

@@ -1,0 +1,213 @@
+/*
+ * bench_engine.c - `tandem bench engine`: prefill and decode throughput of
+ * the engine on a checkpoint, next to the machine's limits measured in the
+ * same run: decode as a fraction of memory bandwidth (weight bytes read per
+ * step / step time, against a multi-threaded copy), prefill as a fraction
+ * of the backend's own matmul peak on a large product.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bench.h"
+#include "cm_cli.h"
+#include "eng.h"
+#include "eng_backend.h"
+
+static const char *g_model, *g_backend, *g_batches;
+static int64_t g_prompt, g_steps;
+
+static const cm_flag_t k_flags[] = {
+    {.name = "model",
+     .type = CM_FLAG_STRING,
+     .dst = &g_model,
+     .required = true,
+     .help = "model directory"},
+    {.name = "backend",
+     .type = CM_FLAG_CHOICE,
+     .dst = &g_backend,
+     .def = "cpu",
+     .choices = "ref|cpu|cuda",
+     .help = "compute backend"},
+    {.name = "batches",
+     .type = CM_FLAG_STRING,
+     .dst = &g_batches,
+     .def = "1,8,32,64",
+     .help = "batch sizes (sequences)"},
+    {.name = "prompt-len",
+     .type = CM_FLAG_INT,
+     .dst = &g_prompt,
+     .def = "128",
+     .help = "prompt tokens per sequence",
+     .min = 1,
+     .max = 1 << 16},
+    {.name = "decode-steps",
+     .type = CM_FLAG_INT,
+     .dst = &g_steps,
+     .def = "16",
+     .help = "decode steps timed per batch size",
+     .min = 1,
+     .max = 1 << 16},
+    {0},
+};
+
+typedef struct {
+    char *src, *dst;
+    size_t n;
+    int reps;
+} copy_arg_t;
+
+static void *copy_thread(void *p) {
+    copy_arg_t *a = p;
+    for (int r = 0; r < a->reps; r++) {
+        memcpy(a->dst, a->src, a->n);
+        __asm__ volatile("" : : "r"(a->dst) : "memory");
+    }
+    return NULL;
+}
+
+/* Copy bandwidth with @threads threads over 512 MiB (read + write bytes). */
+static double copy_gbps(int threads) {
+    size_t total = 512u << 20, per = total / (size_t)threads;
+    char *src = cm_aligned_alloc(4096, total), *dst = cm_aligned_alloc(4096, total);
+    if (!src || !dst) return 0;
+    memset(src, 1, total);
+    memset(dst, 2, total);
+    pthread_t th[64];
+    copy_arg_t a[64];
+    uint64_t t0 = cm_time_mono_ns();
+    for (int i = 0; i < threads; i++) {
+        a[i] = (copy_arg_t){src + (size_t)i * per, dst + (size_t)i * per, per, 4};
+        pthread_create(&th[i], NULL, copy_thread, &a[i]);
+    }
+    for (int i = 0; i < threads; i++) pthread_join(th[i], NULL);
+    double dt = (double)(cm_time_mono_ns() - t0) * 1e-9;
+    cm_aligned_free(src);
+    cm_aligned_free(dst);
+    return 2.0 * (double)total * 4 / dt / 1e9; /* bytes read + written */
+}
+
+/* The backend's matmul on a prefill-sized product: GFLOP/s. */
+static double matmul_gflops(eng_backend_kind_t kind, mdl_dtype_t dt) {
+    eng_backend_t be;
+    if ((kind == ENG_BACKEND_CPU ? eng_backend_cpu_new(&be) : eng_backend_ref_new(&be)) != CM_OK)
+        return 0;
+    size_t rows = 256, in = 1024, out = 2048;
+    float *x = cm_malloc_array(rows * in, sizeof(float)), *y = cm_malloc_array(rows * out, 4);
+    void *w = cm_malloc(out * in * mdl_dtype_size(dt));
+    if (!x || !y || !w) return 0;
+    for (size_t i = 0; i < rows * in; i++) x[i] = (float)(i % 7) * 0.1f;
+    memset(w, 0x3c, out * in * mdl_dtype_size(dt));
+    mdl_tensor_t t = {.dtype = dt, .ndim = 2, .shape = {out, in}, .data = w};
+    be.iface->matmul(be.ctx, x, rows, in, &t, NULL, out, y); /* warm-up */
+    uint64_t t0 = cm_time_mono_ns();
+    int reps = 0;
+    do {
+        be.iface->matmul(be.ctx, x, rows, in, &t, NULL, out, y);
+        reps++;
+    } while (cm_time_mono_ns() - t0 < 500000000ull);
+    double s = (double)(cm_time_mono_ns() - t0) * 1e-9;
+    be.iface->free(be.ctx);
+    cm_free(x);
+    cm_free(y);
+    cm_free(w);
+    return 2.0 * (double)rows * (double)in * (double)out * reps / s / 1e9;
+}
+
+int bench_engine_main(int argc, char **argv) {
+    static const cm_flag_t *const tables[] = {k_flags, NULL};
+    const cm_cmd_spec_t spec = {.prog = "tandem bench engine",
+                                .summary = "Prefill and decode tokens/s vs measured memory "
+                                           "bandwidth and matmul peak.",
+                                .tables = tables};
+    int code, npos;
+    if (!cm_cli_parse(&spec, argc, argv, NULL, &npos, &code)) return code;
+    eng_backend_kind_t kind;
+    eng_backend_parse(g_backend, &kind);
+    char err[512];
+    eng_model_t *m;
+    if (eng_model_load(g_model, kind, &m, err, sizeof err) != CM_OK) {
+        fprintf(stderr, "tandem bench engine: %s\n", err);
+        return CM_EXIT_FAILURE;
+    }
+    const mdl_config_t *c = eng_model_config(m);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    const char *te = getenv("TANDEM_THREADS");
+    int threads = te ? atoi(te) : (int)cores;
+    if (threads < 1) threads = 1;
+    double bw = copy_gbps(threads);
+    mdl_dtype_t wdt = MDL_BF16;
+    double peak = matmul_gflops(kind, wdt);
+    size_t wbytes = eng_model_weight_bytes(m);
+    printf("model %s (%s, %u layers, hidden %u, %u experts), backend %s, %d threads\n", g_model,
+           c->arch_name, c->n_layers, c->hidden, c->n_experts, g_backend, threads);
+    printf("weights read per decode step (dense path, top-k experts): %.1f MB\n",
+           (double)wbytes / 1e6);
+    printf("copy bandwidth %.2f GB/s (%d threads), bf16 matmul peak %.1f GFLOP/s\n\n", bw, threads,
+           peak);
+    printf("%6s %14s %10s %14s %12s %10s\n", "batch", "prefill tok/s", "of peak", "decode tok/s",
+           "step ms", "of bw");
+    uint64_t bs[16];
+    int nb = 0;
+    char list[128];
+    snprintf(list, sizeof list, "%s", g_batches);
+    for (char *sv = NULL, *t = strtok_r(list, ",", &sv); t && nb < 16; t = strtok_r(NULL, ",", &sv))
+        bs[nb++] = (uint64_t)atoll(t);
+    for (int bi = 0; bi < nb; bi++) {
+        uint32_t B = (uint32_t)bs[bi], P = (uint32_t)g_prompt;
+        eng_kv_config_t kc = {.geom =
+                                  eng_model_kv_geom(m, B * ((P + (uint32_t)g_steps) / 16 + 2), 16),
+                              .fingerprint = 1,
+                              .mem_mode = ENG_KV_MEM_ALLOC,
+                              .prefault = true};
+        eng_kv_t *kv;
+        if (eng_kv_init(&kc, &kv) != CM_OK) continue;
+        eng_kv_seq_t **seqs = cm_calloc(B, sizeof *seqs);
+        eng_item_t *items = cm_calloc(B, sizeof *items);
+        float *logits = cm_malloc_array((size_t)B * c->vocab, sizeof(float));
+        int32_t *prompt = cm_malloc_array(P, sizeof *prompt);
+        for (uint32_t i = 0; i < P; i++) prompt[i] = (int32_t)((i * 7919u + 13u) % c->vocab);
+        for (uint32_t b = 0; b < B; b++) {
+            prompt[0] = (int32_t)(b % c->vocab);
+            eng_kv_seq_new(kv, prompt, P, 0, &seqs[b], NULL);
+            items[b] = (eng_item_t){seqs[b], 0, P, true};
+        }
+        uint64_t t0 = cm_time_mono_ns();
+        eng_forward(m, kv, items, B, logits);
+        double pre_s = (double)(cm_time_mono_ns() - t0) * 1e-9;
+        for (uint32_t b = 0; b < B; b++) eng_kv_seq_set_computed(kv, seqs[b], P);
+        double pre_tps = (double)B * P / pre_s;
+        /* Every layer's weights for every token, the LM head once per sequence. */
+        double body = (double)(wbytes - eng_model_lm_head_bytes(m)) / mdl_dtype_size(wdt);
+        double head = (double)eng_model_lm_head_bytes(m) / mdl_dtype_size(wdt);
+        double pre_flops = 2.0 * body * B * P + 2.0 * head * B;
+        t0 = cm_time_mono_ns();
+        for (int s = 0; s < g_steps; s++) {
+            for (uint32_t b = 0; b < B; b++) {
+                int32_t tok = (int32_t)((s * 31 + b) % c->vocab);
+                uint32_t len = eng_kv_seq_len(seqs[b]);
+                eng_kv_seq_append(kv, seqs[b], &tok, 1);
+                items[b] = (eng_item_t){seqs[b], len, 1, true};
+            }
+            eng_forward(m, kv, items, B, logits);
+            for (uint32_t b = 0; b < B; b++)
+                eng_kv_seq_set_computed(kv, seqs[b], eng_kv_seq_len(seqs[b]));
+        }
+        double dec_s = (double)(cm_time_mono_ns() - t0) * 1e-9;
+        double step = dec_s / (double)g_steps;
+        printf("%6u %14.0f %9.1f%% %14.1f %12.2f %9.1f%%\n", B, pre_tps,
+               100.0 * pre_flops / pre_s / 1e9 / peak, (double)B * g_steps / dec_s, step * 1e3,
+               100.0 * (double)wbytes / step / 1e9 / bw);
+        fflush(stdout);
+        for (uint32_t b = 0; b < B; b++) eng_kv_seq_free(kv, seqs[b]);
+        cm_free(seqs);
+        cm_free(items);
+        cm_free(logits);
+        cm_free(prompt);
+        eng_kv_free(kv);
+    }
+    eng_model_free(m);
+    return CM_EXIT_OK;
+}

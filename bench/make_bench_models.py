@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Random-weight checkpoints shaped like real models, for `tandem bench
+engine` (written to build/bench-models/, never committed).
+
+Run with the dev venv: build/venv/bin/python bench/make_bench_models.py [name...]
+  qwen3-0.6b     Qwen3-0.6B's shape (28 layers, hidden 1024, GQA 16/8, head_dim
+                 128, vocab 151936, tied embeddings), bf16, ~1.2 GB
+  qwen3moe-a3b-2l  Qwen3-30B-A3B's layer shape (hidden 2048, 128 experts top-8,
+                 expert size 768, GQA 32/4) with 2 layers instead of 48, bf16
+"""
+import os
+import sys
+
+import torch
+import transformers as tf
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build", "bench-models")
+
+SPECS = {
+    "qwen3-0.6b": (tf.Qwen3Config, tf.Qwen3ForCausalLM, dict(
+        vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+        num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=4096,
+        tie_word_embeddings=True, rms_norm_eps=1e-6)),
+    "qwen3moe-a3b-2l": (tf.Qwen3MoeConfig, tf.Qwen3MoeForCausalLM, dict(
+        vocab_size=151936, hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
+        num_hidden_layers=2, num_attention_heads=32, num_key_value_heads=4, head_dim=128,
+        num_experts=128, num_experts_per_tok=8, norm_topk_prob=True, decoder_sparse_step=1,
+        mlp_only_layers=[], max_position_embeddings=4096, tie_word_embeddings=False,
+        rms_norm_eps=1e-6)),
+}
+
+
+def main():
+    names = sys.argv[1:] or list(SPECS)
+    for name in names:
+        cfg_cls, model_cls, kw = SPECS[name]
+        torch.manual_seed(0)
+        with torch.device("cpu"):
+            model = model_cls(cfg_cls(**kw)).to(torch.bfloat16)
+        d = os.path.join(OUT, name)
+        os.makedirs(d, exist_ok=True)
+        model.save_pretrained(d, safe_serialization=True, max_shard_size="2GB")
+        print(name, sum(p.numel() for p in model.parameters()) / 1e9, "B params ->", d)
+
+
+if __name__ == "__main__":
+    main()
