@@ -340,11 +340,11 @@ bool dw_sched_step(dw_sched_t *s) {
             }
         }
         uint32_t done = eng_kv_seq_computed(q->kv);
-        uint32_t todo = ctx_len - done;
-        if (todo == 0) continue;
-        uint32_t take = todo < budget ? todo : budget;
+        uint32_t left = ctx_len - done;
+        if (left == 0) continue;
+        uint32_t take = left < budget ? left : budget;
         if (!grow_items(s, n + 1)) break;
-        s->items[n] = (dw_item_t){q->kv, done, take, take == todo};
+        s->items[n] = (dw_item_t){q->kv, done, take, take == left};
         s->item_seq[n++] = q;
         budget -= take;
     }
@@ -372,10 +372,10 @@ bool dw_sched_step(dw_sched_t *s) {
         if (q->n_out == 0) q->cached = hit;
         *tail_of(&s->running) = q;
         s->n_running++;
-        uint32_t todo = ctx_len - hit;
-        uint32_t take = todo < budget ? todo : budget;
+        uint32_t left = ctx_len - hit;
+        uint32_t take = left < budget ? left : budget;
         if (!grow_items(s, n + 1)) break;
-        s->items[n] = (dw_item_t){kv, hit, take, take == todo};
+        s->items[n] = (dw_item_t){kv, hit, take, take == left};
         s->item_seq[n++] = q;
         budget -= take;
     }
