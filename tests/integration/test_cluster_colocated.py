@@ -14,33 +14,17 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 
-py = os.environ.get("TANDEM_TEST_PYTHON")
-venv = os.path.dirname(os.path.dirname(py)) if py else None
-if venv and os.path.exists(py) and os.path.realpath(sys.prefix) != os.path.realpath(venv):
-    os.execv(py, [py] + sys.argv)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tandem_testlib import check, finish, free_port, use_test_venv, wait_ready  # noqa: E402
+
+use_test_venv()
 
 tandem = os.environ["TANDEM_BIN"]
 root = os.environ["TANDEM_ROOT"]
-failures = []
-
-
-def check(name, cond, detail=""):
-    print(("ok   " if cond else "FAIL ") + name + ("" if cond else f": {str(detail)[:600]}"))
-    if not cond:
-        failures.append(name)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def post(port, path, body, timeout=60):
@@ -50,20 +34,6 @@ def post(port, path, body, timeout=60):
     data = r.read()
     c.close()
     return r.status, data
-
-
-def wait_ready(port, seconds=30):
-    end = time.time() + seconds
-    while time.time() < end:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", "/ready")
-            if c.getresponse().status == 200:
-                return True
-        except OSError:
-            pass
-        time.sleep(0.1)
-    return False
 
 
 class Cluster:
@@ -242,5 +212,4 @@ finally:
     if up.poll() is None:
         up.kill()
 
-print(f"{len(failures)} failures")
-sys.exit(1 if failures else 0)
+finish()

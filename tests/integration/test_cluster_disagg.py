@@ -7,62 +7,26 @@ and an MoE checkpoint; 2 prefill + 2 decode under 32 concurrent clients all
 succeed and every KV block is free afterwards; kill -9 of a prefill and of
 a decode worker mid-load ends every request (200 or 503) without a hang."""
 import concurrent.futures as cf
-import http.client
 import json
 import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tandem_testlib import check, finish, free_port, request, wait_for  # noqa: E402
+
 tandem = os.environ["TANDEM_BIN"]
 root = os.environ["TANDEM_ROOT"]
-failures = []
-
-
-def check(name, cond, detail=""):
-    print(("ok   " if cond else "FAIL ") + name + ("" if cond else f": {str(detail)[:600]}"))
-    if not cond:
-        failures.append(name)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def request(port, method, path, body=None, timeout=60):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    c.request(method, path, json.dumps(body) if body else None,
-              {"Content-Type": "application/json"})
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    return r.status, data
 
 
 def metric(port, name):
     _, m = request(port, "GET", "/metrics")
     hit = re.search(re.escape(name) + r" (\d+)", m.decode())
     return int(hit.group(1)) if hit else None
-
-
-def wait_for(pred, seconds):
-    end = time.time() + seconds
-    while time.time() < end:
-        try:
-            if pred():
-                return True
-        except OSError:
-            pass
-        time.sleep(0.1)
-    return False
 
 
 class Cluster:
@@ -191,5 +155,4 @@ try:
 finally:
     cl.stop()
 
-print(f"{len(failures)} failures")
-sys.exit(1 if failures else 0)
+finish()
