@@ -14,4 +14,7 @@ int bench_serve_main(int argc, char **argv);
 /* `tandem bench compare A.json B.json`: side-by-side report (bench_compare.c). */
 int bench_compare_main(int argc, char **argv);
 
+/* `tandem bench accuracy`: Pass@1 on the demo tasks (bench_accuracy.c). */
+int bench_accuracy_main(int argc, char **argv);
+
 #endif /* TANDEM_BENCH_H */

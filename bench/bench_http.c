@@ -129,6 +129,39 @@ cm_status_t bench_url_parse(const char *url, char *host, size_t hostlen, int *po
     return CM_OK;
 }
 
+static const struct sockaddr *pick_addr(const struct addrinfo *ai) {
+    for (const struct addrinfo *a = ai; a; a = a->ai_next)
+        if (a->ai_family == AF_INET) return a->ai_addr;
+    return ai->ai_addr;
+}
+
+cm_status_t bench_http_open_url(uv_loop_t *loop, const char *url, size_t max_conns,
+                                bench_http_t **out, char *base, size_t baselen, char *err,
+                                size_t errlen) {
+    char host[256];
+    int port;
+    if (bench_url_parse(url, host, sizeof host, &port, base, baselen) != CM_OK) {
+        snprintf(err, errlen, "bad --url '%s' (want http://host[:port][/base])", url);
+        return CM_ERR_INVALID_ARG;
+    }
+    /* Resolve the host once; the name does not change during a run. */
+    uv_getaddrinfo_t gai;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    char portstr[16];
+    snprintf(portstr, sizeof portstr, "%d", port);
+    int grc = uv_getaddrinfo(loop, &gai, NULL, host, portstr, &hints);
+    if (grc != 0 || !gai.addrinfo) {
+        snprintf(err, errlen, "cannot resolve '%s': %s", host, uv_strerror(grc));
+        return CM_ERR_NOT_FOUND;
+    }
+    char hosthdr[300];
+    snprintf(hosthdr, sizeof hosthdr, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+    cm_status_t st = bench_http_new(loop, pick_addr(gai.addrinfo), hosthdr, max_conns, out);
+    uv_freeaddrinfo(gai.addrinfo);
+    if (st != CM_OK) snprintf(err, errlen, "cannot set up the client: %s", cm_strerror(st));
+    return st;
+}
+
 /* ---- request lifetime --------------------------------------------------- */
 
 /* Every handle (kick timer, request timers, connections) is counted in

@@ -234,6 +234,38 @@ cm_status_t bench_words_append(bench_rng_t *r, size_t n, char **buf, size_t *len
 extern const char *const bench_words[];
 
 /* ------------------------------------------------------------------------ */
+/* Checkable tasks (the demo model's skills; scripts/demo/tasks.py trains   */
+/* on the same formats)                                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef enum {
+    BENCH_TASK_RETRIEVAL = 0, /* "Records: k=v, ...\nWhat is the value of k?" */
+    BENCH_TASK_ADDITION,      /* "What is a+b?" */
+    BENCH_TASK_COPY,          /* "Repeat exactly:\nw1 ... wn" */
+} bench_task_t;
+
+/* "retrieval" | "addition" | "copy"; CM_ERR_INVALID_ARG otherwise. */
+cm_status_t bench_task_parse(const char *name, bench_task_t *out);
+const char *bench_task_name(bench_task_t t);
+/*
+ * The problem size for a target context of @context tokens (retrieval:
+ * key=value pairs; copy: words, prompt and answer together) or, for
+ * addition, @digits per operand. Sizes are at least 1.
+ */
+uint32_t bench_task_size(bench_task_t t, uint32_t context, uint32_t digits);
+/*
+ * Problem number @index of stream @seed (deterministic in both, independent
+ * of other indexes): the user message and the exact expected reply, both
+ * heap strings the caller frees. CM_ERR_NO_MEMORY or CM_OK.
+ */
+cm_status_t bench_task_make(bench_task_t t, uint32_t size, uint64_t seed, uint64_t index,
+                            char **prompt, char **answer);
+/* Exact grading: @output without leading/trailing whitespace == @answer. */
+bool bench_task_grade(const char *answer, const char *output, size_t len);
+/* Wilson score interval for @k successes in @n trials at z = 1.96. */
+void bench_wilson95(size_t k, size_t n, double *lo, double *hi);
+
+/* ------------------------------------------------------------------------ */
 /* HTTP/1.1 client with a keep-alive pool                                    */
 /* ------------------------------------------------------------------------ */
 
@@ -313,6 +345,15 @@ void bench_http_free(bench_http_t *c);
  */
 cm_status_t bench_url_parse(const char *url, char *host, size_t hostlen, int *port, char *base,
                             size_t baselen);
+
+/*
+ * Parses @url, resolves its host (blocking, once) and creates a client for
+ * it; the URL's base path goes to @base. Returns CM_OK, or an error with a
+ * one-line reason in @err.
+ */
+cm_status_t bench_http_open_url(uv_loop_t *loop, const char *url, size_t max_conns,
+                                bench_http_t **out, char *base, size_t baselen, char *err,
+                                size_t errlen);
 
 /* ------------------------------------------------------------------------ */
 /* Comparison reports                                                       */

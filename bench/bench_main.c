@@ -21,6 +21,8 @@ static const bench_entry_t k_benches[] = {
     {"serve", "load an OpenAI-compatible endpoint: TTFT, TPOT, latency, throughput",
      bench_serve_main},
     {"compare", "side-by-side report of two `bench serve` results", bench_compare_main},
+    {"accuracy", "Pass@1 on seeded checkable tasks, via an endpoint or in-process",
+     bench_accuracy_main},
 };
 enum { N_BENCHES = sizeof k_benches / sizeof k_benches[0] };
 

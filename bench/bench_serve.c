@@ -891,12 +891,6 @@ static int parse_list(const char *s, double *out, int cap, bool ints) {
 
 /* The first IPv4 address of @ai, else its first address: "localhost" often
  * resolves to ::1 first while servers commonly listen on 127.0.0.1. */
-static const struct sockaddr *pick_addr(const struct addrinfo *ai) {
-    for (const struct addrinfo *a = ai; a; a = a->ai_next)
-        if (a->ai_family == AF_INET) return a->ai_addr;
-    return ai->ai_addr;
-}
-
 static void close_walk(uv_handle_t *h, void *arg) {
     if (!uv_is_closing(h)) uv_close(h, NULL);
 }
@@ -933,11 +927,14 @@ int bench_serve_main(int argc, char **argv) {
         fprintf(stderr, "%s: --duration and --timeout must be positive\n", prog);
         return CM_EXIT_USAGE;
     }
-    char host[256], base[256];
-    int port;
-    if (bench_url_parse(g_url, host, sizeof host, &port, base, sizeof base) != CM_OK) {
-        fprintf(stderr, "%s: bad --url '%s' (want http://host[:port][/base])\n", prog, g_url);
-        return CM_EXIT_USAGE;
+    char base[256], err[256];
+    {
+        char h[256];
+        int port;
+        if (bench_url_parse(g_url, h, sizeof h, &port, base, sizeof base) != CM_OK) {
+            fprintf(stderr, "%s: bad --url '%s' (want http://host[:port][/base])\n", prog, g_url);
+            return CM_EXIT_USAGE;
+        }
     }
     if (g_endpoint[0] != '/' || strlen(g_endpoint) > 200 || strpbrk(g_endpoint, " \r\n\t")) {
         fprintf(stderr, "%s: bad --endpoint '%s'\n", prog, g_endpoint);
@@ -965,7 +962,6 @@ int bench_serve_main(int argc, char **argv) {
     cJSON *config = cJSON_CreateObject();
     size_t n_pts = 0;
     bool loop_ready = false;
-    char err[256];
     if (!r || !pts || !config) {
         fprintf(stderr, "%s: out of memory\n", prog);
         goto cleanup;
@@ -986,23 +982,9 @@ int bench_serve_main(int argc, char **argv) {
     size_t pl = strlen(g_endpoint);
     r->chat = pl >= 16 && !strcmp(g_endpoint + pl - 16, "chat/completions");
 
-    /* Resolve the host once; the name does not change during a run. */
-    uv_getaddrinfo_t gai;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    char portstr[16];
-    snprintf(portstr, sizeof portstr, "%d", port);
-    int grc = uv_getaddrinfo(&r->loop, &gai, NULL, host, portstr, &hints);
-    if (grc != 0 || !gai.addrinfo) {
-        fprintf(stderr, "%s: cannot resolve '%s': %s\n", prog, host, uv_strerror(grc));
-        goto cleanup;
-    }
-    char hosthdr[300];
-    snprintf(hosthdr, sizeof hosthdr, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
-    cm_status_t st =
-        bench_http_new(&r->loop, pick_addr(gai.addrinfo), hosthdr, (size_t)g_max_conns, &r->http);
-    uv_freeaddrinfo(gai.addrinfo);
-    if (st != CM_OK) {
-        fprintf(stderr, "%s: cannot set up the client: %s\n", prog, cm_strerror(st));
+    if (bench_http_open_url(&r->loop, g_url, (size_t)g_max_conns, &r->http, base, sizeof base, err,
+                            sizeof err) != CM_OK) {
+        fprintf(stderr, "%s: %s\n", prog, err);
         goto cleanup;
     }
 
@@ -1027,6 +1009,7 @@ int bench_serve_main(int argc, char **argv) {
     cJSON_AddNumberToObject(config, "num_requests", (double)g_num_requests);
     cJSON_AddNumberToObject(config, "timeout_s", (double)g_timeout_ms / 1000.0);
 
+    cm_status_t st;
     /* Warm-up and baseline are sequential; their length is their request
      * count, bounded by the deadline of each request. */
     uint64_t seq_ms = g_timeout_ms * (uint64_t)(g_warmup + g_baseline + 1);

@@ -1,0 +1,53 @@
+"""Synthetic tasks with exact answers for the Tandem demo model.
+
+The same formats are generated in C by `tandem bench accuracy`
+(bench/bench_accuracy.c); keep the two in step. Every problem is a single
+user turn; the answer is the exact assistant reply.
+
+  retrieval  "Records: zobak=4821, fuzak=7386, ...\nWhat is the value of fuzak?"
+             -> "7386"
+  addition   "What is 4821+3755?" -> "8576"
+  copy       "Repeat exactly:\nw1 w2 ... wn" -> "w1 w2 ... wn"
+
+Formats are chosen so a word is tokenized the same way wherever it appears
+(always after a space in retrieval, first-in-line in copy).
+"""
+import random
+
+CONSONANTS = "bdfgklmnprstvz"
+VOWELS = "aeiou"
+
+
+def word(rng: random.Random) -> str:
+    """A made-up CVCVC word, e.g. 'zobak' (68,600 of them)."""
+    c, v = CONSONANTS, VOWELS
+    return (rng.choice(c) + rng.choice(v) + rng.choice(c) + rng.choice(v) + rng.choice(c))
+
+
+def retrieval(rng: random.Random, npairs: int):
+    keys = set()
+    while len(keys) < npairs:
+        keys.add(word(rng))
+    keys = list(keys)
+    rng.shuffle(keys)
+    vals = [rng.randint(1000, 9999) for _ in keys]
+    q = rng.randrange(npairs)
+    recs = ", ".join(f"{k}={v}" for k, v in zip(keys, vals))
+    prompt = f"Records: {recs}\nWhat is the value of {keys[q]}?"
+    return prompt, str(vals[q])
+
+
+def addition(rng: random.Random, digits_a: int, digits_b: int):
+    a = rng.randint(10 ** (digits_a - 1) if digits_a > 1 else 0, 10 ** digits_a - 1)
+    b = rng.randint(10 ** (digits_b - 1) if digits_b > 1 else 0, 10 ** digits_b - 1)
+    return f"What is {a}+{b}?", str(a + b)
+
+
+def copy(rng: random.Random, nwords: int):
+    ws = " ".join(word(rng) for _ in range(nwords))
+    return f"Repeat exactly:\n{ws}", ws
+
+
+def chatml(prompt: str) -> str:
+    """The generation prompt the shipped chat template renders."""
+    return f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"

@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""Train Tandem's demo model: a tiny Qwen3-MoE that solves checkable tasks.
+
+  build/venv/bin/python scripts/demo/train.py --out models/demo [--steps N]
+
+Seeded and deterministic for a given --steps and thread count. On 2 CPU
+cores the default run takes about an hour. Writes a Hugging Face folder
+(config.json, model.safetensors in bf16, generation_config.json,
+tokenizer.json, tokenizer_config.json) plus train_log.jsonl and eval.json
+(Pass@1 of the bf16 weights, greedy, computed by transformers).
+"""
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import torch
+import transformers as tf
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tasks  # noqa: E402
+
+# Qwen2/Qwen3's pre-tokenizer regex: digits split one by one.
+QWEN_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+                 "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+                 "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def sample(rng, task, size):
+    """One problem; size = pairs / words / digits."""
+    if task == "retrieval":
+        return tasks.retrieval(rng, size)
+    if task == "copy":
+        return tasks.copy(rng, size)
+    return tasks.addition(rng, size[0], size[1])
+
+
+def build_tokenizer(vocab_size, seed):
+    rng = random.Random(seed)
+    corpus = []
+    for _ in range(300):
+        corpus += [tasks.chatml(p) + a + "<|im_end|>\n"
+                   for p, a in (tasks.retrieval(rng, rng.randint(2, 40)),
+                                tasks.addition(rng, rng.randint(1, 4), rng.randint(1, 4)),
+                                tasks.copy(rng, rng.randint(1, 40)))]
+    # Some plain English so the vocabulary is not only task words.
+    corpus += ["The quick brown fox jumps over the lazy dog. Hello, world! "
+               "This is Tandem, a disaggregated serving cluster for language models."] * 20
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+    ])
+    tk.decoder = decoders.ByteLevel()
+    tr = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                             show_progress=False)
+    tk.train_from_iterator(corpus, tr)
+    return tk
+
+
+class Data:
+    """Batches of one task each, right-padded; loss only on the answer."""
+
+    def __init__(self, tk, seed, budget, max_ctx):
+        self.tk, self.rng, self.budget, self.max_ctx = tk, random.Random(seed), budget, max_ctx
+        self.im_end = tk.token_to_id("<|im_end|>")
+        self.pad = tk.token_to_id("<|endoftext|>")
+
+    def example(self, task, size):
+        p, a = sample(self.rng, task, size)
+        pi = self.tk.encode(tasks.chatml(p)).ids
+        ai = self.tk.encode(a).ids + [self.im_end]
+        return pi, ai
+
+    def batch(self, task):
+        r = self.rng
+        if task == "retrieval":
+            size = r.randint(2, 140)
+            est = size * 8 + 20
+        elif task == "copy":
+            size = r.randint(1, 170)
+            est = size * 6 + 12
+        else:
+            da = 4 if r.random() < 0.6 else r.randint(1, 4)
+            db = 4 if r.random() < 0.6 else r.randint(1, 4)
+            size = (da, db)
+            est = 24
+        n = max(1, min(256, self.budget // est))
+        seqs = []
+        for _ in range(n):
+            pi, ai = self.example(task, size)
+            s = (pi + ai)[: self.max_ctx + 1]
+            m = ([0] * len(pi) + [1] * len(ai))[: self.max_ctx + 1]
+            seqs.append((s, m))
+        L = max(len(s) for s, _ in seqs)
+        ids = torch.full((n, L), self.pad, dtype=torch.long)
+        mask = torch.zeros((n, L), dtype=torch.bool)
+        for i, (s, m) in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(m)] = torch.tensor(m, dtype=torch.bool)
+        return ids, mask
+
+
+@torch.no_grad()
+def evaluate(model, tk, task, n, seed, size_of):
+    """Greedy Pass@1 over n fresh problems (transformers, f32 compute)."""
+    rng = random.Random(seed)
+    im_end = tk.token_to_id("<|im_end|>")
+    ok = 0
+    for _ in range(n):
+        p, a = sample(rng, task, size_of(rng))
+        ids = torch.tensor([tk.encode(tasks.chatml(p)).ids])
+        want = tk.encode(a).ids + [im_end]
+        out = model.generate(ids, max_new_tokens=len(want) + 2, do_sample=False,
+                             eos_token_id=im_end, pad_token_id=im_end)
+        got = out[0, ids.shape[1]:].tolist()
+        ok += int(tk.decode([t for t in got if t != im_end]) == a)
+    return ok / n
+
+
+EVALS = {
+    # name: (task, size sampler) -- the model card's table
+    "retrieval@512": ("retrieval", lambda r: 60),
+    "retrieval@1024": ("retrieval", lambda r: 122),
+    "addition-4digit": ("addition", lambda r: (4, 4)),
+    "copy-40words": ("copy", lambda r: 40),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="models/demo")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--budget", type=int, default=4096, help="tokens per batch")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval-n", type=int, default=200)
+    ap.add_argument("--eval-every", type=int, default=500)
+    a = ap.parse_args()
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    os.makedirs(a.out, exist_ok=True)
+    tk = build_tokenizer(2048, a.seed)
+    vocab = tk.get_vocab_size()
+    im_end = tk.token_to_id("<|im_end|>")
+    eot = tk.token_to_id("<|endoftext|>")
+    cfg = tf.Qwen3MoeConfig(
+        vocab_size=vocab, hidden_size=a.hidden, num_hidden_layers=a.layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=a.hidden // 4,
+        intermediate_size=4 * a.hidden, moe_intermediate_size=2 * a.hidden, num_experts=8,
+        num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+        max_position_embeddings=2048, rms_norm_eps=1e-6, rope_theta=10000.0,
+        tie_word_embeddings=False, bos_token_id=None, eos_token_id=im_end, pad_token_id=eot,
+        router_aux_loss_coef=0.01, output_router_logits=False)
+    model = tf.Qwen3MoeForCausalLM(cfg)
+    model.generation_config.eos_token_id = im_end
+    model.generation_config.pad_token_id = eot
+    nparam = sum(p.numel() for p in model.parameters())
+    print(f"vocab {vocab}, params {nparam / 1e6:.2f}M", flush=True)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    warm = 100
+
+    def lr_at(s):
+        if s < warm:
+            return a.lr * (s + 1) / warm
+        return a.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (s - warm) / (a.steps - warm))))
+
+    data = Data(tk, a.seed + 1, a.budget, 1100)
+    schedule = ["retrieval", "addition", "copy", "retrieval", "addition"]
+    log = open(os.path.join(a.out, "train_log.jsonl"), "w")
+    t0 = time.time()
+    model.train()
+    for step in range(a.steps):
+        task = schedule[step % len(schedule)]
+        ids, mask = data.batch(task)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        out = model(input_ids=ids, output_router_logits=True)
+        logits = out.logits[:, :-1].float()
+        tgt = ids[:, 1:]
+        m = mask[:, 1:]
+        ce = torch.nn.functional.cross_entropy(logits[m], tgt[m])
+        loss = ce + cfg.router_aux_loss_coef * out.aux_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 20 == 0 or step == a.steps - 1:
+            rec = dict(step=step, task=task, ce=round(ce.item(), 4), aux=round(out.aux_loss.item(), 4),
+                       lr=lr_at(step), seq=ids.shape[1], batch=ids.shape[0],
+                       elapsed_s=round(time.time() - t0, 1))
+            print(json.dumps(rec), flush=True)
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        if a.eval_every and step and step % a.eval_every == 0:
+            model.eval()
+            acc = {k: evaluate(model, tk, t, 30, 99, f) for k, (t, f) in EVALS.items()}
+            print(json.dumps(dict(step=step, eval30=acc)), flush=True)
+            log.write(json.dumps(dict(step=step, eval30=acc)) + "\n")
+            model.train()
+
+    # Ship bf16; evaluate exactly the shipped weights (upcast to f32).
+    model.eval()
+    model = model.to(torch.bfloat16)
+    model.save_pretrained(a.out, safe_serialization=True)
+    model.generation_config.save_pretrained(a.out)
+    tk.save(os.path.join(a.out, "tokenizer.json"))
+    with open(os.path.join(a.out, "tokenizer_config.json"), "w") as f:
+        json.dump(dict(chat_template=CHAT_TEMPLATE, eos_token="<|im_end|>",
+                       pad_token="<|endoftext|>", bos_token=None,
+                       model_max_length=2048, tokenizer_class="PreTrainedTokenizerFast",
+                       added_tokens_decoder={str(tk.token_to_id(s)): dict(content=s, special=True)
+                                             for s in SPECIALS}), f, indent=1)
+    model = tf.Qwen3MoeForCausalLM.from_pretrained(a.out, dtype=torch.float32)
+    model.eval()
+    acc = {k: evaluate(model, tk, t, a.eval_n, 4242, f) for k, (t, f) in EVALS.items()}
+    res = dict(steps=a.steps, seed=a.seed, params=nparam, train_seconds=round(time.time() - t0),
+               threads=a.threads, eval_n=a.eval_n, pass_at_1=acc)
+    print(json.dumps(res), flush=True)
+    with open(os.path.join(a.out, "eval.json"), "w") as f:
+        json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
