@@ -354,6 +354,7 @@ static int write_json(const acc_t *a, size_t k, size_t errors, double lo, double
         const item_t *it = &a->items[i];
         cJSON *x = cJSON_CreateObject();
         cJSON_AddNumberToObject(x, "index", (double)i);
+        cJSON_AddStringToObject(x, "prompt", it->prompt);
         cJSON_AddStringToObject(x, "answer", it->answer);
         cJSON_AddStringToObject(x, "output", it->out ? it->out : "");
         cJSON_AddBoolToObject(x, "correct", it->correct);

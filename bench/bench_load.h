@@ -151,7 +151,8 @@ typedef struct {
     int32_t *max_tokens; /* [n_turns] output tokens asked for each turn */
     int32_t *input_est;  /* [n_turns] estimated tokens of each user text */
     int32_t system_est;  /* estimated tokens of @system */
-    void *task;          /* a task workload's item for its grader, else NULL */
+    void *task;          /* a task workload's item for its grader (freed with the
+                          * session), else NULL; TASK: the expected answer */
 } bench_session_t;
 
 void bench_session_free(bench_session_t *s);
@@ -160,6 +161,7 @@ typedef enum {
     BENCH_WL_FIXED = 0, /* every prompt input_len words, output_len tokens */
     BENCH_WL_SHAREGPT,  /* lengths from the synthetic ShareGPT-like model, or a file */
     BENCH_WL_MULTITURN, /* shared prefix + turns (llm-d / vLLM offload workload) */
+    BENCH_WL_TASK,      /* the demo model's checkable tasks, graded exactly */
 } bench_wl_kind_t;
 
 /*
@@ -194,6 +196,8 @@ typedef struct {
     int32_t turns;             /* MULTITURN: T turns */
     int32_t turn_len;          /* MULTITURN: Q prompt tokens per turn */
     int32_t max_output_cap;    /* cap on max_tokens of any turn, 0 = none */
+    int32_t task;              /* TASK: a bench_task_t */
+    int32_t task_size;         /* TASK: bench_task_size() of the problems */
 } bench_wl_cfg_t;
 
 /*
@@ -220,7 +224,7 @@ cm_status_t bench_workload_session(bench_workload_t *w, uint64_t index, bench_se
 /* Installs a grader; the runner then reports accuracy. NULL clears it. */
 void bench_workload_set_grader(bench_workload_t *w, bench_grade_fn fn, void *ctx);
 bench_grade_fn bench_workload_grader(const bench_workload_t *w, void **ctx);
-/* "fixed", "sharegpt", "sharegpt-file", "multiturn". */
+/* "fixed", "sharegpt", "sharegpt-file", "multiturn", "task". */
 const char *bench_workload_name(const bench_workload_t *w);
 void bench_workload_free(bench_workload_t *w);
 

@@ -19,7 +19,9 @@
 /* ---- flags -------------------------------------------------------------- */
 
 static const char *g_baseline_lens;
-static const char *g_url, *g_endpoint, *g_model, *g_workload, *g_sharegpt, *g_conc, *g_rate, *g_out;
+static const char *g_url, *g_endpoint, *g_model, *g_workload, *g_sharegpt, *g_conc, *g_rate, *g_out,
+    *g_task;
+static int64_t g_context, g_digits;
 static int64_t g_input_len, g_output_len, g_prefix_len, g_turns, g_turn_len, g_max_tokens, g_seed,
     g_warmup, g_baseline, g_num_requests, g_max_conns;
 static uint64_t g_duration_ms, g_timeout_ms;
@@ -46,8 +48,28 @@ static const cm_flag_t k_flags[] = {
      .type = CM_FLAG_CHOICE,
      .dst = &g_workload,
      .def = "fixed",
-     .choices = "fixed|sharegpt|multiturn",
+     .choices = "fixed|sharegpt|multiturn|task",
      .help = "what to send (see bench/README.md)"},
+    {.name = "task",
+     .type = CM_FLAG_CHOICE,
+     .dst = &g_task,
+     .def = "retrieval",
+     .choices = "retrieval|addition|copy",
+     .help = "task: which checkable task (graded; needs the chat endpoint)"},
+    {.name = "context",
+     .type = CM_FLAG_INT,
+     .dst = &g_context,
+     .def = "512",
+     .help = "task: target tokens per retrieval/copy problem",
+     .min = 16,
+     .max = 1 << 20},
+    {.name = "digits",
+     .type = CM_FLAG_INT,
+     .dst = &g_digits,
+     .def = "4",
+     .help = "task: addition digits per operand",
+     .min = 1,
+     .max = 18},
     {.name = "input-len",
      .type = CM_FLAG_INT,
      .dst = &g_input_len,
@@ -950,7 +972,19 @@ int bench_serve_main(int argc, char **argv) {
                          .turn_len = (int32_t)g_turn_len};
     wc.kind = !strcmp(g_workload, "fixed")      ? BENCH_WL_FIXED
               : !strcmp(g_workload, "sharegpt") ? BENCH_WL_SHAREGPT
+              : !strcmp(g_workload, "task")     ? BENCH_WL_TASK
                                                 : BENCH_WL_MULTITURN;
+    if (wc.kind == BENCH_WL_TASK) {
+        bench_task_t t;
+        bench_task_parse(g_task, &t);
+        wc.task = (int32_t)t;
+        wc.task_size = (int32_t)bench_task_size(t, (uint32_t)g_context, (uint32_t)g_digits);
+        size_t el = strlen(g_endpoint);
+        if (el < 16 || strcmp(g_endpoint + el - 16, "chat/completions") != 0) {
+            fprintf(stderr, "%s: --workload task needs --endpoint /v1/chat/completions\n", prog);
+            return CM_EXIT_USAGE;
+        }
+    }
     if (g_sharegpt && wc.kind != BENCH_WL_SHAREGPT) {
         fprintf(stderr, "%s: --sharegpt needs --workload sharegpt\n", prog);
         return CM_EXIT_USAGE;
@@ -999,6 +1033,10 @@ int bench_serve_main(int argc, char **argv) {
         cJSON_AddNumberToObject(config, "prefix_len", (double)g_prefix_len);
         cJSON_AddNumberToObject(config, "turns", (double)g_turns);
         cJSON_AddNumberToObject(config, "turn_len", (double)g_turn_len);
+    }
+    if (wc.kind == BENCH_WL_TASK) {
+        cJSON_AddStringToObject(config, "task", g_task);
+        cJSON_AddNumberToObject(config, "task_size", wc.task_size);
     }
     cJSON_AddNumberToObject(config, "max_tokens_cap", (double)g_max_tokens);
     cJSON_AddBoolToObject(config, "ignore_eos", g_ignore_eos);

@@ -215,6 +215,15 @@ cleanup:
     return st;
 }
 
+/* The task workload's grader: exact match against the session's answer. */
+static cm_status_t wl_task_grade(void *ctx, const bench_session_t *s, size_t turn,
+                                 const char *output, size_t len, bool *correct) {
+    (void)ctx;
+    if (!s->task || turn != 0) return CM_ERR_INVALID_ARG;
+    *correct = bench_task_grade(s->task, output, len);
+    return CM_OK;
+}
+
 cm_status_t bench_workload_new(const bench_wl_cfg_t *cfg, bench_workload_t **out, char *err,
                                size_t errlen) {
     cm_status_t st = CM_ERR_INVALID_ARG;
@@ -261,6 +270,14 @@ cm_status_t bench_workload_new(const bench_wl_cfg_t *cfg, bench_workload_t **out
             goto fail;
         }
         break;
+    case BENCH_WL_TASK:
+        if (cfg->task < BENCH_TASK_RETRIEVAL || cfg->task > BENCH_TASK_COPY || cfg->task_size < 1 ||
+            cfg->task_size > 100000) {
+            snprintf(err, errlen, "task workload needs a task and a size of 1..100000");
+            goto fail;
+        }
+        w->grade = wl_task_grade;
+        break;
     case BENCH_WL_MULTITURN: {
         if (cfg->prefix_len < 0 || cfg->prefix_len > WL_MAX_LEN || cfg->turns < 1 ||
             cfg->turns > 1000 || cfg->turn_len < 1 || cfg->turn_len > WL_MAX_LEN ||
@@ -302,6 +319,7 @@ void bench_session_free(bench_session_t *s) {
     cm_free(s->max_tokens);
     cm_free(s->input_est);
     cm_free(s->system);
+    cm_free(s->task);
     cm_free(s);
 }
 
@@ -348,6 +366,20 @@ cm_status_t bench_workload_session(bench_workload_t *w, uint64_t index, bench_se
             s->max_tokens[t] = cfg->output_len;
         }
         break;
+    case BENCH_WL_TASK: {
+        char *answer = NULL;
+        uint32_t size = (uint32_t)cfg->task_size;
+        if (bench_task_make((bench_task_t)cfg->task, size, cfg->seed, index, &s->user[0],
+                            &answer) != CM_OK)
+            goto oom;
+        s->task = answer;
+        /* Byte-level BPE: never more tokens than bytes; room for the EOS. */
+        s->max_tokens[0] = (int32_t)strlen(answer) + 4;
+        s->input_est[0] = (int32_t)(cfg->task == BENCH_TASK_RETRIEVAL ? size * 8 + 20
+                                    : cfg->task == BENCH_TASK_COPY    ? size * 2 + 16
+                                                                      : 2 * size + 8);
+        break;
+    }
     }
     for (size_t t = 0; t < turns; t++) {
         if (!s->user[t]) goto oom;
@@ -379,6 +411,8 @@ const char *bench_workload_name(const bench_workload_t *w) {
         return w->n_items ? "sharegpt-file" : "sharegpt";
     case BENCH_WL_MULTITURN:
         return "multiturn";
+    case BENCH_WL_TASK:
+        return "task";
     }
     return "unknown";
 }

@@ -82,12 +82,14 @@ class Data:
 
     def batch(self, task):
         r = self.rng
+        # Log-uniform sizes: many short problems (dense signal, big batches)
+        # and enough long ones to reach ~1,050 tokens of context.
         if task == "retrieval":
-            size = r.randint(2, 140)
+            size = int(round(math.exp(r.uniform(math.log(2), math.log(128)))))
             est = size * 8 + 20
         elif task == "copy":
-            size = r.randint(1, 170)
-            est = size * 6 + 12
+            size = int(round(math.exp(r.uniform(0, math.log(160)))))
+            est = size * 4 + 16
         else:
             da = 4 if r.random() < 0.6 else r.randint(1, 4)
             db = 4 if r.random() < 0.6 else r.randint(1, 4)
@@ -97,9 +99,11 @@ class Data:
         seqs = []
         for _ in range(n):
             pi, ai = self.example(task, size)
-            s = (pi + ai)[: self.max_ctx + 1]
-            m = ([0] * len(pi) + [1] * len(ai))[: self.max_ctx + 1]
-            seqs.append((s, m))
+            if len(pi) + len(ai) > self.max_ctx:
+                continue  # never cut an answer off
+            seqs.append((pi + ai, [0] * len(pi) + [1] * len(ai)))
+        if not seqs:
+            return self.batch(task)
         L = max(len(s) for s, _ in seqs)
         ids = torch.full((n, L), self.pad, dtype=torch.long)
         mask = torch.zeros((n, L), dtype=torch.bool)
@@ -178,7 +182,7 @@ def main():
             return a.lr * (s + 1) / warm
         return a.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (s - warm) / (a.steps - warm))))
 
-    data = Data(tk, a.seed + 1, a.budget, 1100)
+    data = Data(tk, a.seed + 1, a.budget, 1088)
     schedule = ["retrieval", "addition", "copy", "retrieval", "addition"]
     log = open(os.path.join(a.out, "train_log.jsonl"), "w")
     t0 = time.time()
@@ -194,11 +198,13 @@ def main():
         m = mask[:, 1:]
         ce = torch.nn.functional.cross_entropy(logits[m], tgt[m])
         loss = ce + cfg.router_aux_loss_coef * out.aux_loss
+        if not torch.isfinite(loss):
+            raise SystemExit(f"step {step}: loss is not finite")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step % 20 == 0 or step == a.steps - 1:
+        if step % 20 < 3 or step == a.steps - 1:
             rec = dict(step=step, task=task, ce=round(ce.item(), 4), aux=round(out.aux_loss.item(), 4),
                        lr=lr_at(step), seq=ids.shape[1], batch=ids.shape[0],
                        elapsed_s=round(time.time() - t0, 1))

@@ -47,8 +47,8 @@ TT_TEST(bench_tasks, retrieval_answer_is_the_asked_keys_value) {
         }
         TT_ASSERT_EQ_INT(n, size);
         TT_ASSERT_EQ_U64(hits, 1u);
-        free(p);
-        free(a);
+        cm_free(p);
+        cm_free(a);
     }
 }
 
@@ -66,8 +66,8 @@ TT_TEST(bench_tasks, addition_answer_is_the_sum) {
             char want[32];
             snprintf(want, sizeof want, "%llu", x + y);
             TT_ASSERT_STR_EQ(a, want);
-            free(p);
-            free(a);
+            cm_free(p);
+            cm_free(a);
         }
     }
 }
@@ -82,8 +82,8 @@ TT_TEST(bench_tasks, copy_answer_is_the_words) {
         TT_ASSERT(is_word(a + i * 6, 5));
         TT_ASSERT(i == 36 || a[i * 6 + 5] == ' ');
     }
-    free(p);
-    free(a);
+    cm_free(p);
+    cm_free(a);
 }
 
 TT_TEST(bench_tasks, problems_depend_only_on_seed_and_index) {
@@ -96,7 +96,7 @@ TT_TEST(bench_tasks, problems_depend_only_on_seed_and_index) {
     TT_ASSERT_STR_EQ(a1, a2);
     TT_ASSERT(strcmp(p1, p3) != 0);
     TT_ASSERT(strcmp(p1, p4) != 0);
-    free(p1), free(a1), free(p2), free(a2), free(p3), free(a3), free(p4), free(a4);
+    cm_free(p1), cm_free(a1), cm_free(p2), cm_free(a2), cm_free(p3), cm_free(a3), cm_free(p4), cm_free(a4);
 }
 
 TT_TEST(bench_tasks, sizes_and_names) {
@@ -132,4 +132,34 @@ TT_TEST(bench_tasks, wilson_interval_matches_published_values) {
     bench_wilson95(95, 100, &lo, &hi);
     TT_ASSERT_NEAR(lo, 0.88825, 1e-4);
     TT_ASSERT_NEAR(hi, 0.97846, 1e-4);
+}
+
+TT_TEST(bench_tasks, task_workload_sessions_are_graded_exactly) {
+    bench_wl_cfg_t cfg = {
+        .kind = BENCH_WL_TASK, .seed = 5, .task = BENCH_TASK_ADDITION, .task_size = 4};
+    char err[128];
+    bench_workload_t *w;
+    TT_ASSERT_EQ_INT(bench_workload_new(&cfg, &w, err, sizeof err), CM_OK);
+    TT_ASSERT_STR_EQ(bench_workload_name(w), "task");
+    bench_session_t *s;
+    TT_ASSERT_EQ_INT(bench_workload_session(w, 3, &s), CM_OK);
+    char *p, *a;
+    TT_ASSERT_EQ_INT(bench_task_make(BENCH_TASK_ADDITION, 4, 5, 3, &p, &a), CM_OK);
+    TT_ASSERT_STR_EQ(s->user[0], p); /* the same problem bench accuracy sends */
+    TT_ASSERT_STR_EQ((const char *)s->task, a);
+    TT_ASSERT_EQ_INT(s->max_tokens[0], (int)strlen(a) + 4);
+    void *ctx;
+    bench_grade_fn g = bench_workload_grader(w, &ctx);
+    TT_ASSERT(g);
+    bool ok = false;
+    TT_ASSERT_EQ_INT(g(ctx, s, 0, a, strlen(a), &ok), CM_OK);
+    TT_ASSERT(ok);
+    TT_ASSERT_EQ_INT(g(ctx, s, 0, "0", 1, &ok), CM_OK);
+    TT_ASSERT(!ok);
+    cm_free(p);
+    cm_free(a);
+    bench_session_free(s);
+    cfg.task_size = 0;
+    bench_workload_free(w);
+    TT_ASSERT_EQ_INT(bench_workload_new(&cfg, &w, err, sizeof err), CM_ERR_INVALID_ARG);
 }
