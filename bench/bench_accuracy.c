@@ -216,6 +216,8 @@ static void url_done(void *ud, bench_err_t err, int status, uint64_t t_ns) {
     }
     finish_item(a, it);
     url_issue(a);
+    /* Idle keep-alive connections would hold the loop open. */
+    if (a->done == a->n) uv_stop(&a->loop);
 }
 
 static void url_issue(acc_t *a) {
@@ -255,7 +257,7 @@ static cm_status_t run_url(acc_t *a, char *err, size_t errlen) {
     if (st == CM_OK) {
         snprintf(a->path, sizeof a->path, "%s/v1/chat/completions", base);
         url_issue(a);
-        uv_run(&a->loop, UV_RUN_DEFAULT);
+        if (a->done < a->n) uv_run(&a->loop, UV_RUN_DEFAULT);
         bench_http_free(a->http);
         uv_run(&a->loop, UV_RUN_DEFAULT);
     }

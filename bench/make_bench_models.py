@@ -7,7 +7,11 @@ Run with the dev venv: build/venv/bin/python bench/make_bench_models.py [name...
                  128, vocab 151936, tied embeddings), bf16, ~1.2 GB
   qwen3moe-a3b-2l  Qwen3-30B-A3B's layer shape (hidden 2048, 128 experts top-8,
                  expert size 768, GQA 32/4) with 2 layers instead of 48, bf16
+  qwen3moe-serve A mid-size MoE for serving experiments: 4 layers, hidden 1024,
+                 32 experts top-4 (expert size 512), GQA 16/4, Qwen3's real
+                 tokenizer (vocab 151936) so the router can take text, bf16, ~1 GB
 """
+import shutil
 import os
 import sys
 
@@ -27,7 +31,15 @@ SPECS = {
         num_experts=128, num_experts_per_tok=8, norm_topk_prob=True, decoder_sparse_step=1,
         mlp_only_layers=[], max_position_embeddings=4096, tie_word_embeddings=False,
         rms_norm_eps=1e-6)),
+    "qwen3moe-serve": (tf.Qwen3MoeConfig, tf.Qwen3MoeForCausalLM, dict(
+        vocab_size=151936, hidden_size=1024, intermediate_size=3072, moe_intermediate_size=512,
+        num_hidden_layers=4, num_attention_heads=16, num_key_value_heads=4, head_dim=64,
+        num_experts=32, num_experts_per_tok=4, norm_topk_prob=True, decoder_sparse_step=1,
+        mlp_only_layers=[], max_position_embeddings=4096, tie_word_embeddings=False,
+        rms_norm_eps=1e-6, eos_token_id=151645)),
 }
+# Models that get a real tokenizer from ../shared/tokenizers.
+TOKENIZERS = {"qwen3moe-serve": "qwen3"}
 
 
 def main():
@@ -40,6 +52,11 @@ def main():
         d = os.path.join(OUT, name)
         os.makedirs(d, exist_ok=True)
         model.save_pretrained(d, safe_serialization=True, max_shard_size="2GB")
+        if name in TOKENIZERS:
+            src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                               "tokenizers", TOKENIZERS[name])
+            for f in ("tokenizer.json", "tokenizer_config.json"):
+                shutil.copy(os.path.join(src, f), d)
         print(name, sum(p.numel() for p in model.parameters()) / 1e9, "B params ->", d)
 
 

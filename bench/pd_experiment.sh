@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Disaggregated vs colocated under a mixed workload (issue 7, experiment).
+#
+#   bench/pd_experiment.sh MODEL_DIR OUT_DIR [long_prompt_words] [burst_rate] [duration]
+#
+# Both modes get the same two cores:
+#   colocated      one `tandem worker` on cores 0-1, TANDEM_THREADS=2
+#   disaggregated  `tandem prefill` on core 0 and `tandem decode` on core 1,
+#                  TANDEM_THREADS=1 each, KV over UCX (shared memory)
+# The router and the load generators are not pinned (they are light).
+# Two load streams run at once against each mode:
+#   decode  closed loop, 4 clients, short prompts (32 words), 128 output
+#           tokens each: the TPOT we care about
+#   burst   open loop, Poisson at burst_rate req/s, long prompts
+#           (long_prompt_words), 1 output token: prefill pressure
+# Writes OUT_DIR/{colocated,disagg}-{decode,burst}.{json,csv,requests.csv},
+# compare-decode.txt, compare-burst.txt and charts/.
+set -eu
+model=$(cd "$1" && pwd)
+out=$2
+long=${3:-768}
+rate=${4:-0.5}
+dur=${5:-60s}
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=$root/build/bin/tandem
+name=$(basename "$model")
+mkdir -p "$out"
+http=18300
+cp=18301
+pids=()
+
+stop() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+trap stop EXIT
+
+run_mode() {
+  local mode=$1
+  "$bin" router --listen=127.0.0.1:$http --grpc-listen=off --cp-bind=tcp://127.0.0.1:$cp \
+    --model="$model" --served-model-name="$name" --log-level=warn &
+  pids+=($!)
+  local w=(--router=tcp://127.0.0.1:$cp --model="$model" --served-model-name="$name"
+           --kv-pool-size=512M --log-level=warn)
+  if [ "$mode" = colocated ]; then
+    TANDEM_THREADS=2 taskset -c 0,1 "$bin" worker "${w[@]}" --worker-id=w0 &
+    pids+=($!)
+  else
+    TANDEM_THREADS=1 UCX_TLS=shm,self taskset -c 0 "$bin" prefill "${w[@]}" --worker-id=p0 &
+    pids+=($!)
+    TANDEM_THREADS=1 UCX_TLS=shm,self taskset -c 1 "$bin" decode "${w[@]}" --worker-id=d0 &
+    pids+=($!)
+  fi
+  for _ in $(seq 600); do
+    curl -sf http://127.0.0.1:$http/ready >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  sleep 2
+  local common=(--url http://127.0.0.1:$http --model "$name" --workload fixed --ignore-eos
+                --duration "$dur" --timeout 600s)
+  "$bin" bench serve "${common[@]}" --input-len 32 --output-len 128 --concurrency 4 \
+    --warmup 2 --out "$out/$mode-decode" > "$out/$mode-decode.log" 2>&1 &
+  local dpid=$!
+  sleep 3 # the decode stream is running before the bursts start
+  "$bin" bench serve "${common[@]}" --input-len "$long" --output-len 1 --concurrency '' \
+    --rate "$rate" --warmup 0 --seed 7 --out "$out/$mode-burst" > "$out/$mode-burst.log" 2>&1
+  wait $dpid
+  stop
+  sleep 1
+}
+
+run_mode colocated
+run_mode disagg
+"$bin" bench compare "$out/colocated-decode.json" "$out/disagg-decode.json" \
+  --label-a colocated --label-b disaggregated > "$out/compare-decode.txt"
+"$bin" bench compare "$out/colocated-burst.json" "$out/disagg-burst.json" \
+  --label-a colocated --label-b disaggregated > "$out/compare-burst.txt"
+py=$root/build/venv/bin/python
+[ -x "$py" ] || py=python3
+"$py" "$root/bench/plot.py" --out "$out/charts" --labels colocated,disaggregated \
+  "$out/colocated-decode.json" "$out/disagg-decode.json" || true
+echo "results in $out"
