@@ -33,12 +33,14 @@ uint32_t bench_task_size(bench_task_t t, uint32_t context, uint32_t digits) {
     uint32_t n;
     switch (t) {
     case BENCH_TASK_RETRIEVAL:
-        /* ~20 tokens of template and question, ~8 per " key=1234,". */
-        n = context > 20 ? (context - 20) / 8 : 1;
+        /* ~20 tokens of template and question, 7 per " key=1234,". At most
+         * 900 keys: there are 980 distinct words. */
+        n = context > 20 ? (context - 20) / 7 : 1;
+        if (n > 900) n = 900;
         break;
     case BENCH_TASK_COPY:
-        /* ~16 tokens of template, ~2 per word, each word twice. */
-        n = context > 16 ? (context - 16) / 4 : 1;
+        /* ~16 tokens of template, 1 per word, each word twice. */
+        n = context > 16 ? (context - 16) / 2 : 1;
         break;
     default:
         n = digits;
@@ -47,11 +49,12 @@ uint32_t bench_task_size(bench_task_t t, uint32_t context, uint32_t digits) {
     return n ? n : 1;
 }
 
-/* A made-up CVCVC word ("zobak"), written to w[0..4], NUL at w[5]. */
-static void task_word(bench_rng_t *r, char w[6]) {
-    for (int i = 0; i < 5; i++)
+/* A made-up CVC word ("zob", 980 of them: one token each in the demo
+ * model's vocabulary), written to w[0..2], NUL at w[3]. */
+static void task_word(bench_rng_t *r, char w[4]) {
+    for (int i = 0; i < 3; i++)
         w[i] = (i & 1) ? k_vowels[bench_rng_below(r, 5)] : k_consonants[bench_rng_below(r, 14)];
-    w[5] = '\0';
+    w[3] = '\0';
 }
 
 typedef struct {
@@ -101,14 +104,15 @@ cm_status_t bench_task_make(bench_task_t t, uint32_t size, uint64_t seed, uint64
     sbuf_t p = {0}, a = {0};
     if (size == 0) size = 1;
     if (t == BENCH_TASK_RETRIEVAL) {
-        char(*keys)[6] = cm_calloc(size, sizeof *keys);
+        if (size > 900) size = 900; /* distinct keys */
+        char(*keys)[4] = cm_calloc(size, sizeof *keys);
         if (!keys) return CM_ERR_NO_MEMORY;
         for (uint32_t i = 0; i < size; i++) {
             bool dup;
-            do { /* distinct keys (68,600 words; size is at most thousands) */
+            do { /* distinct keys */
                 task_word(&r, keys[i]);
                 dup = false;
-                for (uint32_t j = 0; j < i && !dup; j++) dup = !memcmp(keys[j], keys[i], 5);
+                for (uint32_t j = 0; j < i && !dup; j++) dup = !memcmp(keys[j], keys[i], 3);
             } while (dup);
         }
         uint32_t q = (uint32_t)bench_rng_below(&r, size);
@@ -137,7 +141,7 @@ cm_status_t bench_task_make(bench_task_t t, uint32_t size, uint64_t seed, uint64
     } else {
         sb_str(&p, "Repeat exactly:\n");
         for (uint32_t i = 0; i < size; i++) {
-            char w[6];
+            char w[4];
             task_word(&r, w);
             if (i) sb_str(&a, " ");
             sb_str(&a, w);

@@ -375,8 +375,8 @@ cm_status_t bench_workload_session(bench_workload_t *w, uint64_t index, bench_se
         s->task = answer;
         /* Byte-level BPE: never more tokens than bytes; room for the EOS. */
         s->max_tokens[0] = (int32_t)strlen(answer) + 4;
-        s->input_est[0] = (int32_t)(cfg->task == BENCH_TASK_RETRIEVAL ? size * 8 + 20
-                                    : cfg->task == BENCH_TASK_COPY    ? size * 2 + 16
+        s->input_est[0] = (int32_t)(cfg->task == BENCH_TASK_RETRIEVAL ? size * 7 + 20
+                                    : cfg->task == BENCH_TASK_COPY    ? size + 16
                                                                       : 2 * size + 8);
         break;
     }

@@ -4,7 +4,7 @@ The same formats are generated in C by `tandem bench accuracy`
 (bench/bench_accuracy.c); keep the two in step. Every problem is a single
 user turn; the answer is the exact assistant reply.
 
-  retrieval  "Records: zobak=4821, fuzak=7386, ...\nWhat is the value of fuzak?"
+  retrieval  "Records: zob=4821, fuz=7386, ...\nWhat is the value of fuz?"
              -> "7386"
   addition   "What is 4821+3755?" -> "8576"
   copy       "Repeat exactly:\nw1 w2 ... wn" -> "w1 w2 ... wn"
@@ -19,9 +19,10 @@ VOWELS = "aeiou"
 
 
 def word(rng: random.Random) -> str:
-    """A made-up CVCVC word, e.g. 'zobak' (68,600 of them)."""
+    """A made-up CVC word, e.g. 'zob' (980 of them; the demo tokenizer has
+    each one as a single token, with and without a leading space)."""
     c, v = CONSONANTS, VOWELS
-    return (rng.choice(c) + rng.choice(v) + rng.choice(c) + rng.choice(v) + rng.choice(c))
+    return rng.choice(c) + rng.choice(v) + rng.choice(c)
 
 
 def retrieval(rng: random.Random, npairs: int):

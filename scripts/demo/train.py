@@ -50,6 +50,9 @@ def build_tokenizer(vocab_size, seed):
                    for p, a in (tasks.retrieval(rng, rng.randint(2, 40)),
                                 tasks.addition(rng, rng.randint(1, 4), rng.randint(1, 4)),
                                 tasks.copy(rng, rng.randint(1, 40)))]
+    # Every task word as one token, with and without a leading space.
+    words = [a + b + c for a in tasks.CONSONANTS for b in tasks.VOWELS for c in tasks.CONSONANTS]
+    corpus += [" ".join(words) + "\n" + "\n".join(words)] * 4
     # Some plain English so the vocabulary is not only task words.
     corpus += ["The quick brown fox jumps over the lazy dog. Hello, world! "
                "This is Tandem, a disaggregated serving cluster for language models."] * 20
@@ -85,11 +88,11 @@ class Data:
         # Log-uniform sizes: many short problems (dense signal, big batches)
         # and enough long ones to reach ~1,050 tokens of context.
         if task == "retrieval":
-            size = int(round(math.exp(r.uniform(math.log(2), math.log(128)))))
-            est = size * 8 + 20
+            size = int(round(math.exp(r.uniform(math.log(2), math.log(148)))))
+            est = size * 7 + 20
         elif task == "copy":
-            size = int(round(math.exp(r.uniform(0, math.log(160)))))
-            est = size * 4 + 16
+            size = int(round(math.exp(r.uniform(0, math.log(400)))))
+            est = size * 2 + 16
         else:
             da = 4 if r.random() < 0.6 else r.randint(1, 4)
             db = 4 if r.random() < 0.6 else r.randint(1, 4)
@@ -132,10 +135,10 @@ def evaluate(model, tk, task, n, seed, size_of):
 
 EVALS = {
     # name: (task, size sampler) -- the model card's table
-    "retrieval@512": ("retrieval", lambda r: 60),
-    "retrieval@1024": ("retrieval", lambda r: 122),
+    "retrieval@512": ("retrieval", lambda r: 70),
+    "retrieval@1024": ("retrieval", lambda r: 143),
     "addition-4digit": ("addition", lambda r: (4, 4)),
-    "copy-40words": ("copy", lambda r: 40),
+    "copy@256": ("copy", lambda r: 120),
 }
 
 
@@ -156,7 +159,7 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     os.makedirs(a.out, exist_ok=True)
-    tk = build_tokenizer(2048, a.seed)
+    tk = build_tokenizer(4096, a.seed)
     vocab = tk.get_vocab_size()
     im_end = tk.token_to_id("<|im_end|>")
     eot = tk.token_to_id("<|endoftext|>")

@@ -12,7 +12,7 @@
 #include "tt.h"
 
 static bool is_word(const char *w, size_t n) {
-    if (n != 5) return false;
+    if (n != 3) return false;
     for (size_t i = 0; i < n; i++) {
         bool vowel = strchr("aeiou", w[i]) != NULL;
         if (!islower((unsigned char)w[i]) || vowel != (i & 1)) return false;
@@ -31,19 +31,19 @@ TT_TEST(bench_tasks, retrieval_answer_is_the_asked_keys_value) {
         char key[16] = "";
         TT_ASSERT_EQ_INT(sscanf(q, "\nWhat is the value of %15[a-z]?", key), 1);
         /* Walk " key=1234," records: distinct keys, exactly one match. */
-        char seen[200][6];
+        char seen[200][4];
         uint32_t n = 0, hits = 0;
-        for (const char *s = p + 8; s < q; s += 11) {
-            TT_ASSERT(s[0] == ' ' && is_word(s + 1, 5) && s[6] == '=');
-            TT_ASSERT(isdigit((unsigned char)s[7]) && s[7] != '0');
-            TT_ASSERT(s[11] == ',' || s + 11 == q);
-            for (uint32_t j = 0; j < n; j++) TT_ASSERT(memcmp(seen[j], s + 1, 5));
-            memcpy(seen[n++], s + 1, 5);
-            if (!memcmp(s + 1, key, 5) && strlen(key) == 5) {
+        for (const char *s = p + 8; s < q; s += 9) {
+            TT_ASSERT(s[0] == ' ' && is_word(s + 1, 3) && s[4] == '=');
+            TT_ASSERT(isdigit((unsigned char)s[5]) && s[5] != '0');
+            TT_ASSERT(s[9] == ',' || s + 9 == q);
+            for (uint32_t j = 0; j < n; j++) TT_ASSERT(memcmp(seen[j], s + 1, 3));
+            memcpy(seen[n++], s + 1, 3);
+            if (!memcmp(s + 1, key, 3) && strlen(key) == 3) {
                 hits++;
-                TT_ASSERT(!memcmp(s + 7, a, 4) && strlen(a) == 4);
+                TT_ASSERT(!memcmp(s + 5, a, 4) && strlen(a) == 4);
             }
-            if (s[11] == ',') s++;
+            if (s[9] == ',') s++;
         }
         TT_ASSERT_EQ_INT(n, size);
         TT_ASSERT_EQ_U64(hits, 1u);
@@ -77,10 +77,10 @@ TT_TEST(bench_tasks, copy_answer_is_the_words) {
     TT_ASSERT_EQ_INT(bench_task_make(BENCH_TASK_COPY, 37, 1, 5, &p, &a), CM_OK);
     TT_ASSERT(!strncmp(p, "Repeat exactly:\n", 16));
     TT_ASSERT_STR_EQ(p + 16, a);
-    TT_ASSERT_EQ_INT(strlen(a), 37u * 6 - 1);
+    TT_ASSERT_EQ_U64(strlen(a), 37u * 4 - 1);
     for (size_t i = 0; i < 37; i++) {
-        TT_ASSERT(is_word(a + i * 6, 5));
-        TT_ASSERT(i == 36 || a[i * 6 + 5] == ' ');
+        TT_ASSERT(is_word(a + i * 4, 3));
+        TT_ASSERT(i == 36 || a[i * 4 + 3] == ' ');
     }
     cm_free(p);
     cm_free(a);
@@ -96,7 +96,8 @@ TT_TEST(bench_tasks, problems_depend_only_on_seed_and_index) {
     TT_ASSERT_STR_EQ(a1, a2);
     TT_ASSERT(strcmp(p1, p3) != 0);
     TT_ASSERT(strcmp(p1, p4) != 0);
-    cm_free(p1), cm_free(a1), cm_free(p2), cm_free(a2), cm_free(p3), cm_free(a3), cm_free(p4), cm_free(a4);
+    cm_free(p1), cm_free(a1), cm_free(p2), cm_free(a2), cm_free(p3), cm_free(a3), cm_free(p4),
+        cm_free(a4);
 }
 
 TT_TEST(bench_tasks, sizes_and_names) {
@@ -105,9 +106,10 @@ TT_TEST(bench_tasks, sizes_and_names) {
     TT_ASSERT_EQ_INT(t, BENCH_TASK_COPY);
     TT_ASSERT_STR_EQ(bench_task_name(t), "copy");
     TT_ASSERT_EQ_INT(bench_task_parse("Copy", &t), CM_ERR_INVALID_ARG);
-    TT_ASSERT_EQ_U64(bench_task_size(BENCH_TASK_RETRIEVAL, 512, 4), 61u);
+    TT_ASSERT_EQ_U64(bench_task_size(BENCH_TASK_RETRIEVAL, 512, 4), 70u);
+    TT_ASSERT_EQ_U64(bench_task_size(BENCH_TASK_RETRIEVAL, 1 << 20, 4), 900u);
     TT_ASSERT_EQ_U64(bench_task_size(BENCH_TASK_RETRIEVAL, 16, 4), 1u);
-    TT_ASSERT_EQ_U64(bench_task_size(BENCH_TASK_COPY, 512, 4), 124u);
+    TT_ASSERT_EQ_U64(bench_task_size(BENCH_TASK_COPY, 512, 4), 248u);
     TT_ASSERT_EQ_U64(bench_task_size(BENCH_TASK_ADDITION, 512, 4), 4u);
 }
 
