@@ -3,7 +3,8 @@
  * memory and TCP): random block patterns arrive bit-exact (checked byte for
  * byte and by the sender's CRC-32C), layers can be sent in pieces, a
  * fingerprint mismatch is refused, and a receiver killed with -9 makes the
- * sender's transfer end with a typed error within its deadline.
+ * sender's transfer end with a typed error within its deadline, also when
+ * the receiver restarted and the sender still holds its old descriptor.
  */
 #include <poll.h>
 #include <signal.h>
@@ -227,4 +228,83 @@ TT_TEST_T(kvx, dead_receiver_typed_error_within_deadline, 60) {
     kvx_ctx_free(c);
     cm_aligned_free(mem);
     free(desc);
+}
+
+/* Drives @c until @s has @n completions or 10 s pass. */
+static void wait_sends(kvx_ctx_t *c, sent_t *s, int n) {
+    cm_deadline_t d = cm_deadline_in_ms(10000);
+    while (s->done < n && !cm_deadline_expired(d)) {
+        kvx_ctx_progress(c);
+        struct pollfd pf = {kvx_ctx_fd(c), POLLIN, 0};
+        poll(&pf, 1, 10);
+    }
+}
+
+/* A decode worker restarts: the sender still holds the old process's
+ * descriptor. Sending with it must fail with a typed error (never write
+ * into the new process's memory, never hang); the new descriptor is a
+ * different peer (new incarnation) and its transfer lands bit-exact. */
+TT_TEST_T(kvx, restarted_receiver_stale_descriptor_refused, 60) {
+    setenv("UCX_TLS", "tcp,self", 1);
+    char p1[1024], p2[1024];
+    snprintf(p1, sizeof p1, "%s/desc-old", tt_tmpdir());
+    snprintf(p2, sizeof p2, "%s/desc-new", tt_tmpdir());
+    const uint64_t sd = 4242;
+    pid_t old = tt_spawn("kvx_receiver", (const char *[]){p1, "4242", "0", NULL});
+    size_t l1, l2;
+    uint8_t *d1 = read_desc(p1, &l1, 10000);
+    TT_ASSERT(d1);
+    kvx_ctx_t *c;
+    TT_ASSERT_EQ_INT(kvx_ctx_new(NULL, NULL, &c), CM_OK);
+    kvx_peer_t *stale, *fresh;
+    TT_ASSERT_EQ_INT(kvx_peer_connect(c, d1, l1, FP, &stale), CM_OK);
+    kill(old, SIGKILL);
+    waitpid(old, NULL, 0);
+    pid_t neu = tt_spawn("kvx_receiver", (const char *[]){p2, "4242", "1", NULL});
+    uint8_t *d2 = read_desc(p2, &l2, 10000);
+    TT_ASSERT(d2);
+
+    size_t bytes = eng_kv_geom_pool_bytes(&k_geom), bb = eng_kv_geom_block_bytes(&k_geom);
+    uint8_t *mem = cm_aligned_alloc(4096, bytes);
+    for (uint32_t l = 0; l < k_geom.n_layers; l++)
+        for (int32_t b = 0; b < (int32_t)k_geom.n_blocks; b++) {
+            size_t off;
+            eng_kv_geom_offset(&k_geom, l, b, &off);
+            pattern(mem + off, bb, sd, l, b);
+        }
+    kvx_pool_t *src;
+    TT_ASSERT_EQ_INT(kvx_pool_register(c, &k_geom, mem, FP, 1, &src), CM_OK);
+    kvx_pair_t pairs[32];
+    size_t np = make_pairs(sd, pairs);
+
+    sent_t s = {0};
+    uint64_t t0 = cm_time_mono_ms();
+    cm_status_t st = kvx_send(stale, src, 5, 0, 3, pairs, np, true, 3000, on_done, &s);
+    if (st == CM_OK) {
+        wait_sends(c, &s, 1);
+        TT_ASSERT_EQ_INT(s.done, 1);
+        st = s.st[0];
+    }
+    TT_ASSERT_MSG(st == CM_ERR_PEER_DEAD || st == CM_ERR_TIMEOUT, "stale send: %s",
+                  cm_status_name(st));
+    TT_ASSERT(cm_time_mono_ms() - t0 <= 4000);
+    TT_ASSERT(!kvx_peer_alive(stale));
+
+    TT_ASSERT_EQ_INT(kvx_peer_connect(c, d2, l2, FP, &fresh), CM_OK);
+    TT_ASSERT(fresh != stale);
+    TT_ASSERT(kvx_peer_incarnation(fresh) != kvx_peer_incarnation(stale));
+    TT_ASSERT(kvx_peer_alive(fresh));
+    sent_t s2 = {0};
+    TT_ASSERT_EQ_INT(kvx_send(fresh, src, 6, 0, 3, pairs, np, true, 5000, on_done, &s2), CM_OK);
+    wait_sends(c, &s2, 1);
+    TT_ASSERT_EQ_INT(s2.done, 1);
+    TT_ASSERT_EQ_INT(s2.st[0], CM_OK);
+    int status;
+    waitpid(neu, &status, 0);
+    TT_ASSERT_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "new receiver status %d",
+                  WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status));
+    kvx_ctx_free(c);
+    cm_aligned_free(mem);
+    free(d1);
+    free(d2);
 }
