@@ -40,6 +40,14 @@ cm_status_t tok_encode(const tok_t *t, const char *text, size_t len, bool add_sp
 
 /* Decodes @ids to bytes (cm_malloc'ed, NUL-terminated). Special tokens are
  * left out when @skip_special. Ids outside the vocabulary: CM_ERR_OUT_OF_RANGE. */
+/* Unicode NFC (UAX #15) of valid UTF-8 text, as the "NFC" normalizer of
+ * tokenizer.json applies it. *out = NULL when the text is NFC by
+ * construction (ASCII: use the input); otherwise a cm_malloc'd,
+ * NUL-terminated string of *out_len bytes. Tables: Unicode
+ * tok_nfc_unicode_version(), from scripts/gen_unicode_nfc.py. */
+cm_status_t tok_nfc(const char *text, size_t len, char **out, size_t *out_len);
+const char *tok_nfc_unicode_version(void);
+
 cm_status_t tok_decode(const tok_t *t, const int32_t *ids, size_t n, bool skip_special, char **text,
                        size_t *len);
 

@@ -4,8 +4,6 @@
 
 #include "tok_impl.h"
 
-size_t tok_utf8_put(uint32_t cp, char *o);
-
 typedef struct {
     int32_t *v;
     size_t n, cap;
@@ -188,10 +186,17 @@ cm_status_t tok_encode(const tok_t *t, const char *text, size_t len, bool add_sp
         }
         if (!hit && i < len) continue;
         if (i > seg) {
-            if (valid)
+            if (valid && t->nfc) {
+                char *norm;
+                size_t nl;
+                ok = tok_nfc(text + seg, i - seg, &norm, &nl) == CM_OK;
+                if (ok) ok = pretok(t, 0, norm ? norm : text + seg, norm ? nl : i - seg, &out, md);
+                cm_free(norm);
+            } else if (valid) {
                 ok = pretok(t, 0, text + seg, i - seg, &out, md);
-            else
+            } else {
                 ok = bpe(t, (const unsigned char *)text + seg, i - seg, &out);
+            }
         }
         if (ok && hit) {
             ok = push_id(&out, hit->id);

@@ -49,10 +49,14 @@ struct tok {
     int32_t bos, eos;
     tok_chat_t chat;
     char *bos_str, *eos_str;
+    /* Normalizer: NFC before pre-tokenization (added tokens excluded). */
+    bool nfc;
     /* Byte <-> unicode map of ByteLevel. */
     uint32_t byte_to_cp[256];
     int16_t cp_to_byte[512];
 };
+
+size_t tok_utf8_put(uint32_t cp, char *o);
 
 /* Vocabulary lookup of a UTF-8 string; -1 if absent. */
 int32_t tok_vocab_find(const tok_t *t, const char *s, size_t len);

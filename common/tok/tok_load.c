@@ -32,10 +32,17 @@ static size_t utf8_put(uint32_t cp, char *o) {
         o[1] = (char)(0x80 | (cp & 0x3F));
         return 2;
     }
-    o[0] = (char)(0xE0 | (cp >> 12));
-    o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    o[2] = (char)(0x80 | (cp & 0x3F));
-    return 3;
+    if (cp < 0x10000) {
+        o[0] = (char)(0xE0 | (cp >> 12));
+        o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        o[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    o[0] = (char)(0xF0 | (cp >> 18));
+    o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    o[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
 }
 
 /* GPT-2's bytes_to_unicode. */
@@ -345,8 +352,24 @@ cm_status_t tok_load(const char *dir, tok_t **out, char *err, size_t errlen) {
         const char *n = cJSON_IsString(nt) ? nt->valuestring : "";
         const cJSON *list =
             cJSON_GetObjectItem(cJSON_GetObjectItem(j, "normalizer"), "normalizers");
-        if (strcmp(n, "NFC") != 0 &&
-            !(strcmp(n, "Sequence") == 0 && cJSON_GetArraySize(list) == 0)) {
+        /* NFC, or a Sequence of NFCs (empty = none). */
+        bool ok = true;
+        if (!strcmp(n, "NFC")) {
+            t->nfc = true;
+        } else if (!strcmp(n, "Sequence")) {
+            cJSON_ArrayForEach(e, list) {
+                const cJSON *et = cJSON_GetObjectItem(e, "type");
+                if (cJSON_IsString(et) && !strcmp(et->valuestring, "NFC")) {
+                    t->nfc = true;
+                } else {
+                    n = cJSON_IsString(et) ? et->valuestring : "?";
+                    ok = false;
+                }
+            }
+        } else {
+            ok = false;
+        }
+        if (!ok) {
             snprintf(err, errlen, "%s: unsupported normalizer '%s'", path, n);
             st = CM_ERR_UNSUPPORTED;
             goto done;
@@ -420,5 +443,4 @@ int32_t tok_token_id(const tok_t *t, const char *token) {
 tok_chat_t tok_chat_kind(const tok_t *t) { return t->chat; }
 
 /* Exposed for tok_encode.c. */
-size_t tok_utf8_put(uint32_t cp, char *o);
 size_t tok_utf8_put(uint32_t cp, char *o) { return utf8_put(cp, o); }

@@ -142,3 +142,27 @@ static void check_chat(const char *name, tok_chat_t want) {
 TT_TEST(tok, chatml_qwen3_matches_transformers) { check_chat("qwen3", TOK_CHAT_CHATML); }
 TT_TEST(tok, llama3_chat_matches_transformers) { check_chat("llama3_1", TOK_CHAT_LLAMA3); }
 TT_TEST(tok, deepseek_chat_matches_transformers) { check_chat("deepseek_v3", TOK_CHAT_DEEPSEEK); }
+
+/* NFC against HF tokenizers' NFC normalizer: the NFD of every precomposed
+ * character, Hangul, and random runs of combining marks. */
+TT_TEST(tok, nfc_matches_hf_tokenizers) {
+    const cJSON *cases = goldens("nfc");
+    TT_ASSERT(cJSON_GetArraySize(cases) > 100);
+    const cJSON *c;
+    size_t n = 0, changed = 0;
+    cJSON_ArrayForEach(c, cases) {
+        const char *in = cJSON_GetObjectItem(c, "in")->valuestring;
+        const char *want = cJSON_GetObjectItem(c, "out")->valuestring;
+        char *got;
+        size_t gl;
+        TT_ASSERT_EQ_INT(tok_nfc(in, strlen(in), &got, &gl), CM_OK);
+        const char *g = got ? got : in;
+        size_t glen = got ? gl : strlen(in);
+        TT_ASSERT_MSG(glen == strlen(want) && !memcmp(g, want, glen),
+                      "case %zu: NFC of '%s' is '%.*s', HF says '%s'", n, in, (int)glen, g, want);
+        changed += strcmp(in, want) != 0;
+        cm_free(got);
+        n++;
+    }
+    TT_ASSERT(changed > 100); /* the cases do exercise composition */
+}
