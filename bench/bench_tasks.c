@@ -33,9 +33,9 @@ uint32_t bench_task_size(bench_task_t t, uint32_t context, uint32_t digits) {
     uint32_t n;
     switch (t) {
     case BENCH_TASK_RETRIEVAL:
-        /* ~20 tokens of template and question, 7 per " key=1234,". At most
-         * 900 keys: there are 980 distinct words. */
-        n = context > 20 ? (context - 20) / 7 : 1;
+        /* ~20 tokens of template and question, 4 per ", key is value".
+         * At most 900 keys: there are 980 distinct words. */
+        n = context > 20 ? (context - 20) / 4 : 1;
         if (n > 900) n = 900;
         break;
     case BENCH_TASK_COPY:
@@ -118,12 +118,13 @@ cm_status_t bench_task_make(bench_task_t t, uint32_t size, uint64_t seed, uint64
         uint32_t q = (uint32_t)bench_rng_below(&r, size);
         sb_str(&p, "Records:");
         for (uint32_t i = 0; i < size; i++) {
-            uint64_t v = 1000 + bench_rng_below(&r, 9000);
+            char v[4];
+            task_word(&r, v);
             sb_str(&p, i ? ", " : " ");
             sb_str(&p, keys[i]);
-            sb_str(&p, "=");
-            sb_fmt_u64(&p, v);
-            if (i == q) sb_fmt_u64(&a, v);
+            sb_str(&p, " is ");
+            sb_str(&p, v);
+            if (i == q) sb_str(&a, v);
         }
         sb_str(&p, "\nWhat is the value of ");
         sb_str(&p, keys[q]);

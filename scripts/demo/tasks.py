@@ -4,8 +4,8 @@ The same formats are generated in C by `tandem bench accuracy`
 (bench/bench_accuracy.c); keep the two in step. Every problem is a single
 user turn; the answer is the exact assistant reply.
 
-  retrieval  "Records: zob=4821, fuz=7386, ...\nWhat is the value of fuz?"
-             -> "7386"
+  retrieval  "Records: zob is kel, fuz is tam, ...\nWhat is the value of fuz?"
+             -> "tam"
   addition   "What is 4821+3755?" -> "8576"
   copy       "Repeat exactly:\nw1 w2 ... wn" -> "w1 w2 ... wn"
 
@@ -25,17 +25,23 @@ def word(rng: random.Random) -> str:
     return rng.choice(c) + rng.choice(v) + rng.choice(c)
 
 
-def retrieval(rng: random.Random, npairs: int):
+def retrieval(rng: random.Random, npairs: int, nq: int = 1):
+    """Returns (prompt, answer) for one query; with nq > 1, also the
+    follow-up turns [(question, answer), ...] about the same records (a
+    multi-turn chat: denser training signal, same first turn)."""
     keys = set()
     while len(keys) < npairs:
         keys.add(word(rng))
-    keys = list(keys)
+    keys = sorted(keys)
     rng.shuffle(keys)
-    vals = [rng.randint(1000, 9999) for _ in keys]
-    q = rng.randrange(npairs)
-    recs = ", ".join(f"{k}={v}" for k, v in zip(keys, vals))
-    prompt = f"Records: {recs}\nWhat is the value of {keys[q]}?"
-    return prompt, str(vals[q])
+    vals = [word(rng) for _ in keys]
+    qs = [rng.randrange(npairs) for _ in range(nq)]
+    recs = ", ".join(f"{k} is {v}" for k, v in zip(keys, vals))
+    prompt = f"Records: {recs}\nWhat is the value of {keys[qs[0]]}?"
+    if nq == 1:
+        return prompt, vals[qs[0]]
+    more = [(f"What is the value of {keys[q]}?", vals[q]) for q in qs[1:]]
+    return prompt, vals[qs[0]], more
 
 
 def addition(rng: random.Random, digits_a: int, digits_b: int):
@@ -49,6 +55,19 @@ def copy(rng: random.Random, nwords: int):
     return f"Repeat exactly:\n{ws}", ws
 
 
+def reply(task: str, answer: str) -> str:
+    """The exact assistant reply the model is trained to give. Retrieval
+    replies carry a leading space, so the value is the very token that
+    follows " is" in the records (copying a token is what attention does
+    best; " tam" and "tam" are different tokens). Graders strip it."""
+    return " " + answer if task == "retrieval" else answer
+
+
 def chatml(prompt: str) -> str:
     """The generation prompt the shipped chat template renders."""
     return f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def chatml_turn(prompt: str) -> str:
+    """A follow-up user turn after an assistant reply ending in <|im_end|>."""
+    return "\n" + chatml(prompt)

@@ -74,37 +74,55 @@ class Data:
 
     def __init__(self, tk, seed, budget, max_ctx):
         self.tk, self.rng, self.budget, self.max_ctx = tk, random.Random(seed), budget, max_ctx
+        self.grow = 1.0  # curriculum: fraction of the full problem sizes
         self.im_end = tk.token_to_id("<|im_end|>")
         self.pad = tk.token_to_id("<|endoftext|>")
 
     def example(self, task, size):
-        p, a = sample(self.rng, task, size)
-        pi = self.tk.encode(tasks.chatml(p)).ids
-        ai = self.tk.encode(a).ids + [self.im_end]
-        return pi, ai
+        """(ids, loss mask): a chat whose assistant replies are supervised.
+        Retrieval chats ask up to 8 questions about the same records."""
+        if task == "retrieval":
+            nq = self.rng.randint(1, 8)
+            r = tasks.retrieval(self.rng, size, nq)
+            p, a, more = (r[0], r[1], []) if nq == 1 else r
+        elif task == "addition":
+            # Several independent sums per chat: denser signal per token.
+            qs = [sample(self.rng, task, size) for _ in range(self.rng.randint(1, 8))]
+            (p, a), more = qs[0], qs[1:]
+        else:
+            (p, a), more = sample(self.rng, task, size), []
+        ids, mask = [], []
+        for i, (q, ans) in enumerate([(p, a)] + more):
+            qi = self.tk.encode(tasks.chatml(q) if i == 0 else tasks.chatml_turn(q)).ids
+            ai = self.tk.encode(tasks.reply(task, ans)).ids + [self.im_end]
+            ids += qi + ai
+            mask += [0] * len(qi) + [1] * len(ai)
+        return ids, mask
 
     def batch(self, task):
         r = self.rng
         # Log-uniform sizes: many short problems (dense signal, big batches)
         # and enough long ones to reach ~1,050 tokens of context.
         if task == "retrieval":
-            size = int(round(math.exp(r.uniform(math.log(2), math.log(148)))))
-            est = size * 7 + 20
+            top = max(8, 250 * self.grow)
+            size = int(round(math.exp(r.uniform(math.log(2), math.log(top)))))
+            est = size * 4 + 20 + 4.5 * 18
         elif task == "copy":
-            size = int(round(math.exp(r.uniform(0, math.log(400)))))
+            top = max(8, 400 * self.grow)
+            size = int(round(math.exp(r.uniform(0, math.log(top)))))
             est = size * 2 + 16
         else:
             da = 4 if r.random() < 0.6 else r.randint(1, 4)
             db = 4 if r.random() < 0.6 else r.randint(1, 4)
             size = (da, db)
-            est = 24
-        n = max(1, min(256, self.budget // est))
+            est = 24 * 4.5
+        n = max(1, min(256, int(self.budget // est)))
         seqs = []
         for _ in range(n):
-            pi, ai = self.example(task, size)
-            if len(pi) + len(ai) > self.max_ctx:
+            ids, m = self.example(task, size)
+            if len(ids) > self.max_ctx:
                 continue  # never cut an answer off
-            seqs.append((pi + ai, [0] * len(pi) + [1] * len(ai)))
+            seqs.append((ids, m))
         if not seqs:
             return self.batch(task)
         L = max(len(s) for s, _ in seqs)
@@ -125,18 +143,18 @@ def evaluate(model, tk, task, n, seed, size_of):
     for _ in range(n):
         p, a = sample(rng, task, size_of(rng))
         ids = torch.tensor([tk.encode(tasks.chatml(p)).ids])
-        want = tk.encode(a).ids + [im_end]
+        want = tk.encode(tasks.reply(task, a)).ids + [im_end]
         out = model.generate(ids, max_new_tokens=len(want) + 2, do_sample=False,
                              eos_token_id=im_end, pad_token_id=im_end)
         got = out[0, ids.shape[1]:].tolist()
-        ok += int(tk.decode([t for t in got if t != im_end]) == a)
+        ok += int(tk.decode([t for t in got if t != im_end]).strip() == a)
     return ok / n
 
 
 EVALS = {
     # name: (task, size sampler) -- the model card's table
-    "retrieval@512": ("retrieval", lambda r: 70),
-    "retrieval@1024": ("retrieval", lambda r: 143),
+    "retrieval@512": ("retrieval", lambda r: 123),
+    "retrieval@1024": ("retrieval", lambda r: 251),
     "addition-4digit": ("addition", lambda r: (4, 4)),
     "copy@256": ("copy", lambda r: 120),
 }
@@ -151,9 +169,14 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-n", type=int, default=200)
     ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--tasks", default="retrieval,addition,copy", help="round-robin schedule")
+    ap.add_argument("--grow-frac", type=float, default=0.4,
+                    help="fraction of the run over which problem sizes grow to full")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -165,11 +188,11 @@ def main():
     eot = tk.token_to_id("<|endoftext|>")
     cfg = tf.Qwen3MoeConfig(
         vocab_size=vocab, hidden_size=a.hidden, num_hidden_layers=a.layers,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=a.hidden // 4,
+        num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, head_dim=a.hidden // a.heads,
         intermediate_size=4 * a.hidden, moe_intermediate_size=2 * a.hidden, num_experts=8,
         num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
         max_position_embeddings=2048, rms_norm_eps=1e-6, rope_theta=10000.0,
-        tie_word_embeddings=False, bos_token_id=None, eos_token_id=im_end, pad_token_id=eot,
+        tie_word_embeddings=True, bos_token_id=None, eos_token_id=im_end, pad_token_id=eot,
         router_aux_loss_coef=0.01, output_router_logits=False)
     model = tf.Qwen3MoeForCausalLM(cfg)
     model.generation_config.eos_token_id = im_end
@@ -186,12 +209,15 @@ def main():
         return a.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (s - warm) / (a.steps - warm))))
 
     data = Data(tk, a.seed + 1, a.budget, 1088)
-    schedule = ["retrieval", "addition", "copy", "retrieval", "addition"]
+    schedule = a.tasks.split(",")
     log = open(os.path.join(a.out, "train_log.jsonl"), "w")
     t0 = time.time()
     model.train()
     for step in range(a.steps):
         task = schedule[step % len(schedule)]
+        # Short problems first (the copy/lookup circuits form fast on
+        # them), full lengths from 40% of the run on.
+        data.grow = min(1.0, step / (a.grow_frac * a.steps))
         ids, mask = data.batch(task)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
