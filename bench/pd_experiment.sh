@@ -13,8 +13,11 @@
 #           tokens each: the TPOT we care about
 #   burst   open loop, Poisson at burst_rate req/s, long prompts
 #           (long_prompt_words), 1 output token: prefill pressure
-# Writes OUT_DIR/{colocated,disagg}-{decode,burst}.{json,csv,requests.csv},
-# compare-decode.txt, compare-burst.txt and charts/.
+# Each mode first runs the decode stream alone (baseline), then both
+# streams together. Pick a burst rate below one core's prefill capacity, or
+# the prefill queue grows without bound and TTFT measures the queue.
+# Writes OUT_DIR/{colocated,disagg}-{baseline,decode,burst}.{json,csv,requests.csv},
+# compare-*.txt, summary.md (bench/pd_summary.py) and charts/.
 set -eu
 model=$(cd "$1" && pwd)
 out=$2
@@ -59,8 +62,11 @@ run_mode() {
   sleep 2
   local common=(--url http://127.0.0.1:$http --model "$name" --workload fixed --ignore-eos
                 --duration "$dur" --timeout 600s)
+  # Baseline: the decode stream alone, same length.
   "$bin" bench serve "${common[@]}" --input-len 32 --output-len 128 --concurrency 4 \
-    --warmup 2 --out "$out/$mode-decode" > "$out/$mode-decode.log" 2>&1 &
+    --warmup 2 --out "$out/$mode-baseline" > "$out/$mode-baseline.log" 2>&1
+  "$bin" bench serve "${common[@]}" --input-len 32 --output-len 128 --concurrency 4 \
+    --warmup 0 --out "$out/$mode-decode" > "$out/$mode-decode.log" 2>&1 &
   local dpid=$!
   sleep 3 # the decode stream is running before the bursts start
   "$bin" bench serve "${common[@]}" --input-len "$long" --output-len 1 --concurrency '' \
@@ -76,8 +82,14 @@ run_mode disagg
   --label-a colocated --label-b disaggregated > "$out/compare-decode.txt"
 "$bin" bench compare "$out/colocated-burst.json" "$out/disagg-burst.json" \
   --label-a colocated --label-b disaggregated > "$out/compare-burst.txt"
+"$bin" bench compare "$out/colocated-baseline.json" "$out/disagg-baseline.json" \
+  --label-a colocated --label-b disaggregated > "$out/compare-baseline.txt"
 py=$root/build/venv/bin/python
 [ -x "$py" ] || py=python3
-"$py" "$root/bench/plot.py" --out "$out/charts" --labels colocated,disaggregated \
-  "$out/colocated-decode.json" "$out/disagg-decode.json" || true
+"$py" "$root/bench/plot.py" --out "$out/charts" \
+  --labels colocated-alone,colocated-bursts,disagg-alone,disagg-bursts \
+  "$out/colocated-baseline.json" "$out/colocated-decode.json" \
+  "$out/disagg-baseline.json" "$out/disagg-decode.json" || true
+"$py" "$root/bench/pd_summary.py" "$out" > "$out/summary.md"
+cat "$out/summary.md"
 echo "results in $out"
