@@ -171,6 +171,10 @@ def main():
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--kv-heads", type=int, default=2)
+    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--rope-theta", type=float, default=1e6,
+                    help="Qwen3's own; with q/k RMSNorm bounding the logits, a high base "
+                         "keeps enough slow dimensions to match content 1,000 tokens apart")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-n", type=int, default=200)
     ap.add_argument("--eval-every", type=int, default=500)
@@ -188,10 +192,10 @@ def main():
     eot = tk.token_to_id("<|endoftext|>")
     cfg = tf.Qwen3MoeConfig(
         vocab_size=vocab, hidden_size=a.hidden, num_hidden_layers=a.layers,
-        num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, head_dim=a.hidden // a.heads,
+        num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, head_dim=a.head_dim,
         intermediate_size=4 * a.hidden, moe_intermediate_size=2 * a.hidden, num_experts=8,
         num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
-        max_position_embeddings=2048, rms_norm_eps=1e-6, rope_theta=10000.0,
+        max_position_embeddings=2048, rms_norm_eps=1e-6, rope_theta=a.rope_theta,
         tie_word_embeddings=True, bos_token_id=None, eos_token_id=im_end, pad_token_id=eot,
         router_aux_loss_coef=0.01, output_router_logits=False)
     model = tf.Qwen3MoeForCausalLM(cfg)
