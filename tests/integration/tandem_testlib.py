@@ -2,7 +2,9 @@
 import http.client
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -46,6 +48,20 @@ def request(port, method, path, body=None, timeout=60):
     data = r.read()
     c.close()
     return r.status, data
+
+
+def stop_procs(procs, timeout=15):
+    """SIGTERM every process still running, then reap each within timeout
+    seconds (SIGKILL after that)."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def wait_for(pred, seconds):

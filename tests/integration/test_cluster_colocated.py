@@ -19,7 +19,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tandem_testlib import check, finish, free_port, use_test_venv, wait_ready  # noqa: E402
+from tandem_testlib import check, finish, free_port, stop_procs, use_test_venv, wait_ready  # noqa: E402
 
 use_test_venv()
 
@@ -54,15 +54,7 @@ class Cluster:
              "--log-level=warn", "--drain-timeout=10s"])
 
     def stop(self):
-        for p in self.workers + [self.router]:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.workers + [self.router]:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_procs(self.workers + [self.router])
 
 
 def tokens_of(body):

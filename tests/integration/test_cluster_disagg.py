@@ -11,13 +11,12 @@ import json
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tandem_testlib import check, finish, free_port, request, wait_for  # noqa: E402
+from tandem_testlib import check, finish, free_port, request, stop_procs, wait_for  # noqa: E402
 
 tandem = os.environ["TANDEM_BIN"]
 root = os.environ["TANDEM_ROOT"]
@@ -57,16 +56,7 @@ class Cluster:
                         (metric(self.http, 'tandem_workers{role="decode"}') or 0) >= self.n, 30)
 
     def stop(self):
-        procs = list(self.procs.values()) + [self.router]
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_procs(list(self.procs.values()) + [self.router])
 
 
 def tokens(port, ids, n):

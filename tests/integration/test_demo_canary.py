@@ -12,13 +12,12 @@ scripts/demo/golden.py on the same problems). A KV bug anywhere in the
 pipeline shows up here as wrong answers."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tandem_testlib import check, finish, free_port, request, wait_for  # noqa: E402
+from tandem_testlib import check, finish, free_port, request, stop_procs, wait_for  # noqa: E402
 
 tandem = os.environ["TANDEM_BIN"]
 root = os.environ["TANDEM_ROOT"]
@@ -97,11 +96,5 @@ try:
               [i["prompt_tokens"] for i in res["items"]] ==
               [i["prompt_tokens"] for i in lo["items"]])
 finally:
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    stop_procs(procs)
 finish()
