@@ -103,7 +103,7 @@ ifeq ($(WITH_CUDA),1)
   NVCCFLAGS := -std=c++17 -O2 -g $(CUDA_ARCH) $(DEFS) $(INCLUDES) -MMD -MP \
                -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter,-Wno-format-truncation,-fno-strict-aliasing
   LDFLAGS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64
-  LDLIBS += -lcudart -lstdc++
+  LDLIBS += -lcublas -lcudart -lstdc++
 endif
 
 # --- Rules ------------------------------------------------------------------

@@ -15,6 +15,7 @@
 #include "cm_cli.h"
 #include "eng.h"
 #include "eng_backend.h"
+#include "eng_cuda.h"
 
 static const char *g_model, *g_backend, *g_batches;
 static int64_t g_prompt, g_steps;
@@ -137,16 +138,24 @@ int bench_engine_main(int argc, char **argv) {
     const char *te = getenv("TANDEM_THREADS");
     int threads = te ? atoi(te) : (int)cores;
     if (threads < 1) threads = 1;
-    double bw = copy_gbps(threads);
+    bool dev = eng_model_on_device(m);
+    /* On a GPU the ceilings are the device's: device-to-device copy
+     * bandwidth and cuBLAS's bf16 GEMM rate, measured now. */
+    double bw = dev ? eng_cuda_copy_gbps((size_t)2 << 30) : copy_gbps(threads);
     mdl_dtype_t wdt = MDL_BF16;
-    double peak = matmul_gflops(kind, wdt);
+    double peak = dev ? eng_cuda_gemm_tflops(8192) * 1e3 : matmul_gflops(kind, wdt);
     size_t wbytes = eng_model_weight_bytes(m);
     printf("model %s (%s, %u layers, hidden %u, %u experts), backend %s, %d threads\n", g_model,
            c->arch_name, c->n_layers, c->hidden, c->n_experts, g_backend, threads);
     printf("weights read per decode step (dense path, top-k experts): %.1f MB\n",
            (double)wbytes / 1e6);
-    printf("copy bandwidth %.2f GB/s (%d threads), bf16 matmul peak %.1f GFLOP/s\n\n", bw, threads,
-           peak);
+    if (dev)
+        printf("device %s: copy bandwidth %.1f GB/s (device to device), cuBLAS bf16 GEMM peak "
+               "%.1f TFLOP/s (8192^3)\n\n",
+               eng_model_device_name(m), bw, peak / 1e3);
+    else
+        printf("copy bandwidth %.2f GB/s (%d threads), bf16 matmul peak %.1f GFLOP/s\n\n", bw,
+               threads, peak);
     printf("%6s %14s %10s %14s %12s %10s\n", "batch", "prefill tok/s", "of peak", "decode tok/s",
            "step ms", "of bw");
     uint64_t bs[16];
@@ -162,8 +171,18 @@ int bench_engine_main(int argc, char **argv) {
                               .fingerprint = 1,
                               .mem_mode = ENG_KV_MEM_ALLOC,
                               .prefault = true};
+        void *pool = NULL;
+        if (dev) {
+            kc.mem_bytes = eng_kv_geom_pool_bytes(&kc.geom);
+            kc.mem = pool = eng_model_kv_alloc(m, kc.mem_bytes);
+            kc.mem_mode = ENG_KV_MEM_EXTERNAL;
+            if (!pool) continue;
+        }
         eng_kv_t *kv;
-        if (eng_kv_init(&kc, &kv) != CM_OK) continue;
+        if (eng_kv_init(&kc, &kv) != CM_OK) {
+            eng_model_kv_release(m, pool);
+            continue;
+        }
         eng_kv_seq_t **seqs = cm_calloc(B, sizeof *seqs);
         eng_item_t *items = cm_calloc(B, sizeof *items);
         float *logits = cm_malloc_array((size_t)B * c->vocab, sizeof(float));
@@ -207,6 +226,7 @@ int bench_engine_main(int argc, char **argv) {
         cm_free(logits);
         cm_free(prompt);
         eng_kv_free(kv);
+        eng_model_kv_release(m, pool);
     }
     eng_model_free(m);
     return CM_EXIT_OK;

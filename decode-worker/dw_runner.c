@@ -11,6 +11,7 @@ struct dw_runner {
     dw_sched_t *sched;
     uint32_t max_context;
     uint64_t fingerprint;
+    void *dev_pool; /* device KV pool (cuda backend), released after kv */
 };
 
 static cm_status_t fwd(void *ctx, eng_kv_t *kv, const dw_item_t *items, size_t n, float *logits) {
@@ -71,7 +72,26 @@ cm_status_t dw_runner_new(const dw_runner_config_t *cfg, dw_emit_fn emit, void *
                           .mem_mode = ENG_KV_MEM_ALLOC,
                           .prefault = true,
                           .enable_prefix_cache = true};
-    if (cfg->kv_alloc) {
+    if (eng_model_on_device(r->model)) {
+        if (cfg->kv_alloc) {
+            /* kvxfer registers host pools only until GPU staging lands. */
+            snprintf(err, errlen,
+                     "the cuda backend cannot share its KV pool over kvxfer yet "
+                     "(GPU staging is missing): use it with `tandem worker` or "
+                     "`tandem generate`");
+            st = CM_ERR_UNSUPPORTED;
+            goto fail;
+        }
+        kc.mem_bytes = eng_kv_geom_pool_bytes(&kc.geom);
+        kc.mem = r->dev_pool = eng_model_kv_alloc(r->model, kc.mem_bytes);
+        if (!kc.mem) {
+            snprintf(err, errlen, "could not allocate a device KV pool of %zu bytes", kc.mem_bytes);
+            st = CM_ERR_NO_MEMORY;
+            goto fail;
+        }
+        kc.mem_mode = ENG_KV_MEM_EXTERNAL;
+        kc.mem_is_host = false;
+    } else if (cfg->kv_alloc) {
         kc.mem = cfg->kv_alloc(cfg->kv_alloc_ud, &kc.geom);
         if (!kc.mem) {
             snprintf(err, errlen, "could not provide KV pool memory (%llu blocks)",
@@ -113,6 +133,7 @@ void dw_runner_free(dw_runner_t *r) {
     if (!r) return;
     dw_sched_free(r->sched);
     eng_kv_free(r->kv);
+    if (r->model) eng_model_kv_release(r->model, r->dev_pool);
     tok_free(r->tok);
     eng_model_free(r->model);
     cm_free(r);

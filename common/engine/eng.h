@@ -18,6 +18,10 @@
 #include "eng_kvcache.h"
 #include "mdl.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct eng_model eng_model_t;
 
 typedef enum { ENG_BACKEND_REF = 0, ENG_BACKEND_CPU, ENG_BACKEND_CUDA } eng_backend_kind_t;
@@ -36,6 +40,17 @@ const char *eng_model_backend_name(const eng_model_t *m);
 size_t eng_model_weight_bytes(const eng_model_t *m);
 /* Bytes of the LM head alone (applied once per sequence in prefill). */
 size_t eng_model_lm_head_bytes(const eng_model_t *m);
+
+/* True when the model computes on a GPU: its KV pool must then be device
+ * memory from eng_model_kv_alloc (ENG_KV_MEM_EXTERNAL, mem_is_host false). */
+bool eng_model_on_device(const eng_model_t *m);
+/* The GPU's name for the cuda backend, "cpu" otherwise. */
+const char *eng_model_device_name(const eng_model_t *m);
+/* Zeroed pool memory of @bytes where the backend computes: device memory for
+ * cuda; NULL for the host backends (let the block manager allocate) or when
+ * the device is full. Release with eng_model_kv_release after eng_kv_free. */
+void *eng_model_kv_alloc(eng_model_t *m, size_t bytes);
+void eng_model_kv_release(eng_model_t *m, void *mem);
 
 /* KV geometry of this model for a pool of @n_blocks blocks of @block_size
  * tokens (all layers, all KV heads, f32). */
@@ -64,4 +79,7 @@ typedef struct {
 cm_status_t eng_forward(eng_model_t *m, eng_kv_t *kv, const eng_item_t *items, size_t n,
                         float *logits);
 
+#ifdef __cplusplus
+}
+#endif
 #endif /* TANDEM_ENG_H */

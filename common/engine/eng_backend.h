@@ -8,6 +8,10 @@
 
 #include "mdl.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
     const char *name;
     /* y[r][o] = sum_i x[r][i] * W[o][i] (+ bias[o]) for r < rows; W is
@@ -34,4 +38,7 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out);
 /* Converts @n elements of @src (dtype @t) to f32. */
 void eng_to_f32(const void *src, mdl_dtype_t t, size_t n, float *dst);
 
+#ifdef __cplusplus
+}
+#endif
 #endif /* TANDEM_ENG_BACKEND_H */

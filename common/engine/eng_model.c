@@ -16,39 +16,8 @@
 
 #include "eng.h"
 #include "eng_backend.h"
-
-typedef struct {
-    mdl_tensor_t gate, up, down; /* [ff][h], [ff][h], [h][ff] */
-} mlp_t;
-
-typedef struct {
-    float *attn_norm, *mlp_norm; /* [hidden] f32 */
-    float *q_norm, *k_norm;      /* [head_dim] f32 (Qwen3) */
-    mdl_tensor_t wq, wk, wv, wo;
-    float *bq, *bk, *bv; /* biases (Qwen2) or NULL */
-    bool moe;
-    mlp_t mlp;           /* dense */
-    mdl_tensor_t router; /* [experts][hidden] */
-    mlp_t *experts;
-    bool has_shared;
-    mlp_t shared;
-    mdl_tensor_t shared_gate; /* [1][hidden] */
-} layer_t;
-
-struct eng_model {
-    mdl_config_t c;
-    mdl_weights_t *w;
-    eng_backend_t be;
-    eng_backend_kind_t kind;
-    mdl_tensor_t embed, lm_head;
-    float *final_norm;
-    layer_t *layers;
-    float *inv_freq; /* [head_dim / 2] */
-    size_t weight_bytes;
-    /* Scratch, grown as needed. */
-    float *buf;
-    size_t buf_cap;
-};
+#include "eng_cuda.h"
+#include "eng_internal.h"
 
 cm_status_t eng_backend_parse(const char *s, eng_backend_kind_t *out) {
     if (!s) return CM_ERR_INVALID_ARG;
@@ -201,12 +170,11 @@ cm_status_t eng_model_load(const char *dir, eng_backend_kind_t backend, eng_mode
     st = mdl_weights_open(dir, &m->w, err, errlen);
     if (st) goto fail;
     m->kind = backend;
-    st = backend == ENG_BACKEND_CPU   ? eng_backend_cpu_new(&m->be)
-         : backend == ENG_BACKEND_REF ? eng_backend_ref_new(&m->be)
-                                      : CM_ERR_UNSUPPORTED;
+    /* The cuda backend keeps a host copy of the model (loaded below, then
+     * uploaded); the cpu backend serves the host-side helpers. */
+    st = backend == ENG_BACKEND_REF ? eng_backend_ref_new(&m->be) : eng_backend_cpu_new(&m->be);
     if (st) {
-        snprintf(err, errlen, "backend %s is not available in this build",
-                 backend == ENG_BACKEND_CUDA ? "cuda" : "?");
+        snprintf(err, errlen, "backend could not be created");
         goto fail;
     }
     const mdl_config_t *c = &m->c;
@@ -236,6 +204,10 @@ cm_status_t eng_model_load(const char *dir, eng_backend_kind_t backend, eng_mode
     for (uint32_t l = 0; l < c->n_layers; l++)
         if ((st = load_layer(m, l, err, errlen))) goto fail;
     rope_init(m);
+    if (backend == ENG_BACKEND_CUDA && (st = eng_cuda_new(m, &m->cuda, err, errlen))) {
+        eng_model_free(m);
+        return st;
+    }
     *out = m;
     return CM_OK;
 fail:
@@ -261,13 +233,29 @@ void eng_model_free(eng_model_t *m) {
     cm_free(m->final_norm);
     cm_free(m->inv_freq);
     cm_free(m->buf);
+    eng_cuda_free(m->cuda);
     if (m->be.iface) m->be.iface->free(m->be.ctx);
     mdl_weights_close(m->w);
     cm_free(m);
 }
 
 const mdl_config_t *eng_model_config(const eng_model_t *m) { return &m->c; }
-const char *eng_model_backend_name(const eng_model_t *m) { return m->be.iface->name; }
+const char *eng_model_backend_name(const eng_model_t *m) {
+    return m->cuda ? "cuda" : m->be.iface->name;
+}
+
+void *eng_model_kv_alloc(eng_model_t *m, size_t bytes) {
+    return m->cuda ? eng_cuda_kv_alloc(m->cuda, bytes) : NULL;
+}
+
+void eng_model_kv_release(eng_model_t *m, void *mem) {
+    if (m->cuda && mem) eng_cuda_kv_free(m->cuda, mem);
+}
+
+bool eng_model_on_device(const eng_model_t *m) { return m->cuda != NULL; }
+const char *eng_model_device_name(const eng_model_t *m) {
+    return m->cuda ? eng_cuda_device_name(m->cuda) : "cpu";
+}
 size_t eng_model_weight_bytes(const eng_model_t *m) { return m->weight_bytes; }
 size_t eng_model_lm_head_bytes(const eng_model_t *m) { return m->lm_head.nbytes; }
 
@@ -349,6 +337,7 @@ cm_status_t eng_forward(eng_model_t *m, eng_kv_t *kv, const eng_item_t *items, s
         T += items[i].n;
         n_logits += items[i].logits;
     }
+    if (m->cuda) return eng_cuda_forward(m->cuda, m, kv, items, n, logits);
     uint32_t H = c->hidden, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
     uint32_t qd = nh * hd, kd = nkv * hd;
     uint32_t ff = c->intermediate > c->moe_intermediate ? c->intermediate : c->moe_intermediate;

@@ -15,6 +15,10 @@
 
 #include "cm_base.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum { MDL_F32 = 0, MDL_F16, MDL_BF16 } mdl_dtype_t;
 
 typedef enum {
@@ -85,4 +89,7 @@ cm_status_t mdl_weights_find(const mdl_weights_t *w, const char *name, uint32_t 
 const char *mdl_dtype_name(mdl_dtype_t t);
 size_t mdl_dtype_size(mdl_dtype_t t);
 
+#ifdef __cplusplus
+}
+#endif
 #endif /* TANDEM_MDL_H */

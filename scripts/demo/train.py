@@ -135,14 +135,14 @@ class Data:
 
 
 @torch.no_grad()
-def evaluate(model, tk, task, n, seed, size_of):
+def evaluate(model, tk, task, n, seed, size_of, dev=None):
     """Greedy Pass@1 over n fresh problems (transformers, f32 compute)."""
     rng = random.Random(seed)
     im_end = tk.token_to_id("<|im_end|>")
     ok = 0
     for _ in range(n):
         p, a = sample(rng, task, size_of(rng))
-        ids = torch.tensor([tk.encode(tasks.chatml(p)).ids])
+        ids = torch.tensor([tk.encode(tasks.chatml(p)).ids], device=dev)
         want = tk.encode(tasks.reply(task, a)).ids + [im_end]
         out = model.generate(ids, max_new_tokens=len(want) + 2, do_sample=False,
                              eos_token_id=im_end, pad_token_id=im_end)
@@ -176,6 +176,13 @@ def main():
                     help="Qwen3's own; with q/k RMSNorm bounding the logits, a high base "
                          "keeps enough slow dimensions to match content 1,000 tokens apart")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--arch", default="qwen3moe", choices=["qwen3moe", "mixtral"])
+    ap.add_argument("--moe-ff", type=int, default=0, help="expert intermediate size (2*hidden)")
+    ap.add_argument("--qk-norm-init", type=float, default=1.0,
+                    help="initial q/k RMSNorm weight (Qwen3): larger lets attention sharpen")
+    ap.add_argument("--time-limit", type=float, default=0,
+                    help="seconds; the schedule then runs on max(step/steps, time/limit)")
     ap.add_argument("--eval-n", type=int, default=200)
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--tasks", default="retrieval,addition,copy", help="round-robin schedule")
@@ -190,15 +197,29 @@ def main():
     vocab = tk.get_vocab_size()
     im_end = tk.token_to_id("<|im_end|>")
     eot = tk.token_to_id("<|endoftext|>")
-    cfg = tf.Qwen3MoeConfig(
-        vocab_size=vocab, hidden_size=a.hidden, num_hidden_layers=a.layers,
-        num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, head_dim=a.head_dim,
-        intermediate_size=4 * a.hidden, moe_intermediate_size=2 * a.hidden, num_experts=8,
-        num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
-        max_position_embeddings=2048, rms_norm_eps=1e-6, rope_theta=a.rope_theta,
-        tie_word_embeddings=True, bos_token_id=None, eos_token_id=im_end, pad_token_id=eot,
-        router_aux_loss_coef=0.01, output_router_logits=False)
-    model = tf.Qwen3MoeForCausalLM(cfg)
+    moe_ff = a.moe_ff or 2 * a.hidden
+    common = dict(vocab_size=vocab, hidden_size=a.hidden, num_hidden_layers=a.layers,
+                  num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
+                  head_dim=a.head_dim, num_experts_per_tok=2, max_position_embeddings=2048,
+                  rms_norm_eps=1e-6, rope_theta=a.rope_theta, tie_word_embeddings=True,
+                  bos_token_id=None, eos_token_id=im_end, pad_token_id=eot,
+                  router_aux_loss_coef=0.01, output_router_logits=False)
+    if a.arch == "mixtral":
+        cfg = tf.MixtralConfig(intermediate_size=moe_ff, num_local_experts=8,
+                               sliding_window=None, **common)
+        arch_cls = tf.MixtralForCausalLM
+    else:
+        cfg = tf.Qwen3MoeConfig(intermediate_size=4 * a.hidden, moe_intermediate_size=moe_ff,
+                                num_experts=8, norm_topk_prob=True, decoder_sparse_step=1,
+                                mlp_only_layers=[], **common)
+        arch_cls = tf.Qwen3MoeForCausalLM
+    model = arch_cls(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                p.fill_(a.qk_norm_init)
+    dev = torch.device(a.device)
+    model.to(dev)
     model.generation_config.eos_token_id = im_end
     model.generation_config.pad_token_id = eot
     nparam = sum(p.numel() for p in model.parameters())
@@ -210,19 +231,31 @@ def main():
     def lr_at(s):
         if s < warm:
             return a.lr * (s + 1) / warm
-        return a.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (s - warm) / (a.steps - warm))))
+        return a.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress(s))))
 
     data = Data(tk, a.seed + 1, a.budget, 1088)
+
+    def progress(s):
+        f = s / a.steps
+        if a.time_limit:
+            f = max(f, (time.time() - t0) / a.time_limit)
+        return min(1.0, f)
+
     schedule = a.tasks.split(",")
     log = open(os.path.join(a.out, "train_log.jsonl"), "w")
     t0 = time.time()
     model.train()
+    done = 0
     for step in range(a.steps):
+        if progress(step) >= 1.0:
+            break
+        done = step + 1
         task = schedule[step % len(schedule)]
         # Short problems first (the copy/lookup circuits form fast on
         # them), full lengths from 40% of the run on.
-        data.grow = min(1.0, step / (a.grow_frac * a.steps))
+        data.grow = min(1.0, progress(step) / a.grow_frac)
         ids, mask = data.batch(task)
+        ids, mask = ids.to(dev), mask.to(dev)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         out = model(input_ids=ids, output_router_logits=True)
@@ -246,7 +279,7 @@ def main():
             log.flush()
         if a.eval_every and step and step % a.eval_every == 0:
             model.eval()
-            acc = {k: evaluate(model, tk, t, 30, 99, f) for k, (t, f) in EVALS.items()}
+            acc = {k: evaluate(model, tk, t, 30, 99, f, dev) for k, (t, f) in EVALS.items()}
             print(json.dumps(dict(step=step, eval30=acc)), flush=True)
             log.write(json.dumps(dict(step=step, eval30=acc)) + "\n")
             model.train()
@@ -263,10 +296,10 @@ def main():
                        model_max_length=2048, tokenizer_class="PreTrainedTokenizerFast",
                        added_tokens_decoder={str(tk.token_to_id(s)): dict(content=s, special=True)
                                              for s in SPECIALS}), f, indent=1)
-    model = tf.Qwen3MoeForCausalLM.from_pretrained(a.out, dtype=torch.float32)
+    model = arch_cls.from_pretrained(a.out, dtype=torch.float32).to(dev)
     model.eval()
-    acc = {k: evaluate(model, tk, t, a.eval_n, 4242, f) for k, (t, f) in EVALS.items()}
-    res = dict(steps=a.steps, seed=a.seed, params=nparam, train_seconds=round(time.time() - t0),
+    acc = {k: evaluate(model, tk, t, a.eval_n, 4242, f, dev) for k, (t, f) in EVALS.items()}
+    res = dict(steps=done, args=vars(a), device=str(dev), seed=a.seed, params=nparam, train_seconds=round(time.time() - t0),
                threads=a.threads, eval_n=a.eval_n, pass_at_1=acc)
     print(json.dumps(res), flush=True)
     with open(os.path.join(a.out, "eval.json"), "w") as f:

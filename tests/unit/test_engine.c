@@ -37,6 +37,7 @@ typedef struct {
     eng_model_t *m;
     eng_kv_t *kv;
     uint32_t vocab;
+    void *pool; /* device pool (cuda) */
 } rig_t;
 
 static void rig_open(rig_t *r, const char *model, eng_backend_kind_t be) {
@@ -48,12 +49,20 @@ static void rig_open(rig_t *r, const char *model, eng_backend_kind_t be) {
                           .fingerprint = eng_model_kv_fingerprint(r->m, model, 16),
                           .mem_mode = ENG_KV_MEM_ALLOC,
                           .enable_prefix_cache = true};
+    r->pool = NULL;
+    if (eng_model_on_device(r->m)) {
+        kc.mem_bytes = eng_kv_geom_pool_bytes(&kc.geom);
+        kc.mem = r->pool = eng_model_kv_alloc(r->m, kc.mem_bytes);
+        TT_ASSERT(r->pool);
+        kc.mem_mode = ENG_KV_MEM_EXTERNAL;
+    }
     TT_ASSERT_EQ_INT(eng_kv_init(&kc, &r->kv), CM_OK);
     r->vocab = eng_model_config(r->m)->vocab;
 }
 
 static void rig_close(rig_t *r) {
     eng_kv_free(r->kv);
+    eng_model_kv_release(r->m, r->pool);
     eng_model_free(r->m);
 }
 
@@ -75,7 +84,7 @@ static double rel_err(const float *a, const cJSON *b, uint32_t n) {
     return md / (mb > 0 ? mb : 1);
 }
 
-static void check_model(const char *model, eng_backend_kind_t be) {
+static void check_model_tol(const char *model, eng_backend_kind_t be, double tol) {
     rig_t r;
     rig_open(&r, model, be);
     cJSON *g = load_golden(model);
@@ -91,7 +100,7 @@ static void check_model(const char *model, eng_backend_kind_t be) {
         eng_item_t it = {seq, 0, n, true};
         TT_ASSERT_EQ_INT(eng_forward(r.m, r.kv, &it, 1, logits), CM_OK);
         double e = rel_err(logits, cJSON_GetObjectItem(p, "last_logits"), r.vocab);
-        TT_ASSERT_MSG(e <= 1e-4, "%s prompt of %u tokens: relative error %.3g", model, n, e);
+        TT_ASSERT_MSG(e <= tol, "%s prompt of %u tokens: relative error %.3g", model, n, e);
         TT_ASSERT_EQ_INT(eng_kv_seq_set_computed(r.kv, seq, n), CM_OK);
         /* 16 greedy tokens, one decode step each. */
         const cJSON *greedy = cJSON_GetObjectItem(p, "greedy");
@@ -112,6 +121,10 @@ static void check_model(const char *model, eng_backend_kind_t be) {
     cJSON_Delete(g);
     TT_ASSERT_EQ_INT(eng_kv_check(r.kv), CM_OK);
     rig_close(&r);
+}
+
+static void check_model(const char *model, eng_backend_kind_t be) {
+    check_model_tol(model, be, 1e-4);
 }
 
 TT_TEST(engine, qwen3_matches_transformers) { check_model("qwen3", ENG_BACKEND_REF); }
@@ -253,4 +266,102 @@ TT_TEST(engine, loader_errors_name_file_and_tensor) {
     expect_load_error(d, CM_ERR_UNSUPPORTED, "unsupported dtype I8");
     /* No such directory. */
     expect_load_error("/nonexistent/model", CM_ERR_NOT_FOUND, "/nonexistent/model/config.json");
+}
+
+/* ---- cuda backend (skips without a GPU) ------------------------------- */
+
+static void need_gpu(void) {
+    char dir[1024], err[512];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/models/qwen3", tt_root());
+    eng_model_t *m;
+    cm_status_t st = eng_model_load(dir, ENG_BACKEND_CUDA, &m, err, sizeof err);
+    if (st == CM_ERR_UNSUPPORTED || st == CM_ERR_NO_DEVICE) TT_SKIP(err);
+    TT_ASSERT_MSG(st == CM_OK, "cuda load: %s", err);
+    TT_ASSERT_STR_EQ(eng_model_backend_name(m), "cuda");
+    eng_model_free(m);
+}
+
+/* Without a GPU (or without CUDA in the build) the cuda backend is refused
+ * with a reason, and nothing leaks. */
+TT_TEST(engine, cuda_refused_clearly_without_gpu) {
+    char dir[1024], err[512] = "";
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/models/qwen3", tt_root());
+    eng_model_t *m = NULL;
+    cm_status_t st = eng_model_load(dir, ENG_BACKEND_CUDA, &m, err, sizeof err);
+    if (st == CM_OK) {
+        eng_model_free(m);
+        TT_SKIP("a GPU is present");
+    }
+    TT_ASSERT_MSG(st == CM_ERR_UNSUPPORTED || st == CM_ERR_NO_DEVICE, "status %s: %s",
+                  cm_strerror(st), err);
+    TT_ASSERT_MSG(strstr(err, "cuda") || strstr(err, "GPU"), "unclear error: %s", err);
+    TT_ASSERT(m == NULL);
+}
+
+/* f32 compute on the GPU (weights widened): logits and greedy tokens as
+ * transformers' on every fixture architecture. */
+TT_TEST(engine, cuda_f32_matches_transformers) {
+    need_gpu();
+    setenv("TANDEM_CUDA_COMPUTE", "f32", 1);
+    for (size_t mi = 0; mi < sizeof k_models / sizeof k_models[0]; mi++)
+        check_model_tol(k_models[mi], ENG_BACKEND_CUDA, 1e-4);
+    unsetenv("TANDEM_CUDA_COMPUTE");
+}
+
+/* Checkpoint-dtype compute (bf16 tensor cores for the bf16 fixture) against
+ * the cpu backend on a 40-token prompt, then the same sequence inside a
+ * mixed batch. */
+TT_TEST(engine, cuda_native_dtype_close_to_cpu_and_batch_stable) {
+    need_gpu();
+    for (size_t mi = 0; mi < sizeof k_models / sizeof k_models[0]; mi++) {
+        rig_t a, b;
+        rig_open(&a, k_models[mi], ENG_BACKEND_CPU);
+        rig_open(&b, k_models[mi], ENG_BACKEND_CUDA);
+        int32_t toks[40], other[12], dec[4] = {7, 8, 9, 10};
+        for (int i = 0; i < 40; i++) toks[i] = (i * 53 + 11) % 250;
+        for (int i = 0; i < 12; i++) other[i] = (i * 37 + 3) % 250;
+        float *la = malloc(a.vocab * 4), *lb = malloc(a.vocab * 4), *mix = malloc(a.vocab * 8);
+        eng_kv_seq_t *sa, *sb, *so, *sd;
+        TT_ASSERT_EQ_INT(eng_kv_seq_new(a.kv, toks, 40, 0, &sa, NULL), CM_OK);
+        TT_ASSERT_EQ_INT(eng_kv_seq_new(b.kv, toks, 40, 0, &sb, NULL), CM_OK);
+        eng_item_t ia = {sa, 0, 40, true}, ib = {sb, 0, 40, true};
+        TT_ASSERT_EQ_INT(eng_forward(a.m, a.kv, &ia, 1, la), CM_OK);
+        TT_ASSERT_EQ_INT(eng_forward(b.m, b.kv, &ib, 1, lb), CM_OK);
+        double num = 0, den = 0;
+        for (uint32_t i = 0; i < a.vocab; i++) {
+            num += (double)(la[i] - lb[i]) * (la[i] - lb[i]);
+            den += (double)la[i] * la[i];
+        }
+        bool bf16 = !strcmp(k_models[mi], "qwen3moe");
+        TT_ASSERT_MSG(num / den < (bf16 ? 1e-3 : 1e-10), "%s: NMSE cuda vs cpu %.3g", k_models[mi],
+                      num / den);
+        if (!bf16) TT_ASSERT_EQ_INT(argmax(la, a.vocab), argmax(lb, b.vocab));
+        /* The same prompt again, beside another prompt and a decode token. */
+        eng_kv_seq_free(b.kv, sb);
+        TT_ASSERT_EQ_INT(eng_kv_seq_new(b.kv, dec, 4, 0, &sd, NULL), CM_OK);
+        eng_item_t idd = {sd, 0, 3, false};
+        TT_ASSERT_EQ_INT(eng_forward(b.m, b.kv, &idd, 1, mix), CM_OK);
+        eng_kv_seq_set_computed(b.kv, sd, 3);
+        TT_ASSERT_EQ_INT(eng_kv_seq_new(b.kv, toks, 40, 0, &sb, NULL), CM_OK);
+        TT_ASSERT_EQ_INT(eng_kv_seq_new(b.kv, other, 12, 0, &so, NULL), CM_OK);
+        eng_item_t batch[3] = {{so, 0, 12, false}, {sb, 0, 40, true}, {sd, 3, 1, true}};
+        TT_ASSERT_EQ_INT(eng_forward(b.m, b.kv, batch, 3, mix), CM_OK);
+        double md = 0, mb = 0;
+        for (uint32_t i = 0; i < a.vocab; i++) {
+            md = fmax(md, fabs(mix[i] - lb[i]));
+            mb = fmax(mb, fabs(lb[i]));
+        }
+        TT_ASSERT_MSG(md / mb < (bf16 ? 1e-2 : 1e-5), "%s: batch changed logits by %.3g",
+                      k_models[mi], md / mb);
+        eng_kv_seq_free(a.kv, sa);
+        eng_kv_seq_free(b.kv, sb);
+        eng_kv_seq_free(b.kv, so);
+        eng_kv_seq_free(b.kv, sd);
+        TT_ASSERT_EQ_INT(eng_kv_check(b.kv), CM_OK);
+        free(la);
+        free(lb);
+        free(mix);
+        rig_close(&a);
+        rig_close(&b);
+    }
 }
