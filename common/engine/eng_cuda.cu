@@ -73,6 +73,9 @@ struct eng_cuda {
     int32_t *dmeta = nullptr;
     size_t dmeta_cap = 0;
     const eng_kv_t *checked_kv = nullptr; /* last pool found in device memory */
+    float *hlog = nullptr;                /* pinned logits staging */
+    size_t hlog_cap = 0;
+    std::vector<int32_t> cnt, start, fill, hsel; /* MoE grouping, reused */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -291,6 +294,7 @@ extern "C" void eng_cuda_free(struct eng_cuda *c) {
     cudaFree(c->scratch);
     cudaFree(c->dmeta);
     cudaFreeHost(c->hmeta);
+    cudaFreeHost(c->hlog);
     if (c->blas) cublasDestroy(c->blas);
     if (c->stream) cudaStreamDestroy(c->stream);
     delete c;
@@ -710,8 +714,22 @@ cm_status_t forward_t(eng_cuda *c, const eng_model *m, eng_kv_t *kv, const eng_i
     else
         k_embed<__half><<<(unsigned)T, NT, 0, s>>>((const __half *)c->embed, d_tok, x, H);
     float scale = 1.0f / sqrtf((float)hd);
-    std::vector<int32_t> cnt(E ? E : 1);
-    std::vector<int32_t> hsel(R);
+    std::vector<int32_t> &cnt = c->cnt, &start = c->start, &fill = c->fill, &hsel = c->hsel;
+    cnt.resize(E ? E : 1);
+    start.resize(E + 1);
+    fill.resize(E + 1);
+    hsel.resize(R);
+    size_t nlf = n_logits * (size_t)cf->vocab;
+    if (nlf > c->hlog_cap) {
+        cudaFreeHost(c->hlog);
+        c->hlog = nullptr;
+        c->hlog_cap = 0;
+        if (cudaMallocHost(&c->hlog, nlf * 4) != cudaSuccess) {
+            cudaGetLastError();
+            return CM_ERR_NO_MEMORY;
+        }
+        c->hlog_cap = nlf;
+    }
     const float *pending = nullptr; /* o to add into x before the next norm */
     bool ok = true;
     for (uint32_t l = 0; l < cf->n_layers && ok; l++) {
@@ -768,9 +786,11 @@ cm_status_t forward_t(eng_cuda *c, const eng_model *m, eng_kv_t *kv, const eng_i
         }
         std::fill(cnt.begin(), cnt.end(), 0);
         for (size_t r = 0; r < R; r++) cnt[hsel[r]]++;
-        std::vector<int32_t> start(E + 1, 0);
-        for (uint32_t e = 0; e < E; e++) start[e + 1] = start[e] + cnt[e];
-        std::vector<int32_t> fill(start.begin(), start.end() - 1);
+        start[0] = 0;
+        for (uint32_t e = 0; e < E; e++) {
+            start[e + 1] = start[e] + cnt[e];
+            fill[e] = start[e];
+        }
         for (size_t r = 0; r < R; r++) {
             int32_t at = fill[hsel[r]]++;
             h_rowpos[r] = at;
@@ -809,7 +829,7 @@ cm_status_t forward_t(eng_cuda *c, const eng_model *m, eng_kv_t *kv, const eng_i
         k_add_rmsnorm<TO><<<(unsigned)T, NT, 0, s>>>(x, pending, c->final_norm, cf->rms_eps, H, h);
         k_gather<TO><<<(unsigned)n_logits, NT, 0, s>>>(h, d_lrow, H, hl);
         ok &= gemm(c, hl, n_logits, H, c->lm_head, cf->vocab, dlog);
-        cudaMemcpyAsync(logits, dlog, n_logits * (size_t)cf->vocab * 4, cudaMemcpyDeviceToHost, s);
+        cudaMemcpyAsync(c->hlog, dlog, nlf * 4, cudaMemcpyDeviceToHost, s);
     }
     cudaError_t e = cudaStreamSynchronize(s);
     if (e == cudaSuccess) e = cudaGetLastError();
@@ -817,6 +837,7 @@ cm_status_t forward_t(eng_cuda *c, const eng_model *m, eng_kv_t *kv, const eng_i
         cm_log_error(CU_SUB, "forward failed: %s", ok ? cudaGetErrorString(e) : "cuBLAS error");
         return CM_ERR_IO;
     }
+    if (nlf) memcpy(logits, c->hlog, nlf * 4);
     return CM_OK;
 }
 

@@ -10,7 +10,7 @@ set -uo pipefail
 out=${1:?OUTDIR}; secs=${2:?SECONDS}; py=${3:-python3}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
-common="--device cuda --steps 1000000 --time-limit $secs --eval-every 0 --eval-n 40 --threads 2"
+common="--device cuda --steps 1000000 --time-limit $secs --eval-every 0 --eval-n ${SWEEP_EVAL_N:-40} --threads 2"
 declare -A R=(
   [q4qk]="--arch qwen3moe --layers 4 --hidden 256 --moe-ff 256 --lr 1e-3 --qk-norm-init 4 --budget 8192"
   [q4]="--arch qwen3moe --layers 4 --hidden 256 --moe-ff 256 --lr 1e-3 --budget 8192"
@@ -20,8 +20,10 @@ declare -A R=(
   [q2qk]="--arch qwen3moe --layers 2 --hidden 256 --moe-ff 256 --lr 2e-3 --qk-norm-init 4 --budget 8192"
   [m4lr]="--arch mixtral --layers 4 --hidden 256 --moe-ff 256 --lr 3e-3 --budget 8192"
   [q4qk8]="--arch qwen3moe --layers 4 --hidden 256 --moe-ff 256 --lr 2e-3 --qk-norm-init 8 --budget 8192"
+  [m2h]="--arch mixtral --layers 2 --hidden 256 --heads 8 --kv-heads 4 --head-dim 32 --moe-ff 256 --lr 2e-3 --budget 16384"
 )
-for name in "${!R[@]}"; do
+names=${SWEEP_ONLY:-${!R[@]}}  # SWEEP_ONLY="m2h m4" runs those alone
+for name in $names; do
   mkdir -p "$out/$name"
   echo "$py scripts/demo/train.py $common ${R[$name]} --out $out/$name" > "$out/$name/cmd.txt"
   PYTHONUNBUFFERED=1 $py "$here/train.py" $common ${R[$name]} --out "$out/$name" \
