@@ -420,6 +420,16 @@ static void on_worker_error(rt_core_t *core, rt_req_t *r, const char *peer,
         requeue(r, "worker full");
         return;
     }
+    if (e->code == CM_ERR_PEER_DEAD || e->code == CM_ERR_TIMEOUT) {
+        /* The KV transfer between the pair failed because the other worker
+         * died or stalled: that is a lost worker (often reported before its
+         * heartbeats stop), so place the request again if nothing streamed,
+         * else 503. */
+        char why[160];
+        snprintf(why, sizeof why, "worker error: %s", e->message ? e->message : "transfer failed");
+        retry_or_fail(r, why);
+        return;
+    }
     rt_req_fail(r, e->code == CM_ERR_NO_RESOURCES ? 503 : 500,
                 e->code == CM_ERR_NO_RESOURCES ? "service_unavailable" : "internal_error",
                 "worker error: %s", e->message);

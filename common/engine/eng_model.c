@@ -337,7 +337,7 @@ cm_status_t eng_forward(eng_model_t *m, eng_kv_t *kv, const eng_item_t *items, s
         T += items[i].n;
         n_logits += items[i].logits;
     }
-    if (m->cuda) return eng_cuda_forward(m->cuda, m, kv, items, n, logits);
+    if (m->cuda) return T ? eng_cuda_forward(m->cuda, m, kv, items, n, logits) : CM_OK;
     uint32_t H = c->hidden, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
     uint32_t qd = nh * hd, kd = nkv * hd;
     uint32_t ff = c->intermediate > c->moe_intermediate ? c->intermediate : c->moe_intermediate;

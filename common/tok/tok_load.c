@@ -276,7 +276,8 @@ cm_status_t tok_load(const char *dir, tok_t **out, char *err, size_t errlen) {
         goto done;
     }
     t->vocab_cap = 1;
-    while (t->vocab_cap < (size_t)(nv + cJSON_GetArraySize(added)) * 2 + 16) t->vocab_cap <<= 1;
+    size_t n_added = (size_t)cJSON_GetArraySize(added); /* O(n): once */
+    while (t->vocab_cap < ((size_t)nv + n_added) * 2 + 16) t->vocab_cap <<= 1;
     t->vocab = cm_calloc(t->vocab_cap, sizeof *t->vocab);
     t->n_ids = max_id;
     t->id_bytes = cm_calloc(max_id ? max_id : 1, sizeof *t->id_bytes);
@@ -314,7 +315,8 @@ cm_status_t tok_load(const char *dir, tok_t **out, char *err, size_t errlen) {
     /* Merges: "a b" strings or [a, b] pairs, rank = position. */
     const cJSON *merges = cJSON_GetObjectItem(model, "merges");
     t->merges_cap = 1;
-    while (t->merges_cap < (size_t)cJSON_GetArraySize(merges) * 2 + 16) t->merges_cap <<= 1;
+    size_t n_merges = (size_t)cJSON_GetArraySize(merges); /* O(n): once */
+    while (t->merges_cap < n_merges * 2 + 16) t->merges_cap <<= 1;
     t->merges = cm_malloc_array(t->merges_cap, sizeof *t->merges);
     if (!t->merges) goto oom;
     for (size_t i = 0; i < t->merges_cap; i++) t->merges[i].rank = -1;

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-# tt-timeout: 60
+# tt-timeout: 180
 """`tandem tokenize` against the HF `tokenizers` goldens (Qwen3 tokenizer
 from ../shared): stdin text -> the golden ids; --decode of the ids -> the
 golden text; bad input -> exit 2 with a one-line reason."""
