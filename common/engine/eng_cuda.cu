@@ -495,6 +495,19 @@ __global__ void k_attention(const float *qkv, uint32_t nh, uint32_t nkv, uint32_
     }
 }
 
+/* Launches k_attention with NJ = @nj (1..8 warps' worth of head_dim). */
+template <typename TO, int NJ = 1>
+void launch_attention(int nj, dim3 grid, cudaStream_t s, const float *qkv, uint32_t nh,
+                      uint32_t nkv, uint32_t hd, float scale, const kv_args &a, TO *out) {
+    if constexpr (NJ < 8) {
+        if (nj > NJ) {
+            launch_attention<TO, NJ + 1>(nj, grid, s, qkv, nh, nkv, hd, scale, a, out);
+            return;
+        }
+    }
+    k_attention<TO, NJ><<<grid, 128, 0, s>>>(qkv, nh, nkv, hd, scale, a, out);
+}
+
 /* a[r][i] = silu(gu[r][i]) * gu[r][ff + i]. */
 template <typename TO> __global__ void k_swiglu(const float *gu, size_t rows, uint32_t ff, TO *a) {
     size_t n = rows * ff;
@@ -506,16 +519,17 @@ template <typename TO> __global__ void k_swiglu(const float *gu, size_t rows, ui
     }
 }
 
-/* Per token: softmax over E router logits, top-k (first maximum wins, as on
- * the CPU), optional renormalization. */
-__global__ void k_topk(const float *rl, size_t T, uint32_t E, uint32_t K, bool norm, int32_t *sel,
+/* Per token: softmax over E router logits (in place, as on the CPU), top-k
+ * (first maximum wins), optional renormalization. */
+__global__ void k_topk(float *rl, size_t T, uint32_t E, uint32_t K, bool norm, int32_t *sel,
                        float *selw) {
     size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (t >= T) return;
-    const float *r = rl + t * E;
+    float *r = rl + t * E;
     float mx = -INFINITY, sum = 0.0f;
     for (uint32_t e = 0; e < E; e++) mx = fmaxf(mx, r[e]);
-    for (uint32_t e = 0; e < E; e++) sum += expf(r[e] - mx);
+    for (uint32_t e = 0; e < E; e++) sum += (r[e] = expf(r[e] - mx));
+    for (uint32_t e = 0; e < E; e++) r[e] /= sum;
     float ksum = 0.0f;
     for (uint32_t j = 0; j < K; j++) {
         int32_t best = 0;
@@ -523,9 +537,8 @@ __global__ void k_topk(const float *rl, size_t T, uint32_t E, uint32_t K, bool n
         for (uint32_t e = 0; e < E; e++) {
             bool taken = false;
             for (uint32_t z = 0; z < j; z++) taken |= sel[t * K + z] == (int32_t)e;
-            float p = expf(r[e] - mx) / sum;
-            if (!taken && p > bv) {
-                bv = p;
+            if (!taken && r[e] > bv) {
+                bv = r[e];
                 best = (int32_t)e;
             }
         }
@@ -740,32 +753,7 @@ cm_status_t forward_t(eng_cuda *c, const eng_model *m, eng_kv_t *kv, const eng_i
         k_qkv_post<<<dim3((unsigned)T, nh + 2 * nkv), (hd + 31) / 32 * 32, hd * sizeof(float), s>>>(
             qkv, D.bqkv, D.q_norm, D.k_norm, cf->rms_eps, c->inv_freq, nh, nkv, hd, ka);
         dim3 ag((unsigned)T, nh);
-        switch ((hd + 31) / 32) {
-        case 1:
-            k_attention<TO, 1><<<ag, 128, 0, s>>>(qkv, nh, nkv, hd, scale, ka, att);
-            break;
-        case 2:
-            k_attention<TO, 2><<<ag, 128, 0, s>>>(qkv, nh, nkv, hd, scale, ka, att);
-            break;
-        case 3:
-            k_attention<TO, 3><<<ag, 128, 0, s>>>(qkv, nh, nkv, hd, scale, ka, att);
-            break;
-        case 4:
-            k_attention<TO, 4><<<ag, 128, 0, s>>>(qkv, nh, nkv, hd, scale, ka, att);
-            break;
-        case 5:
-            k_attention<TO, 5><<<ag, 128, 0, s>>>(qkv, nh, nkv, hd, scale, ka, att);
-            break;
-        case 6:
-            k_attention<TO, 6><<<ag, 128, 0, s>>>(qkv, nh, nkv, hd, scale, ka, att);
-            break;
-        case 7:
-            k_attention<TO, 7><<<ag, 128, 0, s>>>(qkv, nh, nkv, hd, scale, ka, att);
-            break;
-        default:
-            k_attention<TO, 8><<<ag, 128, 0, s>>>(qkv, nh, nkv, hd, scale, ka, att);
-            break;
-        }
+        launch_attention<TO>((int)(hd + 31) / 32, ag, s, qkv, nh, nkv, hd, scale, ka, att);
         ok &= gemm(c, att, T, qd, D.wo, H, o);
         k_add_rmsnorm<TO><<<(unsigned)T, NT, 0, s>>>(x, o, D.mlp_norm, cf->rms_eps, H, h);
         if (!D.moe) {

@@ -170,9 +170,10 @@ cm_status_t eng_model_load(const char *dir, eng_backend_kind_t backend, eng_mode
     st = mdl_weights_open(dir, &m->w, err, errlen);
     if (st) goto fail;
     m->kind = backend;
-    /* The cuda backend keeps a host copy of the model (loaded below, then
-     * uploaded); the cpu backend serves the host-side helpers. */
-    st = backend == ENG_BACKEND_REF ? eng_backend_ref_new(&m->be) : eng_backend_cpu_new(&m->be);
+    /* The cuda backend loads the host model below, uploads it and never
+     * computes on the host: it gets the thread-free ref backend, not the
+     * cpu backend's thread pool. */
+    st = backend == ENG_BACKEND_CPU ? eng_backend_cpu_new(&m->be) : eng_backend_ref_new(&m->be);
     if (st) {
         snprintf(err, errlen, "backend could not be created");
         goto fail;

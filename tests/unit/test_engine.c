@@ -172,6 +172,26 @@ TT_TEST(engine, batch_invariance) {
     }
 }
 
+/* Normalized mean squared error of @x against @ref. */
+static double nmse(const float *ref, const float *x, uint32_t n) {
+    double num = 0, den = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        num += (double)(ref[i] - x[i]) * (ref[i] - x[i]);
+        den += (double)ref[i] * ref[i];
+    }
+    return num / den;
+}
+
+/* Prefills the 40-token probe prompt as a new sequence of @r: *@seq, logits
+ * of its last token into @logits. */
+static void prefill_probe(rig_t *r, eng_kv_seq_t **seq, float *logits) {
+    int32_t toks[40];
+    for (int i = 0; i < 40; i++) toks[i] = (i * 53 + 11) % 250;
+    TT_ASSERT_EQ_INT(eng_kv_seq_new(r->kv, toks, 40, 0, seq, NULL), CM_OK);
+    eng_item_t it = {*seq, 0, 40, true};
+    TT_ASSERT_EQ_INT(eng_forward(r->m, r->kv, &it, 1, logits), CM_OK);
+}
+
 /* The fast CPU backend against the reference backend: same tokens, logits
  * equal up to summation order. */
 TT_TEST(engine, cpu_backend_matches_ref) {
@@ -179,21 +199,12 @@ TT_TEST(engine, cpu_backend_matches_ref) {
         rig_t a, b;
         rig_open(&a, k_models[mi], ENG_BACKEND_REF);
         rig_open(&b, k_models[mi], ENG_BACKEND_CPU);
-        int32_t toks[40];
-        for (int i = 0; i < 40; i++) toks[i] = (i * 53 + 11) % 250;
         float *la = malloc(a.vocab * sizeof(float)), *lb = malloc(a.vocab * sizeof(float));
         eng_kv_seq_t *sa, *sb;
-        TT_ASSERT_EQ_INT(eng_kv_seq_new(a.kv, toks, 40, 0, &sa, NULL), CM_OK);
-        TT_ASSERT_EQ_INT(eng_kv_seq_new(b.kv, toks, 40, 0, &sb, NULL), CM_OK);
-        eng_item_t ia = {sa, 0, 40, true}, ib = {sb, 0, 40, true};
-        TT_ASSERT_EQ_INT(eng_forward(a.m, a.kv, &ia, 1, la), CM_OK);
-        TT_ASSERT_EQ_INT(eng_forward(b.m, b.kv, &ib, 1, lb), CM_OK);
-        double num = 0, den = 0;
-        for (uint32_t i = 0; i < a.vocab; i++) {
-            num += (double)(la[i] - lb[i]) * (la[i] - lb[i]);
-            den += (double)la[i] * la[i];
-        }
-        TT_ASSERT_MSG(num / den < 1e-10, "%s: NMSE cpu vs ref %.3g", k_models[mi], num / den);
+        prefill_probe(&a, &sa, la);
+        prefill_probe(&b, &sb, lb);
+        double e = nmse(la, lb, a.vocab);
+        TT_ASSERT_MSG(e < 1e-10, "%s: NMSE cpu vs ref %.3g", k_models[mi], e);
         TT_ASSERT_EQ_INT(argmax(la, a.vocab), argmax(lb, b.vocab));
         TT_ASSERT_STR_EQ(eng_model_backend_name(b.m), "cpu");
         eng_kv_seq_free(a.kv, sa);
@@ -322,19 +333,11 @@ TT_TEST(engine, cuda_native_dtype_close_to_cpu_and_batch_stable) {
         for (int i = 0; i < 12; i++) other[i] = (i * 37 + 3) % 250;
         float *la = malloc(a.vocab * 4), *lb = malloc(a.vocab * 4), *mix = malloc(a.vocab * 8);
         eng_kv_seq_t *sa, *sb, *so, *sd;
-        TT_ASSERT_EQ_INT(eng_kv_seq_new(a.kv, toks, 40, 0, &sa, NULL), CM_OK);
-        TT_ASSERT_EQ_INT(eng_kv_seq_new(b.kv, toks, 40, 0, &sb, NULL), CM_OK);
-        eng_item_t ia = {sa, 0, 40, true}, ib = {sb, 0, 40, true};
-        TT_ASSERT_EQ_INT(eng_forward(a.m, a.kv, &ia, 1, la), CM_OK);
-        TT_ASSERT_EQ_INT(eng_forward(b.m, b.kv, &ib, 1, lb), CM_OK);
-        double num = 0, den = 0;
-        for (uint32_t i = 0; i < a.vocab; i++) {
-            num += (double)(la[i] - lb[i]) * (la[i] - lb[i]);
-            den += (double)la[i] * la[i];
-        }
+        prefill_probe(&a, &sa, la);
+        prefill_probe(&b, &sb, lb);
         bool bf16 = !strcmp(k_models[mi], "qwen3moe");
-        TT_ASSERT_MSG(num / den < (bf16 ? 1e-3 : 1e-10), "%s: NMSE cuda vs cpu %.3g", k_models[mi],
-                      num / den);
+        double e = nmse(la, lb, a.vocab);
+        TT_ASSERT_MSG(e < (bf16 ? 1e-3 : 1e-10), "%s: NMSE cuda vs cpu %.3g", k_models[mi], e);
         if (!bf16) TT_ASSERT_EQ_INT(argmax(la, a.vocab), argmax(lb, b.vocab));
         /* The same prompt again, beside another prompt and a decode token. */
         eng_kv_seq_free(b.kv, sb);
