@@ -6,8 +6,10 @@
  *
  * Architectures: Llama (incl. llama3 RoPE scaling, tied embeddings), Qwen2
  * (QKV bias), Qwen3 (q/k RMSNorm), Mixtral, Qwen2-MoE (shared expert with
- * sigmoid gate), Qwen3-MoE (norm_topk_prob). Activations and the KV cache
- * are f32; weights stay in their checkpoint dtype (bf16/f16/f32, mmap'd).
+ * sigmoid gate), Qwen3-MoE (norm_topk_prob). On the host backends
+ * activations and the KV cache are f32 and weights stay in their checkpoint
+ * dtype (bf16/f16/f32, mmap'd); the cuda backend (eng_cuda.h) feeds its
+ * GEMMs in the weights' dtype and keeps an f32 KV pool in device memory.
  *
  * Threading: a model is read-only after loading; one thread runs
  * eng_forward at a time per model (it keeps scratch buffers).
