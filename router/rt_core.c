@@ -261,6 +261,11 @@ cm_status_t rt_core_submit(rt_core_t *core, const rt_gen_request_t *req, const r
     if (st == CM_ERR_NOT_FOUND)
         return refuse(core, err, 400, "invalid_request_error", 0, st,
                       "This model has no chat template; use /v1/completions.");
+    if (st == CM_ERR_INVALID_ARG && req->chat)
+        return refuse(core, err, 400, "invalid_request_error", 0, st,
+                      "This model's chat template does not accept these messages: roles are "
+                      "system, user, assistant (Mistral-style templates: no system message, "
+                      "user and assistant alternating from a user message).");
     if (st != CM_OK)
         return refuse(core, err, 400, "invalid_request_error", 0, st,
                       "The prompt could not be tokenized: %s.", cm_strerror(st));

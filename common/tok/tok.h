@@ -62,7 +62,13 @@ size_t tok_stream_flush(tok_stream_t *s, char *out, size_t cap);
 void tok_stream_free(tok_stream_t *s);
 
 /* Chat templates. */
-typedef enum { TOK_CHAT_NONE = 0, TOK_CHAT_CHATML, TOK_CHAT_LLAMA3, TOK_CHAT_DEEPSEEK } tok_chat_t;
+typedef enum {
+    TOK_CHAT_NONE = 0,
+    TOK_CHAT_CHATML,
+    TOK_CHAT_LLAMA3,
+    TOK_CHAT_DEEPSEEK,
+    TOK_CHAT_MISTRAL /* Mistral / Mixtral-8x7B-Instruct: [INST] ... [/INST] */
+} tok_chat_t;
 
 typedef struct {
     const char *role; /* system, user, assistant */

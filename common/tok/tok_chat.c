@@ -4,7 +4,8 @@
  * messages (system, user, assistant): ChatML as in Qwen3 (incl. its
  * <think> handling of assistant turns after the last user query), Llama 3
  * (BOS, header ids, trimmed content), DeepSeek V3 (BOS, merged system
- * prompts, full-width role markers).
+ * prompts, full-width role markers), Mistral/Mixtral ([INST] turns, no
+ * system role; add_generation_prompt changes nothing there).
  */
 #include <string.h>
 
@@ -148,6 +149,25 @@ static void deepseek(const tok_t *t, const tok_msg_t *m, size_t n, bool gen, sb_
                  "Assistant\xef\xbd\x9c>");
 }
 
+/* Mistral 7B v0.1 / Mixtral-8x7B-Instruct: user and assistant strictly
+ * alternating from a user turn, no system role (the template raises). */
+static bool mistral(const tok_t *t, const tok_msg_t *m, size_t n, sb_t *b) {
+    if (t->bos_str) puts_(b, t->bos_str);
+    for (size_t i = 0; i < n; i++) {
+        bool user = !strcmp(m[i].role, "user");
+        if (user != (i % 2 == 0) || !strcmp(m[i].role, "system")) return false;
+        if (user) {
+            puts_(b, "[INST] ");
+            puts_(b, m[i].content);
+            puts_(b, " [/INST]");
+        } else {
+            puts_(b, m[i].content);
+            if (t->eos_str) puts_(b, t->eos_str);
+        }
+    }
+    return true;
+}
+
 cm_status_t tok_chat_apply(const tok_t *t, const tok_msg_t *msgs, size_t n,
                            bool add_generation_prompt, char **out, size_t *len) {
     for (size_t i = 0; i < n; i++)
@@ -165,6 +185,12 @@ cm_status_t tok_chat_apply(const tok_t *t, const tok_msg_t *msgs, size_t n,
         break;
     case TOK_CHAT_DEEPSEEK:
         deepseek(t, msgs, n, add_generation_prompt, &b);
+        break;
+    case TOK_CHAT_MISTRAL:
+        if (!mistral(t, msgs, n, &b)) {
+            cm_free(b.p);
+            return CM_ERR_INVALID_ARG;
+        }
         break;
     default:
         return CM_ERR_UNSUPPORTED;

@@ -70,40 +70,23 @@ static cand_t heap_pop(cand_t *h, size_t *n) {
     return top;
 }
 
-/* BPE of one pre-token (raw bytes). */
-static bool bpe(const tok_t *t, const unsigned char *s, size_t len, ids_t *out) {
-    char small[1024];
-    char *mapped = len * 2 <= sizeof small ? small : cm_malloc(len * 2 + 1);
-    if (!mapped) return false;
-    size_t ml = 0;
-    for (size_t i = 0; i < len; i++) ml += tok_utf8_put(t->byte_to_cp[s[i]], mapped + ml);
-    bool ok = true;
-    int32_t whole = t->ignore_merges || len == 1 ? tok_vocab_find(t, mapped, ml) : -1;
-    if (whole >= 0) {
-        ok = push_id(out, whole);
-        goto done;
-    }
-    int32_t *id = cm_malloc_array(len, sizeof *id);
+/* Applies the merges by rank to the @len symbols @id (consumed), appending
+ * the result to @out. */
+static bool bpe_merge(const tok_t *t, int32_t *id, size_t len, ids_t *out) {
     int32_t *prev = cm_malloc_array(len, sizeof *prev);
     int32_t *next = cm_malloc_array(len, sizeof *next);
     cand_t *heap = cm_malloc_array(len * 2 + 2, sizeof *heap);
     size_t hn = 0;
-    if (!id || !prev || !next || !heap) {
-        ok = false;
-        goto out;
-    }
-    for (size_t i = 0; i < len; i++) {
-        char one[4];
-        size_t ol = tok_utf8_put(t->byte_to_cp[s[i]], one);
-        id[i] = tok_vocab_find(t, one, ol);
+    bool ok = prev && next && heap;
+    for (size_t i = 0; ok && i < len; i++) {
         prev[i] = (int32_t)i - 1;
         next[i] = i + 1 < len ? (int32_t)i + 1 : -1;
     }
-    for (size_t i = 0; i + 1 < len; i++) {
+    for (size_t i = 0; ok && i + 1 < len; i++) {
         const tok_merge_t *m = merge_find(t, id[i], id[i + 1]);
         if (m) heap_push(heap, &hn, (cand_t){m->rank, (uint32_t)i, id[i], id[i + 1]});
     }
-    while (hn > 0) {
+    while (ok && hn > 0) {
         cand_t c = heap_pop(heap, &hn);
         int32_t r = next[c.pos];
         if (id[c.pos] != c.left || r < 0 || id[r] != c.right) continue; /* stale */
@@ -123,15 +106,118 @@ static bool bpe(const tok_t *t, const unsigned char *s, size_t len, ids_t *out) 
             if (nm) heap_push(heap, &hn, (cand_t){nm->rank, c.pos, id[c.pos], id[next[c.pos]]});
         }
     }
-    for (int32_t i = 0; ok && i >= 0; i = next[i])
+    for (int32_t i = 0; ok && len && i >= 0; i = next[i])
         if (id[i] >= 0) ok = push_id(out, id[i]);
-out:
-    cm_free(id);
     cm_free(prev);
     cm_free(next);
     cm_free(heap);
-done:
+    return ok;
+}
+
+/* BPE of one pre-token (raw bytes), byte-level. */
+static bool bpe(const tok_t *t, const unsigned char *s, size_t len, ids_t *out) {
+    char small[1024];
+    char *mapped = len * 2 <= sizeof small ? small : cm_malloc(len * 2 + 1);
+    if (!mapped) return false;
+    size_t ml = 0;
+    for (size_t i = 0; i < len; i++) ml += tok_utf8_put(t->byte_to_cp[s[i]], mapped + ml);
+    bool ok = true;
+    int32_t whole = t->ignore_merges || len == 1 ? tok_vocab_find(t, mapped, ml) : -1;
+    if (whole >= 0) {
+        ok = push_id(out, whole);
+    } else {
+        int32_t *id = cm_malloc_array(len ? len : 1, sizeof *id);
+        ok = id != NULL;
+        for (size_t i = 0; ok && i < len; i++) {
+            char one[4];
+            size_t ol = tok_utf8_put(t->byte_to_cp[s[i]], one);
+            id[i] = tok_vocab_find(t, one, ol);
+        }
+        ok = ok && bpe_merge(t, id, len, out);
+        cm_free(id);
+    }
     if (mapped != small) cm_free(mapped);
+    return ok;
+}
+
+/* Length of the UTF-8 character at @s (1 for a byte that starts none). */
+static size_t char_len(const unsigned char *s, size_t left) {
+    size_t L = s[0] < 0x80 ? 1 : s[0] >= 0xF0 ? 4 : s[0] >= 0xE0 ? 3 : s[0] >= 0xC0 ? 2 : 1;
+    return L <= left && cm_utf8_valid((const char *)s, L) ? L : 1;
+}
+
+/* SentencePiece-style BPE of one word (U+2581 already in place): one
+ * symbol per character; a character outside the vocabulary becomes its
+ * <0xXX> byte tokens, else <unk> (runs fused with fuse_unk). */
+static bool bpe_sp(const tok_t *t, const unsigned char *s, size_t len, ids_t *out) {
+    if (t->ignore_merges) {
+        int32_t whole = tok_vocab_find(t, (const char *)s, len);
+        if (whole >= 0) return push_id(out, whole);
+    }
+    int32_t *id = cm_malloc_array(len ? len : 1, sizeof *id);
+    if (!id) return false;
+    size_t n = 0;
+    for (size_t i = 0; i < len;) {
+        size_t L = char_len(s + i, len - i);
+        int32_t v = tok_vocab_find(t, (const char *)s + i, L);
+        bool bytes = v < 0 && t->byte_fallback;
+        for (size_t k = 0; bytes && k < L; k++) bytes = t->byte_ids[s[i + k]] >= 0;
+        if (v >= 0) {
+            id[n++] = v;
+        } else if (bytes) {
+            for (size_t k = 0; k < L; k++) id[n++] = t->byte_ids[s[i + k]];
+        } else if (t->unk >= 0 && !(t->fuse_unk && n && id[n - 1] == t->unk)) {
+            id[n++] = t->unk;
+        }
+        i += L;
+    }
+    bool ok = bpe_merge(t, id, n, out);
+    cm_free(id);
+    return ok;
+}
+
+/* A text segment (between added tokens) of a SentencePiece tokenizer:
+ * spaces to U+2581, the leading U+2581 as the normalizer or Metaspace
+ * says, split at each U+2581 when Metaspace splits. @at_start: the segment
+ * begins the text. */
+static bool sp_segment(const tok_t *t, const char *s, size_t len, bool at_start, ids_t *out) {
+    char *buf = cm_malloc(len * 3 + 4);
+    if (!buf) return false;
+    size_t n = 0;
+    if (t->sp_norm_prepend) {
+        memcpy(buf, TOK_SP_SPACE, 3);
+        n = 3;
+    }
+    bool replace = t->sp_norm_replace || t->sp_meta;
+    for (size_t i = 0; i < len; i++) {
+        if (replace && s[i] == ' ') {
+            memcpy(buf + n, TOK_SP_SPACE, 3);
+            n += 3;
+        } else {
+            buf[n++] = s[i];
+        }
+    }
+    bool lead = n >= 3 && !memcmp(buf, TOK_SP_SPACE, 3);
+    if (t->sp_meta && !lead && (t->sp_meta_prepend == 2 || (t->sp_meta_prepend == 1 && at_start))) {
+        memmove(buf + 3, buf, n);
+        memcpy(buf, TOK_SP_SPACE, 3);
+        n += 3;
+    }
+    bool ok = true;
+    if (t->sp_meta && t->sp_meta_split) {
+        /* Split before each U+2581 (merged with what follows). */
+        size_t a = 0;
+        for (size_t i = 3; ok && i + 3 <= n; i++) {
+            if (memcmp(buf + i, TOK_SP_SPACE, 3)) continue;
+            ok = bpe_sp(t, (const unsigned char *)buf + a, i - a, out);
+            a = i;
+            i += 2;
+        }
+        if (ok && n > a) ok = bpe_sp(t, (const unsigned char *)buf + a, n - a, out);
+    } else if (n) {
+        ok = bpe_sp(t, (const unsigned char *)buf, n, out);
+    }
+    cm_free(buf);
     return ok;
 }
 
@@ -186,7 +272,13 @@ cm_status_t tok_encode(const tok_t *t, const char *text, size_t len, bool add_sp
         }
         if (!hit && i < len) continue;
         if (i > seg) {
-            if (valid && t->nfc) {
+            if (t->sp) {
+                char *norm = NULL;
+                size_t nl = i - seg;
+                if (valid && t->nfc) ok = tok_nfc(text + seg, i - seg, &norm, &nl) == CM_OK;
+                if (ok) ok = sp_segment(t, norm ? norm : text + seg, nl, seg == 0, &out);
+                cm_free(norm);
+            } else if (valid && t->nfc) {
                 char *norm;
                 size_t nl;
                 ok = tok_nfc(text + seg, i - seg, &norm, &nl) == CM_OK;
@@ -227,10 +319,18 @@ cm_status_t tok_decode(const tok_t *t, const int32_t *ids, size_t n, bool skip_s
     char *o = cm_malloc(total + 1);
     if (!o) return CM_ERR_NO_MEMORY;
     size_t k = 0;
+    bool first = true;
     for (size_t i = 0; i < n; i++) {
         if (skip_special && t->id_special[ids[i]]) continue;
-        if (t->id_bytes[ids[i]]) memcpy(o + k, t->id_bytes[ids[i]], t->id_len[ids[i]]);
-        k += t->id_bytes[ids[i]] ? t->id_len[ids[i]] : 0;
+        const char *b = t->id_bytes[ids[i]];
+        size_t bl = b ? t->id_len[ids[i]] : 0;
+        if (first && t->sp_strip_lead && bl && b[0] == ' ') { /* SentencePiece */
+            b++;
+            bl--;
+        }
+        first = false;
+        if (bl) memcpy(o + k, b, bl);
+        k += bl;
     }
     o[k] = '\0';
     *text = o;
@@ -245,6 +345,7 @@ struct tok_stream {
     bool skip_special;
     char pend[64]; /* an incomplete UTF-8 sequence waiting for more bytes */
     size_t n_pend;
+    bool started; /* an id was pushed (SentencePiece: no leading space then) */
 };
 
 tok_stream_t *tok_stream_new(const tok_t *t, bool skip_special) {
@@ -317,12 +418,19 @@ size_t tok_stream_push(tok_stream_t *s, int32_t id, char *out, size_t cap) {
     const tok_t *t = s->t;
     if (id < 0 || (uint32_t)id >= t->n_ids || !t->id_bytes[id]) return 0;
     if (s->skip_special && t->id_special[id]) return 0;
-    size_t n = s->n_pend + t->id_len[id];
+    const char *b = t->id_bytes[id];
+    size_t bl = t->id_len[id];
+    if (!s->started && t->sp_strip_lead && bl && b[0] == ' ') {
+        b++;
+        bl--;
+    }
+    s->started = true;
+    size_t n = s->n_pend + bl;
     char local[256];
-    char *buf = n <= sizeof local ? local : cm_malloc(n);
+    char *buf = n <= sizeof local ? local : cm_malloc(n ? n : 1);
     if (!buf) return 0;
     memcpy(buf, s->pend, s->n_pend);
-    memcpy(buf + s->n_pend, t->id_bytes[id], t->id_len[id]);
+    if (bl) memcpy(buf + s->n_pend, b, bl);
     size_t w = emit(s, buf, n, out, cap);
     if (buf != local) cm_free(buf);
     return w;

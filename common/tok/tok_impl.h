@@ -51,6 +51,21 @@ struct tok {
     char *bos_str, *eos_str;
     /* Normalizer: NFC before pre-tokenization (added tokens excluded). */
     bool nfc;
+    /* SentencePiece-style BPE (Llama 2, Mistral, Mixtral): pieces are
+     * UTF-8 with U+2581 for a space, symbols start as characters, a
+     * character outside the vocabulary becomes its <0xXX> byte tokens (or
+     * <unk>). Spaces become U+2581 either by the normalizer (Prepend +
+     * Replace: every text segment gets a leading one) or by the Metaspace
+     * pre-tokenizer (prepend always / first segment only / never; split at
+     * each U+2581 or not). Decoding drops one leading space. */
+    bool sp;
+    bool sp_norm_prepend, sp_norm_replace;
+    bool sp_meta, sp_meta_split;
+    int sp_meta_prepend; /* 0 never, 1 first, 2 always */
+    bool sp_strip_lead;
+    bool byte_fallback, fuse_unk;
+    int32_t unk;
+    int32_t byte_ids[256];
     /* Byte <-> unicode map of ByteLevel. */
     uint32_t byte_to_cp[256];
     int16_t cp_to_byte[512];
@@ -59,6 +74,7 @@ struct tok {
 size_t tok_utf8_put(uint32_t cp, char *o);
 
 /* Vocabulary lookup of a UTF-8 string; -1 if absent. */
+#define TOK_SP_SPACE "\xe2\x96\x81" /* U+2581, SentencePiece's space */
 int32_t tok_vocab_find(const tok_t *t, const char *s, size_t len);
 
 #endif /* TANDEM_TOK_IMPL_H */

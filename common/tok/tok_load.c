@@ -113,6 +113,52 @@ static char *unmap(const tok_t *t, const char *s, uint32_t *out_len) {
     return o;
 }
 
+/* Decoded bytes of a SentencePiece piece: U+2581 -> ' ', <0xXX> -> byte. */
+static char *sp_unmap(const char *s, uint32_t *out_len) {
+    size_t n = strlen(s);
+    char *o = cm_malloc(n + 1);
+    if (!o) return NULL;
+    unsigned hex;
+    if (n == 6 && s[0] == '<' && s[1] == '0' && s[2] == 'x' && s[5] == '>' &&
+        sscanf(s + 3, "%2X", &hex) == 1) {
+        o[0] = (char)hex;
+        o[1] = '\0';
+        *out_len = 1;
+        return o;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        if (!strncmp(s + i, TOK_SP_SPACE, 3)) {
+            o[k++] = ' ';
+            i += 3;
+        } else {
+            o[k++] = s[i++];
+        }
+    }
+    o[k] = '\0';
+    *out_len = (uint32_t)k;
+    return o;
+}
+
+/* Whether @node, or a step of it (Sequence), has type @type. */
+static bool has_type(const cJSON *node, const char *type) {
+    if (!cJSON_IsObject(node)) return false;
+    const cJSON *ty = cJSON_GetObjectItem(node, "type");
+    if (cJSON_IsString(ty) && !strcmp(ty->valuestring, type)) return true;
+    static const char *const lists[] = {"normalizers", "pretokenizers", "decoders"};
+    for (size_t i = 0; i < 3; i++) {
+        const cJSON *e;
+        cJSON_ArrayForEach(e,
+                           cJSON_GetObjectItem(node, lists[i])) if (has_type(e, type)) return true;
+    }
+    return false;
+}
+
+static bool str_is(const cJSON *o, const char *key, const char *want) {
+    const cJSON *v = cJSON_GetObjectItem(o, key);
+    return cJSON_IsString(v) && !strcmp(v->valuestring, want);
+}
+
 static bool merge_put(tok_t *t, int32_t a, int32_t b, int32_t rank, int32_t merged) {
     uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
     size_t i = cm_hash64(&key, 8, 0) & (t->merges_cap - 1);
@@ -207,6 +253,24 @@ static cm_status_t read_pretok(tok_t *t, const cJSON *p, char *err, size_t errle
             return add_split(t, GPT2_REGEX, err, errlen);
         return CM_OK;
     }
+    if (!strcmp(ty, "Metaspace")) {
+        if (!str_is(p, "replacement", TOK_SP_SPACE)) {
+            snprintf(err, errlen, "tokenizer.json: Metaspace replacement other than U+2581");
+            return CM_ERR_UNSUPPORTED;
+        }
+        t->sp_meta = true;
+        const cJSON *split = cJSON_GetObjectItem(p, "split");
+        t->sp_meta_split = !cJSON_IsBool(split) || cJSON_IsTrue(split); /* absent: old, split */
+        if (str_is(p, "prepend_scheme", "first"))
+            t->sp_meta_prepend = 1;
+        else if (str_is(p, "prepend_scheme", "never"))
+            t->sp_meta_prepend = 0;
+        else if (str_is(p, "prepend_scheme", "always"))
+            t->sp_meta_prepend = 2;
+        else /* before prepend_scheme: add_prefix_space */
+            t->sp_meta_prepend = cJSON_IsFalse(cJSON_GetObjectItem(p, "add_prefix_space")) ? 0 : 2;
+        return CM_OK;
+    }
     snprintf(err, errlen, "tokenizer.json: unsupported pre-tokenizer '%s'", ty);
     return CM_ERR_UNSUPPORTED;
 }
@@ -222,6 +286,7 @@ static tok_chat_t detect_chat(const char *tpl) {
     if (strstr(tpl, "<|im_start|>")) return TOK_CHAT_CHATML;
     if (strstr(tpl, "<|start_header_id|>")) return TOK_CHAT_LLAMA3;
     if (strstr(tpl, "<\xef\xbd\x9cUser\xef\xbd\x9c>")) return TOK_CHAT_DEEPSEEK;
+    if (strstr(tpl, "[INST]")) return TOK_CHAT_MISTRAL;
     return TOK_CHAT_NONE;
 }
 
@@ -251,9 +316,15 @@ cm_status_t tok_load(const char *dir, tok_t **out, char *err, size_t errlen) {
         st = CM_ERR_UNSUPPORTED;
         goto done;
     }
-    if (cJSON_IsTrue(cJSON_GetObjectItem(model, "byte_fallback"))) {
-        snprintf(err, errlen, "%s: SentencePiece-style BPE (byte_fallback) is not supported yet",
-                 path);
+    /* SentencePiece-style pieces (U+2581 spaces, <0xXX> bytes) rather than
+     * ByteLevel's remapped bytes. */
+    t->byte_fallback = cJSON_IsTrue(cJSON_GetObjectItem(model, "byte_fallback"));
+    t->fuse_unk = cJSON_IsTrue(cJSON_GetObjectItem(model, "fuse_unk"));
+    const cJSON *norm = cJSON_GetObjectItem(j, "normalizer");
+    t->sp = t->byte_fallback || has_type(norm, "Prepend") || has_type(norm, "Replace") ||
+            has_type(cJSON_GetObjectItem(j, "pre_tokenizer"), "Metaspace");
+    if (t->sp && has_type(cJSON_GetObjectItem(j, "pre_tokenizer"), "ByteLevel")) {
+        snprintf(err, errlen, "%s: byte_fallback/Metaspace together with ByteLevel", path);
         st = CM_ERR_UNSUPPORTED;
         goto done;
     }
@@ -288,7 +359,9 @@ cm_status_t tok_load(const char *dir, tok_t **out, char *err, size_t errlen) {
         if (!cJSON_IsNumber(e) || e->valueint < 0) continue;
         uint32_t id = (uint32_t)e->valueint;
         if (!vocab_put(t, e->string, strlen(e->string), (int32_t)id)) goto oom;
-        if (!t->id_bytes[id] && !(t->id_bytes[id] = unmap(t, e->string, &t->id_len[id]))) goto oom;
+        if (!t->id_bytes[id] && !(t->id_bytes[id] = t->sp ? sp_unmap(e->string, &t->id_len[id])
+                                                          : unmap(t, e->string, &t->id_len[id])))
+            goto oom;
     }
     /* Added tokens: matched literally in the text, decoded as written. */
     t->added = cm_calloc((size_t)cJSON_GetArraySize(added) + 1, sizeof *t->added);
@@ -349,28 +422,50 @@ cm_status_t tok_load(const char *dir, tok_t **out, char *err, size_t errlen) {
         if (ia >= 0 && ib >= 0 && im >= 0) merge_put(t, ia, ib, rank, im);
         rank++;
     }
+    t->unk = -1;
+    const cJSON *unk = cJSON_GetObjectItem(model, "unk_token");
+    if (cJSON_IsString(unk)) t->unk = tok_token_id(t, unk->valuestring);
+    for (int b = 0; b < 256; b++) {
+        char piece[8];
+        snprintf(piece, sizeof piece, "<0x%02X>", b);
+        t->byte_ids[b] = t->byte_fallback ? tok_token_id(t, piece) : -1;
+    }
+    /* Decoder: SentencePiece decoders drop the first token's leading space
+     * (Strip(' ', 1, 0) after Fuse, or Metaspace with a prepend scheme). */
+    const cJSON *dec = cJSON_GetObjectItem(j, "decoder");
+    if (t->sp) t->sp_strip_lead = has_type(dec, "Strip") || has_type(dec, "Metaspace");
     if (cJSON_IsObject(cJSON_GetObjectItem(j, "normalizer"))) {
         const cJSON *nt = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "normalizer"), "type");
         const char *n = cJSON_IsString(nt) ? nt->valuestring : "";
         const cJSON *list =
             cJSON_GetObjectItem(cJSON_GetObjectItem(j, "normalizer"), "normalizers");
-        /* NFC, or a Sequence of NFCs (empty = none). */
+        /* NFC, SentencePiece's Prepend("▁") and Replace(" ", "▁"), or a
+         * Sequence of those (empty = none). */
         bool ok = true;
-        if (!strcmp(n, "NFC")) {
-            t->nfc = true;
-        } else if (!strcmp(n, "Sequence")) {
-            cJSON_ArrayForEach(e, list) {
-                const cJSON *et = cJSON_GetObjectItem(e, "type");
-                if (cJSON_IsString(et) && !strcmp(et->valuestring, "NFC")) {
-                    t->nfc = true;
-                } else {
-                    n = cJSON_IsString(et) ? et->valuestring : "?";
-                    ok = false;
-                }
-            }
-        } else {
-            ok = false;
+        const cJSON *one = cJSON_GetObjectItem(j, "normalizer");
+        cJSON *single = NULL;
+        if (strcmp(n, "Sequence")) {
+            single = cJSON_CreateArray();
+            if (!single) goto oom;
+            cJSON_AddItemReferenceToArray(single, (cJSON *)one);
+            list = single;
         }
+        cJSON_ArrayForEach(e, list) {
+            const cJSON *et = cJSON_GetObjectItem(e, "type");
+            const char *en = cJSON_IsString(et) ? et->valuestring : "?";
+            if (!strcmp(en, "NFC")) {
+                t->nfc = true;
+            } else if (!strcmp(en, "Prepend") && str_is(e, "prepend", TOK_SP_SPACE)) {
+                t->sp_norm_prepend = true;
+            } else if (!strcmp(en, "Replace") && str_is(e, "content", TOK_SP_SPACE) &&
+                       str_is(cJSON_GetObjectItem(e, "pattern"), "String", " ")) {
+                t->sp_norm_replace = true;
+            } else {
+                n = en;
+                ok = false;
+            }
+        }
+        cJSON_Delete(single);
         if (!ok) {
             snprintf(err, errlen, "%s: unsupported normalizer '%s'", path, n);
             st = CM_ERR_UNSUPPORTED;
@@ -418,6 +513,9 @@ cm_status_t tok_load(const char *dir, tok_t **out, char *err, size_t errlen) {
         const cJSON *bs = cJSON_GetObjectItem(cfg, "bos_token");
         if (cJSON_IsObject(bs)) bs = cJSON_GetObjectItem(bs, "content");
         if (cJSON_IsString(bs)) t->bos_str = cm_strdup(bs->valuestring);
+        const cJSON *es = cJSON_GetObjectItem(cfg, "eos_token");
+        if (cJSON_IsObject(es)) es = cJSON_GetObjectItem(es, "content");
+        if (cJSON_IsString(es)) t->eos_str = cm_strdup(es->valuestring);
         cJSON_Delete(cfg);
     }
     goto done;
