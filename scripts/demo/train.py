@@ -74,7 +74,10 @@ class Data:
 
     def __init__(self, tk, seed, budget, max_ctx):
         self.tk, self.rng, self.budget, self.max_ctx = tk, random.Random(seed), budget, max_ctx
-        self.grow = 1.0  # curriculum: fraction of the full problem sizes
+        # Adaptive curriculum: each task's size cap (records / words /
+        # digits) grows once the model is good at the current cap.
+        self.level = dict(LEVEL0)
+        self.ema = {t: None for t in LEVEL0}
         self.im_end = tk.token_to_id("<|im_end|>")
         self.pad = tk.token_to_id("<|endoftext|>")
 
@@ -100,22 +103,26 @@ class Data:
         return ids, mask
 
     def batch(self, task):
-        r = self.rng
-        # Log-uniform sizes: many short problems (dense signal, big batches)
-        # and enough long ones to reach ~1,050 tokens of context.
+        """(ids, mask, size, at_cap): one task, sizes up to the current cap."""
+        r, cap = self.rng, self.level[task]
         if task == "retrieval":
-            top = max(8, 250 * self.grow)
-            size = int(round(math.exp(r.uniform(math.log(2), math.log(top)))))
+            size = int(round(math.exp(r.uniform(0, math.log(cap)))))
+            if r.random() < 0.3:
+                size = cap
             est = size * 4 + 20 + 4.5 * 18
+            at_cap = size >= 0.7 * cap
         elif task == "copy":
-            top = max(8, 400 * self.grow)
-            size = int(round(math.exp(r.uniform(0, math.log(top)))))
+            size = int(round(math.exp(r.uniform(0, math.log(cap)))))
+            if r.random() < 0.3:
+                size = cap
             est = size * 2 + 16
+            at_cap = size >= 0.7 * cap
         else:
-            da = 4 if r.random() < 0.6 else r.randint(1, 4)
-            db = 4 if r.random() < 0.6 else r.randint(1, 4)
+            da = cap if r.random() < 0.6 else r.randint(1, cap)
+            db = cap if r.random() < 0.6 else r.randint(1, cap)
             size = (da, db)
             est = 24 * 4.5
+            at_cap = True
         n = max(1, min(256, int(self.budget // est)))
         seqs = []
         for _ in range(n):
@@ -131,7 +138,48 @@ class Data:
         for i, (s, m) in enumerate(seqs):
             ids[i, : len(s)] = torch.tensor(s)
             mask[i, : len(m)] = torch.tensor(m, dtype=torch.bool)
-        return ids, mask
+        return ids, mask, at_cap
+
+    def observe(self, task, ce, at_cap):
+        """Raises the task's cap when the loss at the cap stays low."""
+        if not at_cap or self.level[task] >= LEVELMAX[task]:
+            return False
+        e = self.ema[task]
+        self.ema[task] = e = ce if e is None else 0.8 * e + 0.2 * ce
+        if e >= LEVEL_CE[task]:
+            return False
+        lv = self.level[task]
+        self.level[task] = min(LEVELMAX[task], lv + 1 if task == "addition" else math.ceil(lv * 1.3))
+        self.ema[task] = None
+        return True
+
+
+# Curriculum caps: start, end, and the answer-token CE (EMA over batches at
+# the cap) that moves a task to the next cap.
+LEVEL0 = {"retrieval": 2, "copy": 4, "addition": 2}
+LEVELMAX = {"retrieval": 260, "copy": 160, "addition": 4}
+LEVEL_CE = {"retrieval": 0.05, "copy": 0.05, "addition": 0.1}
+
+
+def save(model, tk, out):
+    """A Hugging Face folder with bf16 weights, tokenizer and chat template;
+    the training model itself is left as it is."""
+    os.makedirs(out, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.bfloat16) for k, v in model.state_dict().items()}
+    model.save_pretrained(out, state_dict=state, safe_serialization=True)
+    with open(os.path.join(out, "config.json")) as f:
+        c = json.load(f)
+    c["dtype"] = "bfloat16"
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(c, f, indent=2)
+    model.generation_config.save_pretrained(out)
+    tk.save(os.path.join(out, "tokenizer.json"))
+    with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+        json.dump(dict(chat_template=CHAT_TEMPLATE, eos_token="<|im_end|>",
+                       pad_token="<|endoftext|>", bos_token=None,
+                       model_max_length=2048, tokenizer_class="PreTrainedTokenizerFast",
+                       added_tokens_decoder={str(tk.token_to_id(s)): dict(content=s, special=True)
+                                             for s in SPECIALS}), f, indent=1)
 
 
 @torch.no_grad()
@@ -183,11 +231,14 @@ def main():
                     help="initial q/k RMSNorm weight (Qwen3): larger lets attention sharpen")
     ap.add_argument("--time-limit", type=float, default=0,
                     help="seconds; the schedule then runs on max(step/steps, time/limit)")
+    ap.add_argument("--save-every", type=float, default=0,
+                    help="seconds between bf16 snapshots in OUT/checkpoint (0: none)")
     ap.add_argument("--eval-n", type=int, default=200)
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--tasks", default="retrieval,addition,copy", help="round-robin schedule")
-    ap.add_argument("--grow-frac", type=float, default=0.4,
-                    help="fraction of the run over which problem sizes grow to full")
+    ap.add_argument("--warm-copy", type=int, default=16,
+                    help="copy alone until its cap reaches this many words (the "
+                         "induction circuit forms on short copies first)")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -214,6 +265,8 @@ def main():
                                 mlp_only_layers=[], **common)
         arch_cls = tf.Qwen3MoeForCausalLM
     model = arch_cls(cfg)
+    moe_mod = sys.modules[arch_cls.__module__]
+    cfg_experts = 8
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("q_norm.weight", "k_norm.weight")):
@@ -246,37 +299,45 @@ def main():
     t0 = time.time()
     model.train()
     done = 0
+    last_save = t0
     for step in range(a.steps):
         if progress(step) >= 1.0:
             break
         done = step + 1
-        task = schedule[step % len(schedule)]
-        # Short problems first (the copy/lookup circuits form fast on
-        # them), full lengths from 40% of the run on.
-        data.grow = min(1.0, progress(step) / a.grow_frac)
-        ids, mask = data.batch(task)
+        warm_up = "copy" in schedule and data.level["copy"] < a.warm_copy
+        task = "copy" if warm_up else schedule[step % len(schedule)]
+        ids, mask, at_cap = data.batch(task)
         ids, mask = ids.to(dev), mask.to(dev)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        out = model(input_ids=ids, output_router_logits=True)
-        logits = out.logits[:, :-1].float()
-        tgt = ids[:, 1:]
+        # Logits only where the loss is (the answers): the vocabulary
+        # projection of every prompt position would be most of the step.
+        out = model.model(input_ids=ids, output_router_logits=True)
         m = mask[:, 1:]
-        ce = torch.nn.functional.cross_entropy(logits[m], tgt[m])
-        loss = ce + cfg.router_aux_loss_coef * out.aux_loss
+        logits = model.lm_head(out.last_hidden_state[:, :-1][m]).float()
+        ce = torch.nn.functional.cross_entropy(logits, ids[:, 1:][m])
+        aux = moe_mod.load_balancing_loss_func(out.router_logits, cfg_experts, 2)
+        loss = ce + cfg.router_aux_loss_coef * aux
         if not torch.isfinite(loss):
             raise SystemExit(f"step {step}: loss is not finite")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if data.observe(task, ce.item(), at_cap):
+            rec = dict(step=step, level=dict(data.level), elapsed_s=round(time.time() - t0, 1))
+            print(json.dumps(rec), flush=True)
+            log.write(json.dumps(rec) + "\n")
         if step % 20 < 3 or step == a.steps - 1:
-            rec = dict(step=step, task=task, ce=round(ce.item(), 4), aux=round(out.aux_loss.item(), 4),
+            rec = dict(step=step, task=task, ce=round(ce.item(), 4), aux=round(aux.item(), 4),
                        lr=lr_at(step), seq=ids.shape[1], batch=ids.shape[0],
                        elapsed_s=round(time.time() - t0, 1))
             print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")
             log.flush()
+        if a.save_every and time.time() - last_save >= a.save_every:
+            save(model, tk, os.path.join(a.out, "checkpoint"))
+            last_save = time.time()
         if a.eval_every and step and step % a.eval_every == 0:
             model.eval()
             acc = {k: evaluate(model, tk, t, 30, 99, f, dev) for k, (t, f) in EVALS.items()}
@@ -286,16 +347,7 @@ def main():
 
     # Ship bf16; evaluate exactly the shipped weights (upcast to f32).
     model.eval()
-    model = model.to(torch.bfloat16)
-    model.save_pretrained(a.out, safe_serialization=True)
-    model.generation_config.save_pretrained(a.out)
-    tk.save(os.path.join(a.out, "tokenizer.json"))
-    with open(os.path.join(a.out, "tokenizer_config.json"), "w") as f:
-        json.dump(dict(chat_template=CHAT_TEMPLATE, eos_token="<|im_end|>",
-                       pad_token="<|endoftext|>", bos_token=None,
-                       model_max_length=2048, tokenizer_class="PreTrainedTokenizerFast",
-                       added_tokens_decoder={str(tk.token_to_id(s)): dict(content=s, special=True)
-                                             for s in SPECIALS}), f, indent=1)
+    save(model, tk, a.out)
     model = arch_cls.from_pretrained(a.out, dtype=torch.float32).to(dev)
     model.eval()
     acc = {k: evaluate(model, tk, t, a.eval_n, 4242, f, dev) for k, (t, f) in EVALS.items()}
