@@ -35,6 +35,12 @@ cm_status_t eng_backend_ref_new(eng_backend_t *out);
 /* Fast CPU backend (SIMD + threads). */
 cm_status_t eng_backend_cpu_new(eng_backend_t *out);
 
+/* Whether this machine runs the cpu backend's @isa path ("scalar",
+ * "avx2", "avx512"); the env TANDEM_CPU_ISA caps the one it picks. */
+bool eng_cpu_isa_available(const char *isa);
+/* The path a cpu backend uses (NULL for other backends). */
+const char *eng_cpu_isa(const eng_backend_t *b);
+
 /* Converts @n elements of @src (dtype @t) to f32. */
 void eng_to_f32(const void *src, mdl_dtype_t t, size_t n, float *dst);
 

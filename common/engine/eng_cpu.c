@@ -1,7 +1,7 @@
 /*
- * eng_cpu.c - the fast CPU backend: AVX2/FMA/F16C dot products chosen at
- * run time (scalar fallback), matmuls split over a persistent thread pool by
- * output rows. Same interface and layouts as eng_ref.c; results differ from
+ * eng_cpu.c - the fast CPU backend: blocked AVX-512 or AVX2/FMA/F16C matmul
+ * kernels chosen at run time (scalar fallback), split over a persistent
+ * thread pool by output rows. Same interface and layouts as eng_ref.c; results differ from
  * it only by summation order.
  */
 #include <immintrin.h>
@@ -14,6 +14,9 @@
 #include "eng_backend.h"
 
 typedef float (*dot_fn)(const float *x, const void *w, size_t n);
+/* y[r][o] for r < rows, o_lo <= o < o_hi (see eng_backend_i.matmul). */
+typedef void (*mm_fn)(const float *x, size_t rows, size_t in, const void *w, size_t o_lo,
+                      size_t o_hi, const float *bias, size_t out, float *y);
 
 static float dot_f32_scalar(const float *x, const void *w, size_t n) {
     const float *v = w;
@@ -102,6 +105,206 @@ __attribute__((target("avx2,fma,f16c"))) static float dot_f16_avx2(const float *
     if (i < n) s += dot_f16_scalar(x + i, v + i, n - i);
     return s;
 }
+
+/* ---- blocked matmul kernels ------------------------------------------
+ * A block of R input rows x 4 output rows: each weight chunk is loaded and
+ * widened once for R rows, 4 weight rows stream at once. Every (row,
+ * output) pair is one accumulator over the same chunks in the same order,
+ * whatever the block shape or batch: results are bit-identical for a row
+ * alone or inside any batch (batch invariance), as with the ref backend.
+ * Output indexes past the slice are clamped to its last row (computed
+ * twice, stored once more with the same value). */
+
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c,fma")))
+#define AVX2   __attribute__((target("avx2,fma,f16c")))
+
+AVX512 static inline __m512 w16(const void *w, size_t i, mdl_dtype_t t, __mmask16 m) {
+    if (t == MDL_F32) return _mm512_maskz_loadu_ps(m, (const float *)w + i);
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + i);
+    if (t == MDL_BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_cvtph_ps(h);
+}
+
+#define MM_R512 4  /* input rows per block */
+#define MM_TILE 64 /* input rows per tile: a tile of x stays in L2 while the weights stream */
+
+/* acc[R][4] += x rows [r, r+R) . weight rows wr[0..3], over all chunks. */
+#define MM512_LOOP(R, XROW)                                                                        \
+    do {                                                                                           \
+        size_t c = 0;                                                                              \
+        for (; c < nfull; c++) {                                                                   \
+            __m512 wv[4];                                                                          \
+            _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) wv[k] =                            \
+                w16(wr[k], c * 16, t, (__mmask16)0xFFFF);                                          \
+            _Pragma("GCC unroll 4") for (int rr = 0; rr < (R); rr++) {                             \
+                __m512 xv = _mm512_loadu_ps(XROW(rr) + c * 16);                                    \
+                _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) acc[rr][k] =                   \
+                    _mm512_fmadd_ps(xv, wv[k], acc[rr][k]);                                        \
+            }                                                                                      \
+        }                                                                                          \
+        if (c < nch) {                                                                             \
+            __m512 wv[4];                                                                          \
+            _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) wv[k] = w16(wr[k], c * 16, t, tm); \
+            _Pragma("GCC unroll 4") for (int rr = 0; rr < (R); rr++) {                             \
+                __m512 xv = _mm512_maskz_loadu_ps(tm, XROW(rr) + c * 16);                          \
+                _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) acc[rr][k] =                   \
+                    _mm512_fmadd_ps(xv, wv[k], acc[rr][k]);                                        \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
+
+AVX512 __attribute__((always_inline)) static inline void
+mm512_body(const float *x, size_t rows, size_t in, const void *w, size_t o_lo, size_t o_hi,
+           const float *bias, size_t out, float *y, mdl_dtype_t t) {
+    const size_t es = mdl_dtype_size(t), nfull = in / 16, nch = (in + 15) / 16;
+    const __mmask16 tm = (__mmask16)((1u << (in & 15)) - 1);
+    for (size_t r0 = 0; r0 < rows; r0 += MM_TILE) {
+        size_t r1 = r0 + MM_TILE < rows ? r0 + MM_TILE : rows;
+        for (size_t o = o_lo; o < o_hi; o += 4) {
+            const char *wr[4];
+            size_t oo[4];
+            for (int k = 0; k < 4; k++) {
+                oo[k] = o + (size_t)k < o_hi ? o + (size_t)k : o_hi - 1;
+                wr[k] = (const char *)w + oo[k] * in * es;
+            }
+            size_t r = r0;
+            for (; r + MM_R512 <= r1; r += MM_R512) {
+                __m512 acc[MM_R512][4];
+#pragma GCC unroll 16
+                for (int q = 0; q < MM_R512 * 4; q++) acc[q / 4][q % 4] = _mm512_setzero_ps();
+#define XROW4(rr) (x + (r + (size_t)(rr)) * in)
+                MM512_LOOP(MM_R512, XROW4);
+                for (int rr = 0; rr < MM_R512; rr++)
+                    for (int k = 0; k < 4; k++)
+                        y[(r + (size_t)rr) * out + oo[k]] =
+                            _mm512_reduce_add_ps(acc[rr][k]) + (bias ? bias[oo[k]] : 0.0f);
+            }
+        }
+        /* Rows left over (all of them at batch 1): one row against 8
+         * weight rows at a time, 8 independent chains and streams. */
+        size_t rl = r0 + (r1 - r0) / MM_R512 * MM_R512;
+        for (size_t o = o_lo; rl < r1 && o < o_hi; o += 8) {
+            const char *wr[8];
+            size_t oo[8];
+            for (int k = 0; k < 8; k++) {
+                oo[k] = o + (size_t)k < o_hi ? o + (size_t)k : o_hi - 1;
+                wr[k] = (const char *)w + oo[k] * in * es;
+            }
+            for (size_t r = rl; r < r1; r++) {
+                const float *xr = x + r * in;
+                __m512 acc[8];
+#pragma GCC unroll 8
+                for (int k = 0; k < 8; k++) acc[k] = _mm512_setzero_ps();
+                size_t c = 0;
+                for (; c < nfull; c++) {
+                    __m512 xv = _mm512_loadu_ps(xr + c * 16);
+#pragma GCC unroll 8
+                    for (int k = 0; k < 8; k++)
+                        acc[k] =
+                            _mm512_fmadd_ps(xv, w16(wr[k], c * 16, t, (__mmask16)0xFFFF), acc[k]);
+                }
+                if (c < nch) {
+                    __m512 xv = _mm512_maskz_loadu_ps(tm, xr + c * 16);
+#pragma GCC unroll 8
+                    for (int k = 0; k < 8; k++)
+                        acc[k] = _mm512_fmadd_ps(xv, w16(wr[k], c * 16, t, tm), acc[k]);
+                }
+                for (int k = 0; k < 8; k++)
+                    y[r * out + oo[k]] = _mm512_reduce_add_ps(acc[k]) + (bias ? bias[oo[k]] : 0.0f);
+            }
+        }
+    }
+}
+
+AVX2 static inline __m256 w8(const void *w, size_t i, mdl_dtype_t t) {
+    if (t == MDL_F32) return _mm256_loadu_ps((const float *)w + i);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
+    if (t == MDL_BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    return _mm256_cvtph_ps(h);
+}
+
+/* Chunk @c of 8 of weight row @wr (the last one zero-padded via @pad). */
+AVX2 static inline __m256 w8c(const char *wr, size_t c, size_t nfull, size_t in, mdl_dtype_t t,
+                              float *pad) {
+    if (c < nfull) return w8(wr, c * 8, t);
+    memset(pad, 0, 8 * sizeof *pad);
+    eng_to_f32(wr + c * 8 * mdl_dtype_size(t), t, in - c * 8, pad);
+    return _mm256_loadu_ps(pad);
+}
+
+AVX2 static inline __m256 x8c(const float *xr, size_t c, size_t nfull, size_t in, float *pad) {
+    if (c < nfull) return _mm256_loadu_ps(xr + c * 8);
+    memset(pad, 0, 8 * sizeof *pad);
+    memcpy(pad, xr + c * 8, (in - c * 8) * sizeof *pad);
+    return _mm256_loadu_ps(pad);
+}
+
+#define MM_R256 2
+AVX2 __attribute__((always_inline)) static inline void
+mm256_body(const float *x, size_t rows, size_t in, const void *w, size_t o_lo, size_t o_hi,
+           const float *bias, size_t out, float *y, mdl_dtype_t t) {
+    const size_t es = mdl_dtype_size(t), nfull = in / 8, nch = (in + 7) / 8;
+    float pad[8];
+    for (size_t r0 = 0; r0 < rows; r0 += MM_TILE) {
+        size_t r1 = r0 + MM_TILE < rows ? r0 + MM_TILE : rows;
+        for (size_t o = o_lo; o < o_hi; o += 4) {
+            const char *wr[4];
+            size_t oo[4];
+            for (int k = 0; k < 4; k++) {
+                oo[k] = o + (size_t)k < o_hi ? o + (size_t)k : o_hi - 1;
+                wr[k] = (const char *)w + oo[k] * in * es;
+            }
+            size_t r = r0;
+            for (; r + MM_R256 <= r1; r += MM_R256) {
+                __m256 acc[MM_R256][4];
+#pragma GCC unroll 8
+                for (int q = 0; q < MM_R256 * 4; q++) acc[q / 4][q % 4] = _mm256_setzero_ps();
+                for (size_t c = 0; c < nch; c++) {
+                    __m256 wv[4];
+#pragma GCC unroll 4
+                    for (int k = 0; k < 4; k++) wv[k] = w8c(wr[k], c, nfull, in, t, pad);
+#pragma GCC unroll 2
+                    for (int rr = 0; rr < MM_R256; rr++) {
+                        __m256 xv = x8c(x + (r + (size_t)rr) * in, c, nfull, in, pad);
+#pragma GCC unroll 4
+                        for (int k = 0; k < 4; k++)
+                            acc[rr][k] = _mm256_fmadd_ps(xv, wv[k], acc[rr][k]);
+                    }
+                }
+                for (int rr = 0; rr < MM_R256; rr++)
+                    for (int k = 0; k < 4; k++)
+                        y[(r + (size_t)rr) * out + oo[k]] =
+                            hsum(acc[rr][k]) + (bias ? bias[oo[k]] : 0.0f);
+            }
+            for (; r < r1; r++) {
+                __m256 acc[4];
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; k++) acc[k] = _mm256_setzero_ps();
+                for (size_t c = 0; c < nch; c++) {
+                    __m256 xv = x8c(x + r * in, c, nfull, in, pad);
+#pragma GCC unroll 4
+                    for (int k = 0; k < 4; k++)
+                        acc[k] = _mm256_fmadd_ps(xv, w8c(wr[k], c, nfull, in, t, pad), acc[k]);
+                }
+                for (int k = 0; k < 4; k++)
+                    y[r * out + oo[k]] = hsum(acc[k]) + (bias ? bias[oo[k]] : 0.0f);
+            }
+        }
+    }
+}
+
+#define MM_VARIANT(isa, attr, t, tn)                                                          \
+    attr static void mm_##isa##_##tn(const float *x, size_t rows, size_t in, const void *w,   \
+                                     size_t o_lo, size_t o_hi, const float *bias, size_t out, \
+                                     float *y) {                                              \
+        isa##_body(x, rows, in, w, o_lo, o_hi, bias, out, y, t);                              \
+    }
+MM_VARIANT(mm512, AVX512, MDL_F32, f32)
+MM_VARIANT(mm512, AVX512, MDL_BF16, bf16)
+MM_VARIANT(mm512, AVX512, MDL_F16, f16)
+MM_VARIANT(mm256, AVX2, MDL_F32, f32)
+MM_VARIANT(mm256, AVX2, MDL_BF16, bf16)
+MM_VARIANT(mm256, AVX2, MDL_F16, f16)
 #endif
 
 /* ---- thread pool ----------------------------------------------------- */
@@ -113,6 +316,7 @@ typedef struct {
     const float *bias;
     float *y;
     dot_fn dot;
+    mm_fn mm; /* blocked kernel, or NULL: one dot per (row, output) */
 } job_t;
 
 typedef struct {
@@ -125,11 +329,17 @@ typedef struct {
     bool stop;
     job_t job;
     dot_fn dots[3];
+    mm_fn mms[3];
+    const char *isa;
 } cpu_t;
 
 static void run_slice(const job_t *j, int part, int parts) {
     size_t lo = j->out * (size_t)part / (size_t)parts,
            hi = j->out * (size_t)(part + 1) / (size_t)parts;
+    if (j->mm) {
+        if (hi > lo) j->mm(j->x, j->rows, j->in, j->w->data, lo, hi, j->bias, j->out, j->y);
+        return;
+    }
     size_t es = mdl_dtype_size(j->w->dtype);
     for (size_t o = lo; o < hi; o++) {
         const char *wr = (const char *)j->w->data + o * j->in * es;
@@ -170,7 +380,7 @@ static void *worker(void *arg) {
 static void cpu_matmul(void *ctx, const float *x, size_t rows, size_t in, const mdl_tensor_t *w,
                        const float *bias, size_t out, float *y) {
     cpu_t *p = ctx;
-    job_t j = {x, rows, in, out, w, bias, y, p->dots[w->dtype]};
+    job_t j = {x, rows, in, out, w, bias, y, p->dots[w->dtype], p->mms[w->dtype]};
     /* Small products are not worth waking the pool. */
     if (p->n == 0 || rows * in * out < (1u << 16)) {
         run_slice(&j, 0, 1);
@@ -217,17 +427,49 @@ static void cpu_free(void *ctx) {
 
 static const eng_backend_i k_cpu = {"cpu", cpu_matmul, cpu_rmsnorm, cpu_free};
 
+bool eng_cpu_isa_available(const char *isa) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                __builtin_cpu_supports("f16c");
+    if (!strcmp(isa, "avx2")) return avx2;
+    if (!strcmp(isa, "avx512"))
+        return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#endif
+    return !strcmp(isa, "scalar");
+}
+
+const char *eng_cpu_isa(const eng_backend_t *b) {
+    return b->iface == &k_cpu ? ((const cpu_t *)b->ctx)->isa : NULL;
+}
+
 cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
     cpu_t *p = cm_calloc(1, sizeof *p);
     if (!p) return CM_ERR_NO_MEMORY;
     p->dots[MDL_F32] = dot_f32_scalar;
     p->dots[MDL_BF16] = dot_bf16_scalar;
     p->dots[MDL_F16] = dot_f16_scalar;
+    p->isa = "scalar";
+    /* TANDEM_CPU_ISA=scalar|avx2|avx512 caps the instruction set (tests
+     * run every path the machine has); unset = the best one present. */
+    const char *want = getenv("TANDEM_CPU_ISA");
+    int cap = !want || !*want ? 2 : !strcmp(want, "avx512") ? 2 : !strcmp(want, "avx2") ? 1 : 0;
 #if defined(__x86_64__)
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    if (cap >= 1 && eng_cpu_isa_available("avx2")) {
         p->dots[MDL_F32] = dot_f32_avx2;
         p->dots[MDL_BF16] = dot_bf16_avx2;
-        if (__builtin_cpu_supports("f16c")) p->dots[MDL_F16] = dot_f16_avx2;
+        p->dots[MDL_F16] = dot_f16_avx2;
+        p->mms[MDL_F32] = mm_mm256_f32;
+        p->mms[MDL_BF16] = mm_mm256_bf16;
+        p->mms[MDL_F16] = mm_mm256_f16;
+        p->isa = "avx2";
+    }
+    if (cap >= 2 && eng_cpu_isa_available("avx512")) {
+        p->mms[MDL_F32] = mm_mm512_f32;
+        p->mms[MDL_BF16] = mm_mm512_bf16;
+        p->mms[MDL_F16] = mm_mm512_f16;
+        p->isa = "avx512";
     }
 #endif
     long cores = sysconf(_SC_NPROCESSORS_ONLN);

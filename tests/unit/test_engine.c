@@ -10,6 +10,7 @@
 #include <stdlib.h>
 
 #include "eng.h"
+#include "eng_backend.h"
 #include "tt.h"
 
 static const char *const k_models[] = {"qwen3", "qwen3moe", "llama",
@@ -141,9 +142,11 @@ TT_TEST(engine, qwen2moe_shared_expert_matches_transformers) {
 /* A sequence alone and inside a batch with another's prompt chunk and a
  * third's decode token gives bit-identical logits. */
 TT_TEST(engine, batch_invariance) {
-    for (size_t mi = 0; mi < sizeof k_models / sizeof k_models[0]; mi++) {
-        rig_t r;
-        rig_open(&r, k_models[mi], ENG_BACKEND_REF);
+    for (size_t bi = 0; bi < 2 * (sizeof k_models / sizeof k_models[0]); bi++) {
+        size_t mi = bi % (sizeof k_models / sizeof k_models[0]);
+        rig_t r; /* ref, then cpu (its best path) */
+        rig_open(&r, k_models[mi],
+                 bi < sizeof k_models / sizeof k_models[0] ? ENG_BACKEND_REF : ENG_BACKEND_CPU);
         int32_t a[7] = {5, 9, 11, 3, 200, 17, 42}, b[12], cc[4] = {7, 8, 9, 10};
         for (int i = 0; i < 12; i++) b[i] = (i * 37 + 3) % 250;
         float *alone = malloc(r.vocab * sizeof(float)), *mixed = malloc(3 * r.vocab * 4);
@@ -192,28 +195,124 @@ static void prefill_probe(rig_t *r, eng_kv_seq_t **seq, float *logits) {
     TT_ASSERT_EQ_INT(eng_forward(r->m, r->kv, &it, 1, logits), CM_OK);
 }
 
-/* The fast CPU backend against the reference backend: same tokens, logits
- * equal up to summation order. */
-TT_TEST(engine, cpu_backend_matches_ref) {
-    for (size_t mi = 0; mi < sizeof k_models / sizeof k_models[0]; mi++) {
-        rig_t a, b;
-        rig_open(&a, k_models[mi], ENG_BACKEND_REF);
-        rig_open(&b, k_models[mi], ENG_BACKEND_CPU);
-        float *la = malloc(a.vocab * sizeof(float)), *lb = malloc(a.vocab * sizeof(float));
-        eng_kv_seq_t *sa, *sb;
-        prefill_probe(&a, &sa, la);
-        prefill_probe(&b, &sb, lb);
-        double e = nmse(la, lb, a.vocab);
-        TT_ASSERT_MSG(e < 1e-10, "%s: NMSE cpu vs ref %.3g", k_models[mi], e);
-        TT_ASSERT_EQ_INT(argmax(la, a.vocab), argmax(lb, b.vocab));
-        TT_ASSERT_STR_EQ(eng_model_backend_name(b.m), "cpu");
-        eng_kv_seq_free(a.kv, sa);
-        eng_kv_seq_free(b.kv, sb);
-        free(la);
-        free(lb);
-        rig_close(&a);
-        rig_close(&b);
+static const char *const k_isas[] = {"scalar", "avx2", "avx512"};
+
+/* Uniform in [0, 1) (xorshift64*). */
+static double rnd(uint64_t *s) {
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return (double)((*s * 2685821657736338717ull) >> 11) / 9007199254740992.0;
+}
+
+/* f32 -> f16 bits for |f| < 1 (tiny values flush to zero; truncation). */
+static uint16_t to_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
+    int e = (int)((u >> 23) & 0xFF) - 127 + 15;
+    if (e <= 0) return sign;
+    return (uint16_t)(sign | (e << 10) | ((u >> 13) & 0x3FF));
+}
+
+/* f32 -> bf16 / f16 bits (round to nearest even; test data are finite). */
+static uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+
+/* The cpu backend's matmul on every instruction-set path this machine
+ * has, against the ref backend's, on awkward shapes (tails of 1..15
+ * elements, output counts not a multiple of the 4-row block) and all three
+ * weight dtypes; and every row of a batch bit-identical to the row alone. */
+TT_TEST(engine, cpu_matmul_matches_ref_on_every_isa) {
+    static const size_t ins[] = {1, 7, 16, 17, 33, 130, 1024}, outs[] = {1, 3, 4, 5, 67},
+                        rows[] = {1, 2, 3, 5, 9};
+    static const mdl_dtype_t dts[] = {MDL_F32, MDL_BF16, MDL_F16};
+    eng_backend_t ref;
+    TT_ASSERT_EQ_INT(eng_backend_ref_new(&ref), CM_OK);
+    uint64_t rng = 12345;
+    int tested = 0;
+    for (size_t ii = 0; ii < 3; ii++) {
+        if (!eng_cpu_isa_available(k_isas[ii])) continue;
+        setenv("TANDEM_CPU_ISA", k_isas[ii], 1);
+        eng_backend_t cpu;
+        TT_ASSERT_EQ_INT(eng_backend_cpu_new(&cpu), CM_OK);
+        unsetenv("TANDEM_CPU_ISA");
+        TT_ASSERT_STR_EQ(eng_cpu_isa(&cpu), k_isas[ii]);
+        for (size_t a = 0; a < 7; a++)
+            for (size_t b = 0; b < 5; b++)
+                for (size_t c = 0; c < 5; c++)
+                    for (size_t d = 0; d < 3; d++) {
+                        size_t in = ins[a], out = outs[b], nr = rows[c];
+                        float *x = malloc(nr * in * 4), *wf = malloc(out * in * 4);
+                        float *bias = malloc(out * 4), *y0 = malloc(nr * out * 4);
+                        float *y1 = malloc(nr * out * 4), *y2 = malloc(out * 4);
+                        void *wd = malloc(out * in * 4);
+                        for (size_t i = 0; i < nr * in; i++) x[i] = (float)rnd(&rng) - 0.5f;
+                        for (size_t i = 0; i < out; i++) bias[i] = (float)rnd(&rng);
+                        for (size_t i = 0; i < out * in; i++) {
+                            float v = (float)rnd(&rng) - 0.5f;
+                            if (dts[d] == MDL_F32)
+                                ((float *)wd)[i] = v;
+                            else if (dts[d] == MDL_BF16)
+                                ((uint16_t *)wd)[i] = to_bf16(v);
+                            else
+                                ((uint16_t *)wd)[i] = to_f16(v);
+                        }
+                        mdl_tensor_t w = {"w", dts[d], 2, {out, in}, wd, 0};
+                        bool with_bias = (a + b + c) % 2;
+                        ref.iface->matmul(ref.ctx, x, nr, in, &w, with_bias ? bias : NULL, out, y0);
+                        cpu.iface->matmul(cpu.ctx, x, nr, in, &w, with_bias ? bias : NULL, out, y1);
+                        /* Summation order only: a few ulps of the partial sums. */
+                        for (size_t i = 0; i < nr * out; i++)
+                            TT_ASSERT_MSG(fabs(y0[i] - y1[i]) <= 1e-5 * sqrt((double)in),
+                                          "%s dtype %d rows %zu in %zu out %zu: [%zu] %g vs %g",
+                                          k_isas[ii], (int)dts[d], nr, in, out, i, y0[i], y1[i]);
+                        for (size_t r = 0; r < nr; r++) {
+                            cpu.iface->matmul(cpu.ctx, x + r * in, 1, in, &w,
+                                              with_bias ? bias : NULL, out, y2);
+                            TT_ASSERT_MSG(memcmp(y2, y1 + r * out, out * 4) == 0,
+                                          "%s: row %zu of %zu differs alone (in %zu out %zu)",
+                                          k_isas[ii], r, nr, in, out);
+                        }
+                        free(x), free(wf), free(bias), free(y0), free(y1), free(y2), free(wd);
+                    }
+        cpu.iface->free(cpu.ctx);
+        tested++;
     }
+    ref.iface->free(ref.ctx);
+    TT_ASSERT(tested >= 1);
+}
+
+/* The fast CPU backend against the reference backend, on every
+ * instruction-set path this machine has: same tokens, logits equal up to
+ * summation order, and bit-identical inside a mixed batch. */
+TT_TEST(engine, cpu_backend_matches_ref) {
+    for (size_t ii = 0; ii < 3; ii++)
+        for (size_t mi = 0; mi < sizeof k_models / sizeof k_models[0]; mi++) {
+            if (!eng_cpu_isa_available(k_isas[ii])) continue;
+            setenv("TANDEM_CPU_ISA", k_isas[ii], 1);
+            rig_t a, b;
+            rig_open(&a, k_models[mi], ENG_BACKEND_REF);
+            rig_open(&b, k_models[mi], ENG_BACKEND_CPU);
+            float *la = malloc(a.vocab * sizeof(float)), *lb = malloc(a.vocab * sizeof(float));
+            eng_kv_seq_t *sa, *sb;
+            prefill_probe(&a, &sa, la);
+            prefill_probe(&b, &sb, lb);
+            double e = nmse(la, lb, a.vocab);
+            TT_ASSERT_MSG(e < 1e-10, "%s %s: NMSE cpu vs ref %.3g", k_isas[ii], k_models[mi], e);
+            TT_ASSERT_EQ_INT(argmax(la, a.vocab), argmax(lb, b.vocab));
+            TT_ASSERT_STR_EQ(eng_model_backend_name(b.m), "cpu");
+            eng_kv_seq_free(a.kv, sa);
+            eng_kv_seq_free(b.kv, sb);
+            free(la);
+            free(lb);
+            rig_close(&a);
+            rig_close(&b);
+            unsetenv("TANDEM_CPU_ISA");
+        }
 }
 
 /* Copies fixture @model into a scratch dir; returns its path. */
