@@ -3,8 +3,10 @@
 
   build/venv/bin/python scripts/demo/train.py --out models/demo [--steps N]
 
-Seeded and deterministic for a given --steps and thread count. On 2 CPU
-cores the default run takes about an hour. Writes a Hugging Face folder
+Seeded and deterministic for a given --steps and thread count (use
+--time-limit to bound the run by wall time instead). No recipe has reached
+the model card's targets yet: see bench/results/demo-sweep-2026-11-30.md
+for what each run learned. Writes a Hugging Face folder
 (config.json, model.safetensors in bf16, generation_config.json,
 tokenizer.json, tokenizer_config.json) plus train_log.jsonl and eval.json
 (Pass@1 of the bf16 weights, greedy, computed by transformers).
