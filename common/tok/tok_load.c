@@ -154,6 +154,20 @@ static bool has_type(const cJSON *node, const char *type) {
     return false;
 }
 
+static bool str_is(const cJSON *o, const char *key, const char *want);
+
+/* A Metaspace decoder (or one in a Sequence) that drops the first token's
+ * leading space: any prepend scheme but "never". */
+static bool strips_lead(const cJSON *d) {
+    if (!cJSON_IsObject(d)) return false;
+    if (str_is(d, "type", "Metaspace"))
+        return !str_is(d, "prepend_scheme", "never") &&
+               !cJSON_IsFalse(cJSON_GetObjectItem(d, "add_prefix_space"));
+    const cJSON *e;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(d, "decoders")) if (strips_lead(e)) return true;
+    return false;
+}
+
 static bool str_is(const cJSON *o, const char *key, const char *want) {
     const cJSON *v = cJSON_GetObjectItem(o, key);
     return cJSON_IsString(v) && !strcmp(v->valuestring, want);
@@ -433,7 +447,7 @@ cm_status_t tok_load(const char *dir, tok_t **out, char *err, size_t errlen) {
     /* Decoder: SentencePiece decoders drop the first token's leading space
      * (Strip(' ', 1, 0) after Fuse, or Metaspace with a prepend scheme). */
     const cJSON *dec = cJSON_GetObjectItem(j, "decoder");
-    if (t->sp) t->sp_strip_lead = has_type(dec, "Strip") || has_type(dec, "Metaspace");
+    if (t->sp) t->sp_strip_lead = has_type(dec, "Strip") || strips_lead(dec);
     if (cJSON_IsObject(cJSON_GetObjectItem(j, "normalizer"))) {
         const cJSON *nt = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "normalizer"), "type");
         const char *n = cJSON_IsString(nt) ? nt->valuestring : "";
