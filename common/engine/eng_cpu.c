@@ -57,55 +57,6 @@ __attribute__((target("avx2,fma"))) static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(lo);
 }
 
-__attribute__((target("avx2,fma"))) static float dot_f32_avx2(const float *x, const void *w,
-                                                              size_t n) {
-    const float *v = w;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(v + i), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(v + i + 8), a1);
-    }
-    for (; i + 8 <= n; i += 8)
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(v + i), a0);
-    float s = hsum(_mm256_add_ps(a0, a1));
-    for (; i < n; i++) s += x[i] * v[i];
-    return s;
-}
-
-__attribute__((target("avx2,fma"))) static inline __m256 bf16x8(const uint16_t *p) {
-    __m128i h = _mm_loadu_si128((const __m128i *)p);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
-__attribute__((target("avx2,fma"))) static float dot_bf16_avx2(const float *x, const void *w,
-                                                               size_t n) {
-    const uint16_t *v = w;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), bf16x8(v + i), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), bf16x8(v + i + 8), a1);
-    }
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), bf16x8(v + i), a0);
-    float s = hsum(_mm256_add_ps(a0, a1));
-    if (i < n) s += dot_bf16_scalar(x + i, v + i, n - i);
-    return s;
-}
-
-__attribute__((target("avx2,fma,f16c"))) static float dot_f16_avx2(const float *x, const void *w,
-                                                                   size_t n) {
-    const uint16_t *v = w;
-    __m256 a0 = _mm256_setzero_ps();
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i),
-                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + i))), a0);
-    float s = hsum(a0);
-    if (i < n) s += dot_f16_scalar(x + i, v + i, n - i);
-    return s;
-}
-
 /* ---- blocked matmul kernels ------------------------------------------
  * A block of R input rows x 4 output rows: each weight chunk is loaded and
  * widened once for R rows, 4 weight rows stream at once. Every (row,
@@ -114,6 +65,16 @@ __attribute__((target("avx2,fma,f16c"))) static float dot_f16_avx2(const float *
  * alone or inside any batch (batch invariance), as with the ref backend.
  * Output indexes past the slice are clamped to its last row (computed
  * twice, stored once more with the same value). */
+
+/* Pointers to weight rows o .. o+n-1 (each @in elements of @es bytes),
+ * indexes past @o_hi clamped to its last row. */
+static inline void block_rows(const void *w, size_t in, size_t es, size_t o, size_t o_hi, int n,
+                              const char **wr, size_t *oo) {
+    for (int k = 0; k < n; k++) {
+        oo[k] = o + (size_t)k < o_hi ? o + (size_t)k : o_hi - 1;
+        wr[k] = (const char *)w + oo[k] * in * es;
+    }
+}
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c,fma")))
 #define AVX2   __attribute__((target("avx2,fma,f16c")))
@@ -163,10 +124,7 @@ mm512_body(const float *x, size_t rows, size_t in, const void *w, size_t o_lo, s
         for (size_t o = o_lo; o < o_hi; o += 4) {
             const char *wr[4];
             size_t oo[4];
-            for (int k = 0; k < 4; k++) {
-                oo[k] = o + (size_t)k < o_hi ? o + (size_t)k : o_hi - 1;
-                wr[k] = (const char *)w + oo[k] * in * es;
-            }
+            block_rows(w, in, es, o, o_hi, 4, wr, oo);
             size_t r = r0;
             for (; r + MM_R512 <= r1; r += MM_R512) {
                 __m512 acc[MM_R512][4];
@@ -186,10 +144,7 @@ mm512_body(const float *x, size_t rows, size_t in, const void *w, size_t o_lo, s
         for (size_t o = o_lo; rl < r1 && o < o_hi; o += 8) {
             const char *wr[8];
             size_t oo[8];
-            for (int k = 0; k < 8; k++) {
-                oo[k] = o + (size_t)k < o_hi ? o + (size_t)k : o_hi - 1;
-                wr[k] = (const char *)w + oo[k] * in * es;
-            }
+            block_rows(w, in, es, o, o_hi, 8, wr, oo);
             for (size_t r = rl; r < r1; r++) {
                 const float *xr = x + r * in;
                 __m512 acc[8];
@@ -250,10 +205,7 @@ mm256_body(const float *x, size_t rows, size_t in, const void *w, size_t o_lo, s
         for (size_t o = o_lo; o < o_hi; o += 4) {
             const char *wr[4];
             size_t oo[4];
-            for (int k = 0; k < 4; k++) {
-                oo[k] = o + (size_t)k < o_hi ? o + (size_t)k : o_hi - 1;
-                wr[k] = (const char *)w + oo[k] * in * es;
-            }
+            block_rows(w, in, es, o, o_hi, 4, wr, oo);
             size_t r = r0;
             for (; r + MM_R256 <= r1; r += MM_R256) {
                 __m256 acc[MM_R256][4];
@@ -457,9 +409,6 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
     int cap = !want || !*want ? 2 : !strcmp(want, "avx512") ? 2 : !strcmp(want, "avx2") ? 1 : 0;
 #if defined(__x86_64__)
     if (cap >= 1 && eng_cpu_isa_available("avx2")) {
-        p->dots[MDL_F32] = dot_f32_avx2;
-        p->dots[MDL_BF16] = dot_bf16_avx2;
-        p->dots[MDL_F16] = dot_f16_avx2;
         p->mms[MDL_F32] = mm_mm256_f32;
         p->mms[MDL_BF16] = mm_mm256_bf16;
         p->mms[MDL_F16] = mm_mm256_f16;

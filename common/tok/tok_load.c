@@ -154,7 +154,10 @@ static bool has_type(const cJSON *node, const char *type) {
     return false;
 }
 
-static bool str_is(const cJSON *o, const char *key, const char *want);
+static bool str_is(const cJSON *o, const char *key, const char *want) {
+    const cJSON *v = cJSON_GetObjectItem(o, key);
+    return cJSON_IsString(v) && !strcmp(v->valuestring, want);
+}
 
 /* A Metaspace decoder (or one in a Sequence) that drops the first token's
  * leading space: any prepend scheme but "never". */
@@ -166,11 +169,6 @@ static bool strips_lead(const cJSON *d) {
     const cJSON *e;
     cJSON_ArrayForEach(e, cJSON_GetObjectItem(d, "decoders")) if (strips_lead(e)) return true;
     return false;
-}
-
-static bool str_is(const cJSON *o, const char *key, const char *want) {
-    const cJSON *v = cJSON_GetObjectItem(o, key);
-    return cJSON_IsString(v) && !strcmp(v->valuestring, want);
 }
 
 static bool merge_put(tok_t *t, int32_t a, int32_t b, int32_t rank, int32_t merged) {
