@@ -12,6 +12,23 @@
 extern "C" {
 #endif
 
+/* Causal attention of T query tokens over a paged KV cache (f32 rows).
+ * Token t attends to its first ctx[t] positions; k[t][p] / v[t][p] point
+ * at position p's key / value row (kv_heads * head_dim floats). q and out
+ * are [T][n_heads * head_dim]; query head h reads kv head
+ * h / (n_heads / kv_heads). Rows for one (token, head) never depend on the
+ * other tokens in the batch. */
+typedef struct {
+    size_t T;
+    uint32_t n_heads, kv_heads, head_dim;
+    float scale;
+    const float *q;
+    float *out;
+    const uint32_t *ctx;
+    const float *const *const *k;
+    const float *const *const *v;
+} eng_attn_t;
+
 typedef struct {
     const char *name;
     /* y[r][o] = sum_i x[r][i] * W[o][i] (+ bias[o]) for r < rows; W is
@@ -21,6 +38,8 @@ typedef struct {
     /* y[r] = x[r] / rms(x[r]) * weight, per row of @dim; y may equal x. */
     void (*rmsnorm)(void *ctx, const float *x, size_t rows, size_t dim, const float *weight,
                     float eps, float *y);
+    /* Attention as described at eng_attn_t. */
+    cm_status_t (*attention)(void *ctx, const eng_attn_t *a);
     /* Frees the context. */
     void (*free)(void *ctx);
 } eng_backend_i;
@@ -40,6 +59,10 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out);
 bool eng_cpu_isa_available(const char *isa);
 /* The path a cpu backend uses (NULL for other backends). */
 const char *eng_cpu_isa(const eng_backend_t *b);
+
+/* One (token @t, head @h) of @a in plain loops (the ref backend's
+ * attention); @sc holds a->ctx[t] floats of scratch. */
+void eng_attn_head_ref(const eng_attn_t *a, size_t t, uint32_t h, float *sc);
 
 /* Converts @n elements of @src (dtype @t) to f32. */
 void eng_to_f32(const void *src, mdl_dtype_t t, size_t n, float *dst);

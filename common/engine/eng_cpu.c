@@ -7,6 +7,7 @@
 #include <immintrin.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -259,7 +260,149 @@ MM_VARIANT(mm256, AVX2, MDL_BF16, bf16)
 MM_VARIANT(mm256, AVX2, MDL_F16, f16)
 #endif
 
-/* ---- thread pool ----------------------------------------------------- */
+/* ---- attention heads --------------------------------------------------
+ * One (token, head) at a time, the same steps as eng_attn_head_ref with
+ * SIMD dot products and accumulation (order differs only inside a dot). */
+typedef void (*head_fn)(const eng_attn_t *a, size_t t, uint32_t h, float *sc);
+
+#if defined(__x86_64__)
+#define ATTN_HEAD(isa, attr, vec, W, load, fmadd, set1, zero, store, reduce)              \
+    attr static void head_##isa(const eng_attn_t *a, size_t t, uint32_t h, float *sc) {   \
+        const uint32_t hd = a->head_dim, n = a->ctx[t], nv = hd / (W);                    \
+        const size_t qd = (size_t)a->n_heads * hd;                                        \
+        const size_t kvo = (size_t)(h / (a->n_heads / a->kv_heads)) * hd;                 \
+        const float *qv = a->q + t * qd + (size_t)h * hd;                                 \
+        float mx = -INFINITY;                                                             \
+        for (uint32_t p = 0; p < n; p++) {                                                \
+            const float *kk = a->k[t][p] + kvo;                                           \
+            vec acc = zero();                                                             \
+            for (uint32_t c = 0; c < nv; c++)                                             \
+                acc = fmadd(load(qv + c * (W)), load(kk + c * (W)), acc);                 \
+            sc[p] = reduce(acc) * a->scale;                                               \
+            if (sc[p] > mx) mx = sc[p];                                                   \
+        }                                                                                 \
+        float sum = 0.0f;                                                                 \
+        for (uint32_t p = 0; p < n; p++) {                                                \
+            sc[p] = expf(sc[p] - mx);                                                     \
+            sum += sc[p];                                                                 \
+        }                                                                                 \
+        float *ov = a->out + t * qd + (size_t)h * hd;                                     \
+        for (uint32_t c0 = 0; c0 < nv; c0 += 8) { /* 8 accumulators = 128 or 64 floats */ \
+            uint32_t c1 = c0 + 8 < nv ? c0 + 8 : nv;                                      \
+            vec o[8];                                                                     \
+            for (uint32_t c = c0; c < c1; c++) o[c - c0] = zero();                        \
+            for (uint32_t p = 0; p < n; p++) {                                            \
+                const float *vv = a->v[t][p] + kvo;                                       \
+                vec w = set1(sc[p] / sum);                                                \
+                for (uint32_t c = c0; c < c1; c++)                                        \
+                    o[c - c0] = fmadd(w, load(vv + c * (W)), o[c - c0]);                  \
+            }                                                                             \
+            for (uint32_t c = c0; c < c1; c++) store(ov + c * (W), o[c - c0]);            \
+        }                                                                                 \
+    }
+ATTN_HEAD(avx512, AVX512, __m512, 16, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_set1_ps,
+          _mm512_setzero_ps, _mm512_storeu_ps, _mm512_reduce_add_ps)
+ATTN_HEAD(avx2, AVX2, __m256, 8, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_set1_ps,
+          _mm256_setzero_ps, _mm256_storeu_ps, hsum)
+#endif
+
+/* ---- thread pool ------------------------------------------------------
+ * The caller runs part 0 of each job, n workers the others. Workers spin
+ * briefly for the next job (a forward pass issues hundreds of small ones
+ * back to back) before sleeping on a condition variable. */
+
+typedef void (*part_fn)(const void *arg, int part, int parts);
+
+typedef struct {
+    pthread_t *threads;
+    int n; /* workers besides the caller */
+    pthread_mutex_t mu;
+    pthread_cond_t go, done;
+    _Atomic uint64_t gen;
+    _Atomic int pending;
+    _Atomic bool stop;
+    int sleepers; /* under mu */
+    part_fn fn;   /* the job: published by the release increment of gen */
+    const void *arg;
+    dot_fn dots[3];
+    mm_fn mms[3];
+    head_fn head;
+    uint32_t head_w; /* floats per vector of head: head_dim must be a multiple */
+    float *sc;       /* attention scores, (n + 1) * sc_stride floats */
+    size_t sc_stride;
+    const char *isa;
+} cpu_t;
+
+enum { POOL_SPIN = 20000 };
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__)
+    _mm_pause();
+#endif
+}
+
+typedef struct {
+    cpu_t *pool;
+    int idx;
+} worker_arg_t;
+
+static void *worker(void *arg) {
+    worker_arg_t *wa = arg;
+    cpu_t *p = wa->pool;
+    int idx = wa->idx;
+    free(wa);
+    uint64_t seen = 0;
+    for (;;) {
+        uint64_t g;
+        for (int spins = 0; (g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
+                            !atomic_load_explicit(&p->stop, memory_order_relaxed);) {
+            if (++spins < POOL_SPIN) {
+                cpu_relax();
+                continue;
+            }
+            pthread_mutex_lock(&p->mu);
+            p->sleepers++;
+            while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop))
+                pthread_cond_wait(&p->go, &p->mu);
+            p->sleepers--;
+            pthread_mutex_unlock(&p->mu);
+            spins = 0;
+        }
+        if (atomic_load(&p->stop)) return NULL;
+        seen = g;
+        p->fn(p->arg, idx + 1, p->n + 1);
+        if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->done);
+            pthread_mutex_unlock(&p->mu);
+        }
+    }
+}
+
+/* Runs fn(arg, part, n + 1) for every part, part 0 on the caller. */
+static void pool_run(cpu_t *p, part_fn fn, const void *arg) {
+    if (p->n == 0) {
+        fn(arg, 0, 1);
+        return;
+    }
+    p->fn = fn;
+    p->arg = arg;
+    atomic_store_explicit(&p->pending, p->n, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    pthread_mutex_lock(&p->mu);
+    if (p->sleepers) pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+    fn(arg, 0, p->n + 1);
+    for (int spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0;) {
+        if (++spins < POOL_SPIN) {
+            cpu_relax();
+            continue;
+        }
+        pthread_mutex_lock(&p->mu);
+        while (atomic_load(&p->pending) > 0) pthread_cond_wait(&p->done, &p->mu);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
 
 typedef struct {
     const float *x;
@@ -271,21 +414,8 @@ typedef struct {
     mm_fn mm; /* blocked kernel, or NULL: one dot per (row, output) */
 } job_t;
 
-typedef struct {
-    pthread_t *threads;
-    int n; /* workers besides the caller */
-    pthread_mutex_t mu;
-    pthread_cond_t go, done;
-    uint64_t gen;
-    int pending;
-    bool stop;
-    job_t job;
-    dot_fn dots[3];
-    mm_fn mms[3];
-    const char *isa;
-} cpu_t;
-
-static void run_slice(const job_t *j, int part, int parts) {
+static void run_slice(const void *arg, int part, int parts) {
+    const job_t *j = arg;
     size_t lo = j->out * (size_t)part / (size_t)parts,
            hi = j->out * (size_t)(part + 1) / (size_t)parts;
     if (j->mm) {
@@ -301,34 +431,6 @@ static void run_slice(const job_t *j, int part, int parts) {
     }
 }
 
-typedef struct {
-    cpu_t *pool;
-    int idx;
-} worker_arg_t;
-
-static void *worker(void *arg) {
-    worker_arg_t *wa = arg;
-    cpu_t *p = wa->pool;
-    int idx = wa->idx;
-    free(wa);
-    uint64_t seen = 0;
-    for (;;) {
-        pthread_mutex_lock(&p->mu);
-        while (!p->stop && p->gen == seen) pthread_cond_wait(&p->go, &p->mu);
-        if (p->stop) {
-            pthread_mutex_unlock(&p->mu);
-            return NULL;
-        }
-        seen = p->gen;
-        job_t j = p->job;
-        pthread_mutex_unlock(&p->mu);
-        run_slice(&j, idx + 1, p->n + 1);
-        pthread_mutex_lock(&p->mu);
-        if (--p->pending == 0) pthread_cond_signal(&p->done);
-        pthread_mutex_unlock(&p->mu);
-    }
-}
-
 static void cpu_matmul(void *ctx, const float *x, size_t rows, size_t in, const mdl_tensor_t *w,
                        const float *bias, size_t out, float *y) {
     cpu_t *p = ctx;
@@ -338,16 +440,43 @@ static void cpu_matmul(void *ctx, const float *x, size_t rows, size_t in, const 
         run_slice(&j, 0, 1);
         return;
     }
-    pthread_mutex_lock(&p->mu);
-    p->job = j;
-    p->pending = p->n;
-    p->gen++;
-    pthread_cond_broadcast(&p->go);
-    pthread_mutex_unlock(&p->mu);
-    run_slice(&j, 0, p->n + 1);
-    pthread_mutex_lock(&p->mu);
-    while (p->pending > 0) pthread_cond_wait(&p->done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    pool_run(p, run_slice, &j);
+}
+
+typedef struct {
+    const cpu_t *pool;
+    const eng_attn_t *a;
+} attn_job_t;
+
+/* (token, head) pairs part, part + parts, ...: causal rows of a prefill
+ * chunk differ in length, interleaving balances them. */
+static void attn_slice(const void *arg, int part, int parts) {
+    const attn_job_t *j = arg;
+    const eng_attn_t *a = j->a;
+    float *sc = j->pool->sc + (size_t)part * j->pool->sc_stride;
+    head_fn head = a->head_dim % j->pool->head_w ? eng_attn_head_ref : j->pool->head;
+    for (size_t i = (size_t)part; i < a->T * a->n_heads; i += (size_t)parts)
+        head(a, i / a->n_heads, (uint32_t)(i % a->n_heads), sc);
+}
+
+static cm_status_t cpu_attention(void *ctx, const eng_attn_t *a) {
+    cpu_t *p = ctx;
+    size_t most = 1;
+    for (size_t t = 0; t < a->T; t++) most = a->ctx[t] > most ? a->ctx[t] : most;
+    if (most > p->sc_stride) {
+        size_t stride = most + 1024;
+        float *sc = cm_realloc_array(p->sc, stride * (size_t)(p->n + 1), sizeof *sc);
+        if (!sc) return CM_ERR_NO_MEMORY;
+        p->sc = sc;
+        p->sc_stride = stride;
+    }
+    attn_job_t j = {p, a};
+    /* A lone short row is not worth waking the pool. */
+    if (a->T * a->n_heads * most * a->head_dim < (1u << 14))
+        attn_slice(&j, 0, 1);
+    else
+        pool_run(p, attn_slice, &j);
+    return CM_OK;
 }
 
 static void cpu_rmsnorm(void *ctx, const float *x, size_t rows, size_t dim, const float *weight,
@@ -366,7 +495,7 @@ static void cpu_free(void *ctx) {
     cpu_t *p = ctx;
     if (!p) return;
     pthread_mutex_lock(&p->mu);
-    p->stop = true;
+    atomic_store(&p->stop, true);
     pthread_cond_broadcast(&p->go);
     pthread_mutex_unlock(&p->mu);
     for (int i = 0; i < p->n; i++) pthread_join(p->threads[i], NULL);
@@ -374,10 +503,11 @@ static void cpu_free(void *ctx) {
     pthread_cond_destroy(&p->go);
     pthread_cond_destroy(&p->done);
     cm_free(p->threads);
+    cm_free(p->sc);
     cm_free(p);
 }
 
-static const eng_backend_i k_cpu = {"cpu", cpu_matmul, cpu_rmsnorm, cpu_free};
+static const eng_backend_i k_cpu = {"cpu", cpu_matmul, cpu_rmsnorm, cpu_attention, cpu_free};
 
 bool eng_cpu_isa_available(const char *isa) {
 #if defined(__x86_64__)
@@ -402,6 +532,8 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
     p->dots[MDL_F32] = dot_f32_scalar;
     p->dots[MDL_BF16] = dot_bf16_scalar;
     p->dots[MDL_F16] = dot_f16_scalar;
+    p->head = eng_attn_head_ref;
+    p->head_w = 1;
     p->isa = "scalar";
     /* TANDEM_CPU_ISA=scalar|avx2|avx512 caps the instruction set (tests
      * run every path the machine has); unset = the best one present. */
@@ -412,12 +544,16 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
         p->mms[MDL_F32] = mm_mm256_f32;
         p->mms[MDL_BF16] = mm_mm256_bf16;
         p->mms[MDL_F16] = mm_mm256_f16;
+        p->head = head_avx2;
+        p->head_w = 8;
         p->isa = "avx2";
     }
     if (cap >= 2 && eng_cpu_isa_available("avx512")) {
         p->mms[MDL_F32] = mm_mm512_f32;
         p->mms[MDL_BF16] = mm_mm512_bf16;
         p->mms[MDL_F16] = mm_mm512_f16;
+        p->head = head_avx512;
+        p->head_w = 16;
         p->isa = "avx512";
     }
 #endif

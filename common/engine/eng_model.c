@@ -343,14 +343,11 @@ cm_status_t eng_forward(eng_model_t *m, eng_kv_t *kv, const eng_item_t *items, s
     uint32_t qd = nh * hd, kd = nkv * hd;
     uint32_t ff = c->intermediate > c->moe_intermediate ? c->intermediate : c->moe_intermediate;
     if (c->shared_intermediate > ff) ff = c->shared_intermediate;
-    uint32_t max_ctx = 0;
-    for (size_t i = 0; i < n; i++)
-        if (items[i].start + items[i].n > max_ctx) max_ctx = items[i].start + items[i].n;
     /* Scratch layout (floats). */
     size_t off_x = 0, off_h = off_x + T * H, off_q = off_h + T * H, off_k = off_q + T * qd;
     size_t off_v = off_k + T * kd, off_a = off_v + T * kd, off_o = off_a + T * qd;
-    size_t off_g = off_o + T * H, off_u = off_g + T * ff, off_s = off_u + T * ff;
-    size_t off_r = off_s + max_ctx, off_e = off_r + T * (c->n_experts + 1);
+    size_t off_g = off_o + T * H, off_u = off_g + T * ff;
+    size_t off_r = off_u + T * ff, off_e = off_r + T * (c->n_experts + 1);
     size_t off_y = off_e + T * H, total = off_y + T * H + 8;
     float *buf = scratch(m, total);
     int32_t *tok = cm_malloc_array(T, sizeof *tok);
@@ -359,28 +356,36 @@ cm_status_t eng_forward(eng_model_t *m, eng_kv_t *kv, const eng_item_t *items, s
     uint32_t *sel = cm_malloc_array(T * (c->top_k + 1), sizeof *sel);
     float *selw = cm_malloc_array(T * (c->top_k + 1), sizeof *selw);
     uint32_t *rows_of = cm_malloc_array(T + 1, sizeof *rows_of);
-    if (!buf || !tok || !pos || !owner || !sel || !selw || !rows_of) {
-        cm_free(tok);
-        cm_free(pos);
-        cm_free(owner);
-        cm_free(sel);
-        cm_free(selw);
-        cm_free(rows_of);
-        return CM_ERR_NO_MEMORY;
+    /* Attention: K/V row pointers per item position, per token its item's
+     * rows and its context length. */
+    size_t n_rows = 0;
+    for (size_t i = 0; i < n; i++) n_rows += items[i].start + items[i].n;
+    const float **krow = cm_malloc_array(n_rows, sizeof *krow);
+    const float **vrow = cm_malloc_array(n_rows, sizeof *vrow);
+    const float *const **tk = cm_malloc_array(T, sizeof *tk);
+    const float *const **tv = cm_malloc_array(T, sizeof *tv);
+    uint32_t *actx = cm_malloc_array(T, sizeof *actx);
+    cm_status_t st = CM_OK;
+    if (!buf || !tok || !pos || !owner || !sel || !selw || !rows_of || !krow || !vrow || !tk ||
+        !tv || !actx) {
+        st = CM_ERR_NO_MEMORY;
+        goto out;
     }
     float *x = buf + off_x, *h = buf + off_h, *q = buf + off_q, *k = buf + off_k, *v = buf + off_v;
     float *att = buf + off_a, *o = buf + off_o, *gg = buf + off_g, *uu = buf + off_u;
-    float *sc = buf + off_s, *rl = buf + off_r, *ex = buf + off_e, *ey = buf + off_y;
+    float *rl = buf + off_r, *ex = buf + off_e, *ey = buf + off_y;
     size_t t = 0;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0, base = 0; i < n; base += items[i].start + items[i].n, i++) {
         const int32_t *ids = eng_kv_seq_tokens(items[i].seq);
         for (uint32_t j = 0; j < items[i].n; j++, t++) {
             tok[t] = ids[items[i].start + j];
             pos[t] = items[i].start + j;
             owner[t] = i;
+            tk[t] = krow + base;
+            tv[t] = vrow + base;
+            actx[t] = pos[t] + 1;
         }
     }
-    cm_status_t st = CM_OK;
     size_t esz = mdl_dtype_size(m->embed.dtype);
     for (t = 0; t < T; t++) {
         if (tok[t] < 0 || (uint32_t)tok[t] >= c->vocab) {
@@ -391,7 +396,6 @@ cm_status_t eng_forward(eng_model_t *m, eng_kv_t *kv, const eng_item_t *items, s
                    x + t * H);
     }
     float scale = 1.0f / sqrtf((float)hd);
-    uint32_t group = nh / nkv;
     for (uint32_t l = 0; l < c->n_layers; l++) {
         const layer_t *L = &m->layers[l];
         be->rmsnorm(m->be.ctx, x, T, H, L->attn_norm, c->rms_eps, h);
@@ -416,44 +420,24 @@ cm_status_t eng_forward(eng_model_t *m, eng_kv_t *kv, const eng_item_t *items, s
             memcpy(kp, k + t * kd, kd * sizeof(float));
             memcpy(vp, v + t * kd, kd * sizeof(float));
         }
-        /* Causal attention of every new token over its sequence so far. */
-        for (t = 0; t < T; t++) {
-            const eng_kv_seq_t *seq = items[owner[t]].seq;
-            for (uint32_t hh = 0; hh < nh; hh++) {
-                const float *qv = q + t * qd + (size_t)hh * hd;
-                uint32_t kvh = hh / group;
-                float mx = -INFINITY;
-                for (uint32_t p = 0; p <= pos[t]; p++) {
-                    int32_t blk;
-                    uint32_t slot;
-                    void *kp, *vp;
-                    eng_kv_seq_slot(seq, p, &blk, &slot);
-                    eng_kv_slot_ptrs(kv, l, blk, slot, &kp, &vp);
-                    const float *kk = (const float *)kp + (size_t)kvh * hd;
-                    float d = 0.0f;
-                    for (uint32_t i = 0; i < hd; i++) d += qv[i] * kk[i];
-                    sc[p] = d * scale;
-                    if (sc[p] > mx) mx = sc[p];
+        /* Causal attention of every new token over its sequence so far:
+         * row pointers of this layer's K/V for each item's positions. */
+        for (size_t i = 0, base = 0; i < n; base += items[i].start + items[i].n, i++)
+            for (uint32_t p = 0; p < items[i].start + items[i].n; p++) {
+                int32_t blk;
+                uint32_t slot;
+                void *kp, *vp;
+                if (!eng_kv_seq_slot(items[i].seq, p, &blk, &slot) ||
+                    eng_kv_slot_ptrs(kv, l, blk, slot, &kp, &vp) != CM_OK) {
+                    st = CM_ERR_INVALID_ARG;
+                    goto out;
                 }
-                float sum = 0.0f;
-                for (uint32_t p = 0; p <= pos[t]; p++) {
-                    sc[p] = expf(sc[p] - mx);
-                    sum += sc[p];
-                }
-                float *ov = att + t * qd + (size_t)hh * hd;
-                memset(ov, 0, hd * sizeof *ov);
-                for (uint32_t p = 0; p <= pos[t]; p++) {
-                    int32_t blk;
-                    uint32_t slot;
-                    void *kp, *vp;
-                    eng_kv_seq_slot(seq, p, &blk, &slot);
-                    eng_kv_slot_ptrs(kv, l, blk, slot, &kp, &vp);
-                    const float *vv = (const float *)vp + (size_t)kvh * hd;
-                    float wgt = sc[p] / sum;
-                    for (uint32_t i = 0; i < hd; i++) ov[i] += wgt * vv[i];
-                }
+                krow[base + p] = kp;
+                vrow[base + p] = vp;
             }
-        }
+        eng_attn_t aj = {T, nh, nkv, hd, scale, q, att, actx, tk, tv};
+        st = be->attention(m->be.ctx, &aj);
+        if (st != CM_OK) goto out;
         be->matmul(m->be.ctx, att, T, qd, &L->wo, NULL, H, o);
         for (size_t i = 0; i < T * H; i++) x[i] += o[i];
         be->rmsnorm(m->be.ctx, x, T, H, L->mlp_norm, c->rms_eps, h);
@@ -528,6 +512,11 @@ cm_status_t eng_forward(eng_model_t *m, eng_kv_t *kv, const eng_item_t *items, s
         row++;
     }
 out:
+    cm_free(krow);
+    cm_free(vrow);
+    cm_free(tk);
+    cm_free(tv);
+    cm_free(actx);
     cm_free(tok);
     cm_free(pos);
     cm_free(owner);

@@ -87,9 +87,47 @@ static void ref_rmsnorm(void *ctx, const float *x, size_t rows, size_t dim, cons
     }
 }
 
+void eng_attn_head_ref(const eng_attn_t *a, size_t t, uint32_t h, float *sc) {
+    const uint32_t hd = a->head_dim, n = a->ctx[t];
+    const size_t qd = (size_t)a->n_heads * hd, kvo = (size_t)(h / (a->n_heads / a->kv_heads)) * hd;
+    const float *qv = a->q + t * qd + (size_t)h * hd;
+    float mx = -INFINITY;
+    for (uint32_t p = 0; p < n; p++) {
+        const float *kk = a->k[t][p] + kvo;
+        float d = 0.0f;
+        for (uint32_t i = 0; i < hd; i++) d += qv[i] * kk[i];
+        sc[p] = d * a->scale;
+        if (sc[p] > mx) mx = sc[p];
+    }
+    float sum = 0.0f;
+    for (uint32_t p = 0; p < n; p++) {
+        sc[p] = expf(sc[p] - mx);
+        sum += sc[p];
+    }
+    float *ov = a->out + t * qd + (size_t)h * hd;
+    memset(ov, 0, hd * sizeof *ov);
+    for (uint32_t p = 0; p < n; p++) {
+        const float *vv = a->v[t][p] + kvo;
+        float wgt = sc[p] / sum;
+        for (uint32_t i = 0; i < hd; i++) ov[i] += wgt * vv[i];
+    }
+}
+
+static cm_status_t ref_attention(void *ctx, const eng_attn_t *a) {
+    (void)ctx;
+    uint32_t most = 0;
+    for (size_t t = 0; t < a->T; t++) most = a->ctx[t] > most ? a->ctx[t] : most;
+    float *sc = cm_malloc_array(most ? most : 1, sizeof *sc);
+    if (!sc) return CM_ERR_NO_MEMORY;
+    for (size_t t = 0; t < a->T; t++)
+        for (uint32_t h = 0; h < a->n_heads; h++) eng_attn_head_ref(a, t, h, sc);
+    cm_free(sc);
+    return CM_OK;
+}
+
 static void ref_free(void *ctx) { (void)ctx; }
 
-static const eng_backend_i k_ref = {"ref", ref_matmul, ref_rmsnorm, ref_free};
+static const eng_backend_i k_ref = {"ref", ref_matmul, ref_rmsnorm, ref_attention, ref_free};
 
 cm_status_t eng_backend_ref_new(eng_backend_t *out) {
     out->iface = &k_ref;
