@@ -33,9 +33,10 @@ uint32_t bench_task_size(bench_task_t t, uint32_t context, uint32_t digits) {
     uint32_t n;
     switch (t) {
     case BENCH_TASK_RETRIEVAL:
-        /* ~20 tokens of template and question, 4 per ", key is value".
-         * At most 900 keys: there are 980 distinct words. */
-        n = context > 20 ? (context - 20) / 4 : 1;
+        /* ~20 tokens of template and question, 2 per " key=value"
+         * (" fuz", "=tam" in the demo vocabulary). At most 900 keys:
+         * there are 980 distinct words. */
+        n = context > 20 ? (context - 20) / 2 : 1;
         if (n > 900) n = 900;
         break;
     case BENCH_TASK_COPY:
@@ -120,11 +121,15 @@ cm_status_t bench_task_make(bench_task_t t, uint32_t size, uint64_t seed, uint64
         for (uint32_t i = 0; i < size; i++) {
             char v[4];
             task_word(&r, v);
-            sb_str(&p, i ? ", " : " ");
+            sb_str(&p, " ");
             sb_str(&p, keys[i]);
-            sb_str(&p, " is ");
+            sb_str(&p, "=");
             sb_str(&p, v);
-            if (i == q) sb_str(&a, v);
+            if (i == q) { /* the reply restates the record: "fuz=tam" */
+                sb_str(&a, keys[i]);
+                sb_str(&a, "=");
+                sb_str(&a, v);
+            }
         }
         sb_str(&p, "\nWhat is the value of ");
         sb_str(&p, keys[q]);

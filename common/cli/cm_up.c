@@ -371,18 +371,38 @@ static void on_poll_timer(uv_timer_t *t) {
         uv_close((uv_handle_t *)&up->probe, on_probe_closed);
 }
 
+/* True when --model is Tandem's shipped demo model (models/demo, recognized
+ * by its canary.json), whose ready message shows a retrieval question. */
+static bool up_is_demo_model(void) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/canary.json", g_model);
+    FILE *f = fopen(path, "r");
+    if (f) fclose(f);
+    return f != NULL;
+}
+
 static void probe_done(up_t *up, bool ready) {
     if (!ready || up->ready || up->stage != 0) return;
     up->ready = true;
     uv_timer_stop(&up->poll_timer);
     printf("\nTandem is ready: model '%s' at http://%s:%lld (%lld prefill, %lld decode, %lld "
-           "colocated workers). Try:\n\n"
-           "  curl http://%s:%lld/v1/completions -H 'Content-Type: application/json' \\\n"
-           "    -d '{\"model\": \"%s\", \"prompt\": \"Hello\", \"max_tokens\": 32}'\n\n"
-           "(or /v1/chat/completions with \"messages\" when the model has a chat template)\n"
-           "Press Ctrl-C to stop.\n",
+           "colocated workers). Try:\n\n",
            g_name, g_host, (long long)g_port, (long long)g_prefill, (long long)g_decode,
-           (long long)g_colocated, g_host, (long long)g_port, g_name);
+           (long long)g_colocated);
+    if (up_is_demo_model()) /* The demo model's checkable skill: it answers "fuz=tam". */
+        printf("  curl http://%s:%lld/v1/chat/completions -H 'Content-Type: application/json' "
+               "\\\n    -d '{\"model\": \"%s\", \"max_tokens\": 16, \"messages\": [{\"role\": "
+               "\"user\", \"content\": \"Records: zob=kel fuz=tam pim=dax\\nWhat is the value "
+               "of fuz?\"}]}'\n\n"
+               "(the demo model answers \"fuz=tam\"; see models/demo/README.md for its skills)\n",
+               g_host, (long long)g_port, g_name);
+    else
+        printf("  curl http://%s:%lld/v1/completions -H 'Content-Type: application/json' \\\n"
+               "    -d '{\"model\": \"%s\", \"prompt\": \"Hello\", \"max_tokens\": 32}'\n\n"
+               "(or /v1/chat/completions with \"messages\" when the model has a chat "
+               "template)\n",
+               g_host, (long long)g_port, g_name);
+    printf("Press Ctrl-C to stop.\n");
     fflush(stdout);
 }
 

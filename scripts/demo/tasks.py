@@ -4,8 +4,10 @@ The same formats are generated in C by `tandem bench accuracy`
 (bench/bench_accuracy.c); keep the two in step. Every problem is a single
 user turn; the answer is the exact assistant reply.
 
-  retrieval  "Records: zob is kel, fuz is tam, ...\nWhat is the value of fuz?"
-             -> "tam"
+  retrieval  "Records: zob=kel fuz=tam ...\nWhat is the value of fuz?"
+             -> "fuz=tam" (the reply restates the record: its first token
+             copies the key from the question, and "=tam" is then the token
+             that followed that key in the records -- plain induction)
   addition   "What is 4821+3755?" -> "8576"
   copy       "Repeat exactly:\nw1 w2 ... wn" -> "w1 w2 ... wn"
 
@@ -36,12 +38,12 @@ def retrieval(rng: random.Random, npairs: int, nq: int = 1):
     rng.shuffle(keys)
     vals = [word(rng) for _ in keys]
     qs = [rng.randrange(npairs) for _ in range(nq)]
-    recs = ", ".join(f"{k} is {v}" for k, v in zip(keys, vals))
+    recs = " ".join(f"{k}={v}" for k, v in zip(keys, vals))
     prompt = f"Records: {recs}\nWhat is the value of {keys[qs[0]]}?"
     if nq == 1:
-        return prompt, vals[qs[0]]
-    more = [(f"What is the value of {keys[q]}?", vals[q]) for q in qs[1:]]
-    return prompt, vals[qs[0]], more
+        return prompt, f"{keys[qs[0]]}={vals[qs[0]]}"
+    more = [(f"What is the value of {keys[q]}?", f"{keys[q]}={vals[q]}") for q in qs[1:]]
+    return prompt, f"{keys[qs[0]]}={vals[qs[0]]}", more
 
 
 def addition(rng: random.Random, digits_a: int, digits_b: int):
@@ -57,9 +59,9 @@ def copy(rng: random.Random, nwords: int):
 
 def reply(task: str, answer: str) -> str:
     """The exact assistant reply the model is trained to give. Retrieval
-    replies carry a leading space, so the value is the very token that
-    follows " is" in the records (copying a token is what attention does
-    best; " tam" and "tam" are different tokens). Graders strip it."""
+    replies carry a leading space, so " fuz" and "=tam" are the very tokens
+    of the record (copying a token is what attention does best; " fuz" and
+    "fuz" are different tokens). Graders strip it."""
     return " " + answer if task == "retrieval" else answer
 
 

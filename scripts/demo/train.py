@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""Train Tandem's demo model: a tiny Qwen3-MoE that solves checkable tasks.
+"""Train Tandem's demo model: a tiny MoE (Mixtral or Qwen3-MoE) that solves
+checkable tasks.
 
-  build/venv/bin/python scripts/demo/train.py --out models/demo [--steps N]
+  build/venv/bin/python scripts/demo/train.py --out DIR [flags]
 
-Seeded and deterministic for a given --steps and thread count (use
---time-limit to bound the run by wall time instead). No recipe has reached
-the model card's targets yet: see bench/results/demo-sweep-2026-11-30.md
-for what each run learned. Writes a Hugging Face folder
-(config.json, model.safetensors in bf16, generation_config.json,
-tokenizer.json, tokenizer_config.json) plus train_log.jsonl and eval.json
-(Pass@1 of the bf16 weights, greedy, computed by transformers).
+The shipped model's exact command is in models/demo/README.md. Seeded and
+deterministic for a given --steps and thread count (--time-limit bounds
+the run by wall time instead; the card records the steps reached). Every
+recipe tried and what it learned: bench/results/demo-sweep-2026-11-30.md.
+Writes a Hugging Face folder (config.json, model.safetensors in bf16,
+generation_config.json, tokenizer.json, tokenizer_config.json) plus
+train_log.jsonl and eval.json (Pass@1 of the bf16 weights, greedy,
+computed by transformers).
 """
 import argparse
 import json
@@ -52,9 +54,10 @@ def build_tokenizer(vocab_size, seed):
                    for p, a in (tasks.retrieval(rng, rng.randint(2, 40)),
                                 tasks.addition(rng, rng.randint(1, 4), rng.randint(1, 4)),
                                 tasks.copy(rng, rng.randint(1, 40)))]
-    # Every task word as one token, with and without a leading space.
+    # Every task word as one token, with and without a leading space,
+    # and as "=word" (a retrieval record's value).
     words = [a + b + c for a in tasks.CONSONANTS for b in tasks.VOWELS for c in tasks.CONSONANTS]
-    corpus += [" ".join(words) + "\n" + "\n".join(words)] * 4
+    corpus += [" ".join(words) + "\n" + "\n".join(words) + " ".join("=" + w for w in words)] * 4
     # Some plain English so the vocabulary is not only task words.
     corpus += ["The quick brown fox jumps over the lazy dog. Hello, world! "
                "This is Tandem, a disaggregated serving cluster for language models."] * 20
@@ -86,6 +89,10 @@ class Data:
     def example(self, task, size):
         """(ids, loss mask): a chat whose assistant replies are supervised.
         Retrieval chats ask up to 8 questions about the same records."""
+        if task == "induct":
+            return self.induct(size)
+        if task == "mqar":
+            return self.mqar(size)
         if task == "retrieval":
             nq = self.rng.randint(1, 8)
             r = tasks.retrieval(self.rng, size, nq)
@@ -104,6 +111,45 @@ class Data:
             mask += [0] * len(qi) + [1] * len(ai)
         return ids, mask
 
+    def induct(self, size):
+        """Induction pre-training (raw text, no chat): records
+        " fuz=tam ..." written twice with random records around them,
+        every token of the second copy but its first supervised. Where the
+        copy starts is random, so only looking up what followed the
+        current token earlier predicts it -- the step a retrieval reply
+        takes -- with dense supervision instead of one token per question."""
+        r = self.rng
+
+        def recs(k):
+            return [" " + tasks.word(r) + "=" + tasks.word(r) for _ in range(k)]
+
+        body = recs(size)
+        parts = recs(r.randint(0, size)) + body + recs(r.randint(0, size))
+        first = self.tk.encode("Records:" + "".join(parts)).ids
+        again = self.tk.encode("".join(body)).ids
+        return first + again, [0] * len(first) + [0] + [1] * (len(again) - 1)
+
+    def mqar(self, size):
+        """Multi-query associative recall (raw text, no chat): records
+        " fuz=tam ..." then as many queries " fuz=tam" about random records
+        in random order, every value supervised. Unlike a repeated
+        sequence, nothing but the lookup of the key just read predicts a
+        value (a contiguous copy can be continued by position)."""
+        r = self.rng
+        keys = set()
+        while len(keys) < size:
+            keys.add(tasks.word(r))
+        keys = list(keys)
+        r.shuffle(keys)
+        vals = [tasks.word(r) for _ in keys]
+        ids = self.tk.encode("Records:" + "".join(f" {k}={v}" for k, v in zip(keys, vals))).ids
+        mask = [0] * len(ids)
+        for _ in range(size):
+            i = r.randrange(size)
+            ids += self.tk.encode(f" {keys[i]}={vals[i]}").ids  # " fuz", "=tam"
+            mask += [0, 1]
+        return ids, mask
+
     def batch(self, task):
         """(ids, mask, size, at_cap): one task, sizes up to the current cap."""
         r, cap = self.rng, self.level[task]
@@ -111,7 +157,19 @@ class Data:
             size = int(round(math.exp(r.uniform(0, math.log(cap)))))
             if r.random() < 0.3:
                 size = cap
-            est = size * 4 + 20 + 4.5 * 18
+            est = size * 2 + 20 + 4.5 * 18
+            at_cap = size >= 0.7 * cap
+        elif task == "mqar":
+            size = int(round(math.exp(r.uniform(0, math.log(cap)))))
+            if r.random() < 0.3:
+                size = cap
+            est = size * 4 + 4
+            at_cap = size >= 0.7 * cap
+        elif task == "induct":
+            size = int(round(math.exp(r.uniform(0, math.log(cap)))))
+            if r.random() < 0.3:
+                size = cap
+            est = size * 8 + 4
             at_cap = size >= 0.7 * cap
         elif task == "copy":
             size = int(round(math.exp(r.uniform(0, math.log(cap)))))
@@ -158,9 +216,82 @@ class Data:
 
 # Curriculum caps: start, end, and the answer-token CE (EMA over batches at
 # the cap) that moves a task to the next cap.
-LEVEL0 = {"retrieval": 2, "copy": 4, "addition": 2}
-LEVELMAX = {"retrieval": 260, "copy": 160, "addition": 4}
-LEVEL_CE = {"retrieval": 0.05, "copy": 0.05, "addition": 0.1}
+LEVEL0 = {"retrieval": 2, "copy": 4, "addition": 2, "induct": 4, "mqar": 4}
+LEVELMAX = {"retrieval": 500, "copy": 160, "addition": 4, "induct": 128, "mqar": 256}
+LEVEL_CE = {"retrieval": 0.05, "copy": 0.05, "addition": 0.1, "induct": 0.1, "mqar": 0.1}
+
+
+def prev_token_head_init(model, const=0.2, amp=1.0, pairs=5):
+    """Starts layer 0's query head 0 (kv head 0) as a previous-token head,
+    the first half of the induction circuit that copying and retrieval
+    need (without it, runs sat at chance on retrieval for thousands of
+    steps: bench/results/demo-sweep-2026-11-30.md). Every token embedding
+    gets a constant coordinate 0 (with tied embeddings it adds the same
+    amount to every logit: no effect on the softmax); q and k read only
+    that coordinate into the fastest RoPE pairs, k rotated one position
+    ahead, so the score depends on the offset alone and peaks at -1
+    (~96% of the attention on the previous token at initialization). All
+    of it stays trainable."""
+    hd = model.config.head_dim
+    theta = model.config.rope_parameters["rope_theta"]
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = const
+        at = model.model.layers[0].self_attn
+        at.q_proj.weight[:hd, :] = 0
+        at.k_proj.weight[:hd, :] = 0
+        for i in range(pairs):
+            th = theta ** (-2 * i / hd)
+            at.q_proj.weight[i, 0] = amp
+            at.k_proj.weight[i, 0] = amp * math.cos(th)
+            at.k_proj.weight[i + hd // 2, 0] = amp * math.sin(th)
+
+
+def induction_init(model, seed, a=0.1, s=12.0, b=10.0, fn=4.0, es=5.0, slow=12):
+    """Starts the whole lookup circuit retrieval needs, a two-layer
+    induction head (runs without it sat at "one of the values in context"
+    for thousands of steps: bench/results/demo-sweep-2026-11-30.md):
+      - token embeddings live in dims 1..E-1 (E = hidden/2), scaled up
+        es-fold so a token's identity dominates its residual; dim 0 is the
+        constant of prev_token_head_init; dims E.. start empty;
+      - layer 0, head 0: previous-token head (prev_token_head_init) whose
+        value/output copy the previous token's embedding into dims E+1..;
+      - layer 1, head 0: query = the current token's embedding, key = that
+        copy, compared through one random orthonormal projection in the
+        slowest RoPE pairs (no dependence on distance); value/output copy
+        the attended token's embedding, whose tied unembedding then makes
+        it the prediction (final norm scaled fn-fold for sharp logits).
+    At step 0 this answers 30-60% of 4-246-record lookups; training
+    does the rest. Every weight stays trainable."""
+    cfg = model.config
+    hd, H = cfg.head_dim, cfg.hidden_size
+    half, E = hd // 2, H // 2
+    if E > hd or 2 * slow > hd:
+        raise SystemExit("--induction-init: needs hidden_size <= 2 * head_dim")
+    prev_token_head_init(model, const=0.6)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        emb = model.model.embed_tokens.weight
+        emb[:, E:] = 0
+        emb[:, 1:E] *= es
+        at0 = model.model.layers[0].self_attn
+        at0.v_proj.weight[:hd, :] = 0
+        at0.o_proj.weight[:, :hd] = 0
+        at1 = model.model.layers[1].self_attn
+        at1.q_proj.weight[:hd, :] = 0
+        at1.k_proj.weight[:hd, :] = 0
+        at1.v_proj.weight[:hd, :] = 0
+        at1.o_proj.weight[:, :hd] = 0
+        for r in range(1, E):
+            at0.v_proj.weight[r, r] = 1.0
+            at0.o_proj.weight[E + r, r] = a
+            at1.v_proj.weight[r, r] = 1.0
+            at1.o_proj.weight[r, r] = b
+        dims = list(range(half - slow, half)) + list(range(hd - slow, hd))
+        proj = torch.linalg.qr(torch.randn(E - 1, len(dims), generator=g))[0].T
+        for j, d in enumerate(dims):
+            at1.q_proj.weight[d, 1:E] = s * proj[j]
+            at1.k_proj.weight[d, E + 1:] = s * proj[j]
+        model.model.norm.weight.mul_(fn)
 
 
 def save(model, tk, out):
@@ -203,8 +334,8 @@ def evaluate(model, tk, task, n, seed, size_of, dev=None):
 
 EVALS = {
     # name: (task, size sampler) -- the model card's table
-    "retrieval@512": ("retrieval", lambda r: 123),
-    "retrieval@1024": ("retrieval", lambda r: 251),
+    "retrieval@512": ("retrieval", lambda r: 246),
+    "retrieval@1024": ("retrieval", lambda r: 502),
     "addition-4digit": ("addition", lambda r: (4, 4)),
     "copy@256": ("copy", lambda r: 120),
 }
@@ -237,11 +368,24 @@ def main():
                     help="seconds between bf16 snapshots in OUT/checkpoint (0: none)")
     ap.add_argument("--eval-n", type=int, default=200)
     ap.add_argument("--eval-every", type=int, default=500)
-    ap.add_argument("--tasks", default="retrieval,addition,copy", help="round-robin schedule")
+    ap.add_argument("--tasks", default="retrieval,addition,copy",
+                    help="round-robin schedule (retrieval, addition, copy, induct)")
     ap.add_argument("--warm-copy", type=int, default=16,
                     help="copy alone until its cap reaches this many words (the "
                          "induction circuit forms on short copies first)")
+    ap.add_argument("--warm-task", default="copy", help="the task --warm-copy trains alone "
+                    "(copy, or induct: the induction pre-training task)")
+    ap.add_argument("--prev-head", action="store_true",
+                    help="start layer 0 head 0 as a previous-token head (Mixtral)")
+    ap.add_argument("--induction-init", action="store_true",
+                    help="start layers 0-1 as a two-layer induction head (Mixtral, 2+ layers)")
+    ap.add_argument("--init-from", default="", help="start from this snapshot (a HF folder "
+                    "written by an earlier run, e.g. OUT/checkpoint) instead of random weights")
+    ap.add_argument("--retrieval0", type=int, default=LEVEL0["retrieval"],
+                    help="first retrieval cap (records): with few records, guessing among "
+                         "the values in context is a comfortable plateau")
     a = ap.parse_args()
+    LEVEL0["retrieval"] = a.retrieval0
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -267,12 +411,27 @@ def main():
                                 mlp_only_layers=[], **common)
         arch_cls = tf.Qwen3MoeForCausalLM
     model = arch_cls(cfg)
+    if a.init_from:
+        # A second stage: the weights of an earlier run's snapshot (same
+        # tokenizer: build_tokenizer is deterministic for a seed).
+        if tk.to_str() != Tokenizer.from_file(os.path.join(a.init_from, "tokenizer.json")).to_str():
+            raise SystemExit(f"--init-from {a.init_from}: its tokenizer differs from this seed's")
+        model = arch_cls.from_pretrained(a.init_from, dtype=torch.float32)
+        cfg = model.config
     moe_mod = sys.modules[arch_cls.__module__]
     cfg_experts = 8
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("q_norm.weight", "k_norm.weight")):
+            if name.endswith(("q_norm.weight", "k_norm.weight")) and not a.init_from:
                 p.fill_(a.qk_norm_init)
+    if (a.prev_head or a.induction_init) and not a.init_from:
+        if a.arch != "mixtral":
+            raise SystemExit("--prev-head / --induction-init: Mixtral only (Qwen3's q/k "
+                             "RMSNorm rescales q and k)")
+        if a.induction_init:
+            induction_init(model, a.seed)
+        else:
+            prev_token_head_init(model)
     dev = torch.device(a.device)
     model.to(dev)
     model.generation_config.eos_token_id = im_end
@@ -306,8 +465,8 @@ def main():
         if progress(step) >= 1.0:
             break
         done = step + 1
-        warm_up = "copy" in schedule and data.level["copy"] < a.warm_copy
-        task = "copy" if warm_up else schedule[step % len(schedule)]
+        warm_up = a.warm_task in schedule and data.level[a.warm_task] < a.warm_copy
+        task = a.warm_task if warm_up else schedule[step % len(schedule)]
         ids, mask, at_cap = data.batch(task)
         ids, mask = ids.to(dev), mask.to(dev)
         for g in opt.param_groups:
