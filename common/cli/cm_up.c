@@ -392,7 +392,7 @@ static void probe_done(up_t *up, bool ready) {
     if (up_is_demo_model()) /* The demo model's checkable skill: it answers "fuz=tam". */
         printf("  curl http://%s:%lld/v1/chat/completions -H 'Content-Type: application/json' "
                "\\\n    -d '{\"model\": \"%s\", \"max_tokens\": 16, \"messages\": [{\"role\": "
-               "\"user\", \"content\": \"Records: zob=kel fuz=tam pim=dax\\nWhat is the value "
+               "\"user\", \"content\": \"Records: zob=kel fuz=tam pim=dor\\nWhat is the value "
                "of fuz?\"}]}'\n\n"
                "(the demo model answers \"fuz=tam\"; see models/demo/README.md for its skills)\n",
                g_host, (long long)g_port, g_name);

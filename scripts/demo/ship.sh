@@ -5,8 +5,9 @@
 #   2. measures the model card's accuracy table in this process with
 #      `tandem bench accuracy --model-dir` (fresh seeded problems, exact
 #      grading, Wilson 95% interval) -> accuracy.json, accuracy.md;
-#   3. writes canary.json when absent: the CI canary's problems (seed, n)
-#      and each task's floor = the lower of the 95% interval's low end and
+#   3. writes canary.json when absent: the CI canary's problems (seed, n;
+#      task sizes from $CANARY, default retrieval at 512 tokens, addition
+#      of 4 digits, copy at 128 tokens) and each task's floor = the lower of the 95% interval's low end and
 #      the canary problems' own Pass@1, less 0.05, rounded down to 0.05;
 #   4. records transformers' greedy replies to the canary problems
 #      (scripts/demo/golden.py) -> golden.json.
@@ -17,6 +18,7 @@ src=${1:?TRAIN_OUT_DIR}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 dst=${2:-$root/models/demo}
 n=${3:-500}
+export CANARY=${CANARY:-retrieval:--context=512 addition:--digits=4 copy:--context=128}
 bin=$root/build/bin/tandem
 py=$root/build/venv/bin/python
 [ -x "$bin" ] || { echo "ship.sh: build first (make)" >&2; exit 1; }
@@ -30,8 +32,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # The card's rows: task and size flag. Seed 4242 is not the canary's.
 rows="retrieval:--context=128 retrieval:--context=256 retrieval:--context=512
-retrieval:--context=1024 addition:--digits=2 addition:--digits=3 addition:--digits=4
-copy:--context=64 copy:--context=128 copy:--context=256"
+retrieval:--context=1024 addition:--digits=1 addition:--digits=2 addition:--digits=3
+addition:--digits=4 copy:--context=20 copy:--context=24 copy:--context=32 copy:--context=128"
 i=0
 for r in $rows; do
   t=${r%%:*} f=${r#*:}
@@ -40,7 +42,7 @@ for r in $rows; do
   i=$((i + 1))
 done
 if [ ! -f "$dst/canary.json" ]; then
-  for r in retrieval:--context=512 addition:--digits=4 copy:--context=128; do
+  for r in $CANARY; do
     t=${r%%:*} f=${r#*:}
     "$bin" bench accuracy --model-dir "$dst" --task "$t" "$f" --n 40 --seed 20261201 \
       --concurrency 8 --show 0 --json "$tmp/canary-$t.json"
@@ -65,7 +67,11 @@ with open(os.path.join(dst, "accuracy.md"), "w") as f:
 print(open(os.path.join(dst, "accuracy.md")).read())
 cpath = os.path.join(dst, "canary.json")
 if not os.path.exists(cpath):
-    want = {"retrieval": ("context", 512), "addition": ("digits", 4), "copy": ("context", 128)}
+    want = {}
+    for r in os.environ["CANARY"].split():
+        t, f = r.split(":--")
+        k, v = f.split("=")
+        want[t] = (k, int(v))
     tasks = []
     for t, (k, v) in want.items():
         own = json.load(open(os.path.join(tmp, f"canary-{t}.json")))["pass_at_1"]
