@@ -153,31 +153,17 @@ class Data:
     def batch(self, task):
         """(ids, mask, size, at_cap): one task, sizes up to the current cap."""
         r, cap = self.rng, self.level[task]
-        if task == "retrieval":
+        if task in SIZE_TOKENS:
+            # Log-uniform in [1, cap], 30% at the cap itself (this draw
+            # order is the shipped model's: keep it, or its run no longer
+            # replays).
             size = int(round(math.exp(r.uniform(0, math.log(cap)))))
             if r.random() < 0.3:
                 size = cap
-            est = size * 2 + 20 + 4.5 * 18
+            per, fixed = SIZE_TOKENS[task]
+            est = size * per + fixed
             at_cap = size >= 0.7 * cap
-        elif task == "mqar":
-            size = int(round(math.exp(r.uniform(0, math.log(cap)))))
-            if r.random() < 0.3:
-                size = cap
-            est = size * 4 + 4
-            at_cap = size >= 0.7 * cap
-        elif task == "induct":
-            size = int(round(math.exp(r.uniform(0, math.log(cap)))))
-            if r.random() < 0.3:
-                size = cap
-            est = size * 8 + 4
-            at_cap = size >= 0.7 * cap
-        elif task == "copy":
-            size = int(round(math.exp(r.uniform(0, math.log(cap)))))
-            if r.random() < 0.3:
-                size = cap
-            est = size * 2 + 16
-            at_cap = size >= 0.7 * cap
-        else:
+        else:  # addition: (digits of a, digits of b)
             da = cap if r.random() < 0.6 else r.randint(1, cap)
             db = cap if r.random() < 0.6 else r.randint(1, cap)
             size = (da, db)
@@ -213,6 +199,10 @@ class Data:
         self.ema[task] = None
         return True
 
+
+# Tokens per unit of size (record / word) and fixed tokens of a problem, to
+# fill a batch's token budget.
+SIZE_TOKENS = {"retrieval": (2, 20 + 4.5 * 18), "mqar": (4, 4), "induct": (8, 4), "copy": (2, 16)}
 
 # Curriculum caps: start, end, and the answer-token CE (EMA over batches at
 # the cap) that moves a task to the next cap.

@@ -222,6 +222,14 @@ static uint16_t to_bf16(float f) {
     return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
 }
 
+/* A cpu backend capped at @isa (TANDEM_CPU_ISA, unset again after). */
+static cm_status_t cpu_backend_on(const char *isa, eng_backend_t *out) {
+    setenv("TANDEM_CPU_ISA", isa, 1);
+    cm_status_t st = eng_backend_cpu_new(out);
+    unsetenv("TANDEM_CPU_ISA");
+    return st;
+}
+
 /* The cpu backend's matmul on every instruction-set path this machine
  * has, against the ref backend's, on awkward shapes (tails of 1..15
  * elements, output counts not a multiple of the 4-row block) and all three
@@ -236,10 +244,8 @@ TT_TEST(engine, cpu_matmul_matches_ref_on_every_isa) {
     int tested = 0;
     for (size_t ii = 0; ii < 3; ii++) {
         if (!eng_cpu_isa_available(k_isas[ii])) continue;
-        setenv("TANDEM_CPU_ISA", k_isas[ii], 1);
         eng_backend_t cpu;
-        TT_ASSERT_EQ_INT(eng_backend_cpu_new(&cpu), CM_OK);
-        unsetenv("TANDEM_CPU_ISA");
+        TT_ASSERT_EQ_INT(cpu_backend_on(k_isas[ii], &cpu), CM_OK);
         TT_ASSERT_STR_EQ(eng_cpu_isa(&cpu), k_isas[ii]);
         for (size_t a = 0; a < 7; a++)
             for (size_t b = 0; b < 5; b++)
@@ -301,10 +307,8 @@ TT_TEST(engine, cpu_attention_matches_ref_on_every_isa) {
     int tested = 0;
     for (size_t ii = 0; ii < 3; ii++) {
         if (!eng_cpu_isa_available(k_isas[ii])) continue;
-        setenv("TANDEM_CPU_ISA", k_isas[ii], 1);
         eng_backend_t cpu;
-        TT_ASSERT_EQ_INT(eng_backend_cpu_new(&cpu), CM_OK);
-        unsetenv("TANDEM_CPU_ISA");
+        TT_ASSERT_EQ_INT(cpu_backend_on(k_isas[ii], &cpu), CM_OK);
         for (size_t a = 0; a < 4; a++)
             for (size_t b = 0; b < 4; b++) {
                 uint32_t hd = hds[a], nh = heads[b][0], nkv = heads[b][1];
