@@ -2,9 +2,10 @@
 # `make run`: start the local cluster (router + workers) at 127.0.0.1:8000
 # and print a ready-to-paste curl. Usage: run-local.sh BIN
 #
-# Serves models/demo (the trained demo model, issue 6) when present. Until
-# it is in the repository, it serves the tiny Qwen3-MoE test checkpoint
-# (random weights: the text is noise, the cluster is real) and says so.
+# Serves models/demo (the trained demo model, see its README.md); a checkout
+# without it (e.g. a sparse one) falls back to the tiny Qwen3-MoE test
+# checkpoint (random weights: the text is noise, the cluster is real) and
+# says so. TANDEM_MODEL picks any other model folder.
 set -u
 bin=${1:-build/bin/tandem}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,7 +15,7 @@ if [ -z "$model" ]; then
     model=$root/models/demo
   else
     model=$root/tests/fixtures/models/qwen3moe
-    echo "make run: models/demo is not in this checkout yet; serving the tiny random-weight" \
+    echo "make run: models/demo is missing from this checkout; serving the tiny random-weight" \
          "test model $model (its text is noise)."
   fi
 fi
