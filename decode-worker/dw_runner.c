@@ -14,8 +14,10 @@ struct dw_runner {
     void *dev_pool; /* device KV pool (cuda backend), released after kv */
 };
 
-static cm_status_t fwd(void *ctx, eng_kv_t *kv, const dw_item_t *items, size_t n, float *logits) {
-    return eng_forward(((dw_runner_t *)ctx)->model, kv, items, n, logits);
+static cm_status_t fwd(void *ctx, eng_kv_t *kv, const dw_item_t *items, size_t n, float *logits,
+                       eng_layer_fn on_layer, void *layer_ud) {
+    return eng_forward_hooked(((dw_runner_t *)ctx)->model, kv, items, n, logits, on_layer,
+                              layer_ud);
 }
 
 /* Without a tokenizer there is no text: this sentinel stands for the
@@ -119,8 +121,10 @@ cm_status_t dw_runner_new(const dw_runner_config_t *cfg, dw_emit_fn emit, void *
                     .detok_push = detok_push,
                     .detok_flush = detok_flush,
                     .detok_free = detok_free};
-    dw_sched_config_t sc = {
-        .max_seqs = cfg->max_seqs, .max_batch_tokens = cfg->max_batch_tokens, .max_context = ctx};
+    dw_sched_config_t sc = {.max_seqs = cfg->max_seqs,
+                            .max_batch_tokens = cfg->max_batch_tokens,
+                            .max_context = ctx,
+                            .layer_events = cfg->layer_events};
     if ((st = dw_sched_new(r->kv, &m, &sc, emit, ud, &r->sched))) goto fail;
     *out = r;
     return CM_OK;

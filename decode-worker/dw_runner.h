@@ -22,6 +22,7 @@ typedef struct {
     uint32_t max_seqs;         /* 0 = 64 */
     uint32_t max_batch_tokens; /* 0 = 512 */
     uint32_t max_context;      /* 0 = min(config max positions, pool) */
+    bool layer_events;         /* dw_sched_config_t.layer_events */
     /* Optional: provides the KV pool memory for geometry @g (e.g. memory
      * UCX allocated for receiving KV); NULL result = failure. Without it
      * the KV manager allocates the pool. */

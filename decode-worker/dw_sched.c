@@ -17,7 +17,8 @@ typedef struct dw_seq {
     bool pending_first; /* disaggregated: report the given first token */
     eng_sample_t first;
     uint32_t cached;
-    bool stopped; /* a stop string matched: no more text */
+    bool stopped;  /* a stop string matched: no more text */
+    bool streamed; /* layer events went out: its KV may be in flight */
     bool in_running;
     struct dw_seq *next;
 } dw_seq_t;
@@ -37,7 +38,7 @@ struct dw_sched {
     dw_item_t *items;
     dw_seq_t **item_seq;
     float *logits;
-    size_t cap_items;
+    size_t cap_items, n_items;
     char *text;
     size_t text_cap;
 };
@@ -303,8 +304,28 @@ static void finish_error(dw_sched_t *s, dw_seq_t *q, cm_status_t st) {
                     .error = st,
                     .prompt_tokens = q->n_prompt,
                     .completion_tokens = q->n_out};
+    if (q->streamed) {
+        e.seq = q->kv; /* its blocks may be in flight: the receiver frees them */
+        q->kv = NULL;
+    }
     s->emit(s->ud, &e);
     seq_free(s, q);
+}
+
+/* The forward pass's layer hook: announces the layer for every item that
+ * completes a prefill_only prompt in this step. */
+static void on_layer(void *ud, uint32_t layer) {
+    dw_sched_t *s = ud;
+    for (size_t i = 0; i < s->n_items; i++) {
+        dw_seq_t *q = s->item_seq[i];
+        if (!s->items[i].logits || !q->prefill_only || q->n_out) continue;
+        q->streamed = true;
+        dw_event_t e = {.id = q->id,
+                        .kv_layers = layer + 1,
+                        .kv_blocks = eng_kv_seq_blocks(q->kv),
+                        .n_kv_blocks = eng_kv_seq_n_blocks(q->kv)};
+        s->emit(s->ud, &e);
+    }
 }
 
 bool dw_sched_step(dw_sched_t *s) {
@@ -381,7 +402,12 @@ bool dw_sched_step(dw_sched_t *s) {
     }
     if (n == 0) return s->running || s->waiting;
     /* 4. One model step for the whole batch. */
-    cm_status_t st = s->m.forward(s->m.ctx, s->kv, s->items, n, s->logits);
+    bool hook = false;
+    for (size_t i = 0; s->cfg.layer_events && i < n; i++)
+        hook |= s->items[i].logits && s->item_seq[i]->prefill_only;
+    s->n_items = n;
+    cm_status_t st =
+        s->m.forward(s->m.ctx, s->kv, s->items, n, s->logits, hook ? on_layer : NULL, s);
     if (st != CM_OK) {
         for (size_t i = 0; i < n; i++) finish_error(s, s->item_seq[i], st);
         return true;

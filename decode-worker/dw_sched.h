@@ -33,9 +33,10 @@ typedef struct {
     void *ctx;
     uint32_t vocab;
     /* Runs the model on @n items, writing their K/V into their sequences'
-     * blocks and, for items with .logits, consecutive rows of @logits. */
-    cm_status_t (*forward)(void *ctx, eng_kv_t *kv, const dw_item_t *items, size_t n,
-                           float *logits);
+     * blocks and, for items with .logits, consecutive rows of @logits;
+     * calls @on_layer (when not NULL) as eng_forward_hooked does. */
+    cm_status_t (*forward)(void *ctx, eng_kv_t *kv, const dw_item_t *items, size_t n, float *logits,
+                           eng_layer_fn on_layer, void *layer_ud);
     /* Streaming detokenizer: a state per request; push returns the bytes of
      * newly complete UTF-8 text written to @out (at most @cap). */
     void *(*detok_new)(void *ctx);
@@ -82,8 +83,19 @@ typedef struct {
     cm_status_t error; /* for DW_FINISH_ERROR */
     uint32_t prompt_tokens, completion_tokens;
     uint32_t cached_tokens; /* prompt tokens served from the prefix cache */
-    eng_kv_seq_t *seq;      /* DW_FINISH_PREFILL: now owned by the receiver */
-    uint64_t rng_step;      /* sampler counter after this event's tokens */
+    /* DW_FINISH_PREFILL: the prompt's KV, now owned by the receiver; also
+     * on DW_FINISH_ERROR of a request whose layers were announced (sends
+     * from its blocks may still be in flight: the receiver frees it). */
+    eng_kv_seq_t *seq;
+    uint64_t rng_step; /* sampler counter after this event's tokens */
+    /* Layer streaming (config layer_events), an event with nothing else
+     * set: layers [0, kv_layers) of a prefill_only request's whole prompt
+     * are in these blocks, while the last prompt chunk's later layers are
+     * still computing. The sequence stays the scheduler's; DW_FINISH_PREFILL
+     * (or DW_FINISH_ERROR with @seq) follows in the same step. */
+    uint32_t kv_layers;
+    const int32_t *kv_blocks;
+    uint32_t n_kv_blocks;
 } dw_event_t;
 
 typedef void (*dw_emit_fn)(void *ud, const dw_event_t *e);
@@ -92,6 +104,7 @@ typedef struct {
     uint32_t max_seqs;         /* running sequences at most (default 64) */
     uint32_t max_batch_tokens; /* tokens per model step (default 512) */
     uint32_t max_context;      /* prompt + output limit (default 4096) */
+    bool layer_events;         /* announce prefill_only KV layer by layer */
 } dw_sched_config_t;
 
 typedef struct dw_sched dw_sched_t;

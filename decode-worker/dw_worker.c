@@ -27,7 +27,7 @@
 #include "dw_runner.h"
 #include "kvx.h"
 
-static const char *g_router, *g_model, *g_name, *g_backend, *g_worker_id;
+static const char *g_router, *g_model, *g_name, *g_backend, *g_worker_id, *g_kv_stream;
 static uint64_t g_pool, g_drain_ms;
 static int64_t g_block_size, g_max_seqs, g_max_batch_tokens, g_max_context;
 
@@ -89,6 +89,13 @@ static const cm_flag_t k_flags[] = {
      .help = "context limit in tokens (0 = the model's)",
      .min = 0,
      .max = 1 << 24},
+    {.name = "kv-stream",
+     .type = CM_FLAG_CHOICE,
+     .dst = &g_kv_stream,
+     .def = "layer",
+     .choices = "layer|off",
+     .help = "prefill: ship each layer's KV as soon as the prompt's last chunk computed it "
+             "(layer), or all layers after the forward pass (off)"},
     {.name = "drain-timeout",
      .type = CM_FLAG_DURATION,
      .dst = &g_drain_ms,
@@ -111,7 +118,7 @@ typedef struct cmd {
     char **stop;
 } cmd_t;
 
-typedef enum { EVT_SCHED = 0, EVT_RESERVED, EVT_RESERVE_FAILED } evt_kind_t;
+typedef enum { EVT_SCHED = 0, EVT_RESERVED, EVT_RESERVE_FAILED, EVT_LAYER } evt_kind_t;
 
 typedef struct evt {
     struct evt *next;
@@ -120,6 +127,7 @@ typedef struct evt {
     eng_kv_seq_t *seq; /* DW_FINISH_PREFILL: the prompt's KV, handed over */
     int32_t *blocks;   /* its block ids, or the reserved ones (EVT_RESERVED) */
     uint32_t n_blocks, cached_blocks, cached_tokens;
+    uint32_t layers; /* EVT_LAYER: layers [0, layers) of the prompt are computed */
     int32_t *ids;
     size_t n;
     char *text;
@@ -155,9 +163,15 @@ typedef struct {
     uint32_t n_top;
     eng_logprob_t top[ENG_SAMPLER_MAX_LOGPROBS];
     uint32_t prompt_tokens, cached_tokens;
-    eng_kv_seq_t *seq;
-    bool sending;
-    uint64_t t_post_ns;
+    eng_kv_seq_t *seq;  /* ours once the prefill finished (or failed after streaming) */
+    bool sending;       /* a send was posted: the job ends when they all end */
+    bool prefill_done;  /* first token known, seq handed over */
+    uint32_t posted;    /* layers [0, posted) are posted */
+    uint32_t inflight;  /* sends not completed */
+    cm_status_t err;    /* first failure (of a send or of the prefill) */
+    const char *why;    /* its message */
+    uint64_t t_post_ns; /* first send posted */
+    uint64_t t_done_ns; /* forward pass of the prompt ended */
 } job_t;
 
 typedef struct {
@@ -177,7 +191,7 @@ typedef struct {
     size_t n_pend, cap_pend;
     job_t *jobs;
     size_t n_jobs, cap_jobs;
-    uint64_t kv_transfers, kv_transfer_us;
+    uint64_t kv_transfers, kv_transfer_us, kv_wait_us;
     uv_async_t async;
     uv_signal_t sigint, sigterm;
     uv_timer_t drain_timer;
@@ -217,6 +231,20 @@ static void on_sched_event(void *ud, const dw_event_t *e) {
     v->prompt_tokens = e->prompt_tokens;
     v->completion_tokens = e->completion_tokens;
     v->cached_tokens = e->cached_tokens;
+    if (e->kv_layers) {
+        /* Layer streaming: the blocks are stable for the rest of the step. */
+        v->kind = EVT_LAYER;
+        v->layers = e->kv_layers;
+        v->n_blocks = e->n_kv_blocks;
+        v->blocks = cm_malloc_array(v->n_blocks ? v->n_blocks : 1, sizeof *v->blocks);
+        if (!v->blocks) {
+            cm_free(v);
+            return; /* the layers go with the rest after the prefill */
+        }
+        memcpy(v->blocks, e->kv_blocks, v->n_blocks * sizeof *v->blocks);
+        push_evt(w, v);
+        return;
+    }
     if (e->seq) {
         /* Prefill done: its blocks are stable until CMD_FREE_SEQ. */
         v->seq = e->seq;
@@ -514,16 +542,22 @@ static void free_seq_later(wk_t *w, eng_kv_seq_t *seq) {
     post(w, c);
 }
 
-static void on_kv_sent(void *ud, cm_status_t st) {
-    wk_t *w = &g_wk;
-    uint64_t id = (uint64_t)(uintptr_t)ud;
-    job_t *j = job_find(w, id);
-    if (!j) return;
-    if (st == CM_OK && j->t_post_ns) {
+static void on_kv_sent(void *ud, cm_status_t st);
+
+/* Ends a job once its prefill finished and no send is in flight: KvReady
+ * when every layer landed, else an error. Frees the prompt's blocks. */
+static void job_try_finish(wk_t *w, job_t *j) {
+    uint32_t layers = eng_model_config(dw_runner_model(w->runner))->n_layers;
+    if (!j->prefill_done || j->inflight) return;
+    if (j->err == CM_OK && j->posted < layers) return; /* cannot happen: posted at prefill end */
+    uint64_t id = j->id;
+    if (j->err == CM_OK && j->t_post_ns) {
+        uint64_t now = cm_time_mono_ns();
         w->kv_transfers++;
-        w->kv_transfer_us += (cm_time_mono_ns() - j->t_post_ns) / 1000;
+        w->kv_transfer_us += (now - j->t_post_ns) / 1000;
+        w->kv_wait_us += (now - j->t_done_ns) / 1000;
     }
-    if (st == CM_OK) {
+    if (j->err == CM_OK) {
         Tandem__Cp__KvReady k = TANDEM__CP__KV_READY__INIT;
         Tandem__Cp__TopLogprob tl[ENG_SAMPLER_MAX_LOGPROBS], *tlp[ENG_SAMPLER_MAX_LOGPROBS];
         for (uint32_t i = 0; i < j->n_top; i++) {
@@ -545,12 +579,66 @@ static void on_kv_sent(void *ud, cm_status_t st) {
         m.kv_ready = &k;
         cm_cp_agent_send(w->agent, &m);
     } else {
-        send_error(w, id, st, "KV transfer to the decode worker failed");
+        send_error(w, id, j->err, j->why ? j->why : "KV transfer to the decode worker failed");
     }
-    free_seq_later(w, j->seq);
+    if (j->seq) free_seq_later(w, j->seq);
     live_remove(w, id);
     job_remove(w, id);
     maybe_finish_drain(w);
+}
+
+/* Posts layers [j->posted, hi) of the job's blocks @blocks (the prompt's,
+ * n_blocks of them) to the decode worker. The send's callback may run in
+ * here and end the job: callers find it again by id afterwards. */
+static void job_post(wk_t *w, job_t *j, const int32_t *blocks, uint32_t n_blocks, uint32_t hi) {
+    if (j->err != CM_OK || hi <= j->posted) return;
+    if (n_blocks < j->n_dst) {
+        j->err = CM_ERR_INTERNAL;
+        return;
+    }
+    size_t np = j->n_dst - j->skip;
+    if (np == 0) { /* all cached on the decode side */
+        j->posted = hi;
+        return;
+    }
+    kvx_pair_t *pairs = cm_malloc_array(np, sizeof *pairs);
+    if (!pairs) {
+        j->err = CM_ERR_NO_MEMORY;
+        return;
+    }
+    for (size_t i = 0; i < np; i++)
+        pairs[i] = (kvx_pair_t){blocks[j->skip + i], (int32_t)j->dst[j->skip + i]};
+    uint64_t now = cm_time_mono_ms();
+    uint64_t left = j->deadline_ms > now ? j->deadline_ms - now : 1;
+    uint32_t lo = j->posted;
+    if (!j->t_post_ns) j->t_post_ns = cm_time_mono_ns();
+    j->sending = true;
+    j->inflight++;
+    j->posted = hi;
+    cm_status_t st = kvx_send(j->peer, w->pool, j->id, lo, hi, pairs, np, false, left, on_kv_sent,
+                              (void *)(uintptr_t)j->id);
+    cm_free(pairs);
+    if (st != CM_OK) { /* no callback: @j is still there */
+        j->inflight--;
+        j->err = st;
+    }
+}
+
+static void on_kv_sent(void *ud, cm_status_t st) {
+    wk_t *w = &g_wk;
+    job_t *j = job_find(w, (uint64_t)(uintptr_t)ud);
+    if (!j) return;
+    j->inflight--;
+    if (st != CM_OK && j->err == CM_OK) j->err = st;
+    job_try_finish(w, j);
+}
+
+/* Layer streaming: the prompt's layers [0, v->layers) are computed. */
+static void on_layer_ready(wk_t *w, evt_t *v) {
+    job_t *j = job_find(w, v->id);
+    if (!j) return; /* canceled meanwhile: the prefill's end frees the blocks */
+    job_post(w, j, v->blocks, v->n_blocks, v->layers);
+    kvx_ctx_progress(w->kvx); /* the job's prefill is not done: it stays */
 }
 
 static void on_prefill_done(wk_t *w, evt_t *v) {
@@ -560,39 +648,38 @@ static void on_prefill_done(wk_t *w, evt_t *v) {
         return;
     }
     j->seq = v->seq;
+    j->prefill_done = true;
+    j->t_done_ns = cm_time_mono_ns();
     j->first_token = v->n ? v->ids[0] : 0;
     j->first_logprob = v->logprobs ? v->logprobs[0] : 0;
     j->n_top = v->top ? (uint32_t)v->top_per_token : 0;
     if (j->n_top) memcpy(j->top, v->top, j->n_top * sizeof *j->top);
     j->prompt_tokens = v->prompt_tokens;
     j->cached_tokens = v->cached_tokens;
-    if (v->n_blocks < j->n_dst) {
-        on_kv_sent((void *)(uintptr_t)v->id, CM_ERR_INTERNAL);
+    /* Whatever was not streamed (all of it with --kv-stream off). */
+    uint64_t id = j->id;
+    job_post(w, j, v->blocks, v->n_blocks, eng_model_config(dw_runner_model(w->runner))->n_layers);
+    kvx_ctx_progress(w->kvx);
+    if ((j = job_find(w, id))) job_try_finish(w, j);
+}
+
+/* The prefill failed: a job whose layers were streamed gets its blocks
+ * back with the error (sends from them may still be in flight). */
+static void on_prefill_error(wk_t *w, evt_t *v) {
+    job_t *j = job_find(w, v->id);
+    if (!j) {
+        if (v->seq) free_seq_later(w, v->seq);
+        send_error(w, v->id, v->error, cm_strerror(v->error));
+        live_remove(w, v->id);
         return;
     }
-    size_t np = j->n_dst - j->skip;
-    kvx_pair_t *pairs = cm_malloc_array(np ? np : 1, sizeof *pairs);
-    if (!pairs) {
-        on_kv_sent((void *)(uintptr_t)v->id, CM_ERR_NO_MEMORY);
-        return;
+    j->seq = v->seq;
+    j->prefill_done = true;
+    if (j->err == CM_OK) {
+        j->err = v->error;
+        j->why = cm_strerror(v->error);
     }
-    for (size_t i = 0; i < np; i++)
-        pairs[i] = (kvx_pair_t){v->blocks[j->skip + i], (int32_t)j->dst[j->skip + i]};
-    uint64_t now = cm_time_mono_ms();
-    uint64_t left = j->deadline_ms > now ? j->deadline_ms - now : 1;
-    uint32_t layers = eng_model_config(dw_runner_model(w->runner))->n_layers;
-    cm_status_t st = CM_OK;
-    if (np == 0) {
-        on_kv_sent((void *)(uintptr_t)v->id, CM_OK); /* all cached on the decode side */
-    } else {
-        j->sending = true;
-        j->t_post_ns = cm_time_mono_ns();
-        st = kvx_send(j->peer, w->pool, v->id, 0, layers, pairs, np, false, left, on_kv_sent,
-                      (void *)(uintptr_t)v->id);
-        kvx_ctx_progress(w->kvx);
-    }
-    cm_free(pairs);
-    if (st != CM_OK) on_kv_sent((void *)(uintptr_t)v->id, st);
+    job_try_finish(w, j);
 }
 
 /* ---- decode: commit once all layers and the first token arrived ---------- */
@@ -671,12 +758,13 @@ static void on_async(uv_async_t *a) {
                            v->error == CM_ERR_NO_RESOURCES ? CM_ERR_NO_RESOURCES : v->error,
                            "cannot reserve KV blocks");
             }
+        } else if (v->kind == EVT_LAYER) {
+            /* A later notice of the same request covers this one. */
+            if (!(next && next->kind == EVT_LAYER && next->id == v->id)) on_layer_ready(w, v);
         } else if (v->finish == DW_FINISH_PREFILL) {
             on_prefill_done(w, v);
         } else if (v->finish == DW_FINISH_ERROR) {
-            send_error(w, v->id, v->error, cm_strerror(v->error));
-            live_remove(w, v->id);
-            job_remove(w, v->id);
+            on_prefill_error(w, v);
         } else {
             send_tokens(w, v);
             if (v->finish != DW_FINISH_NONE) live_remove(w, v->id);
@@ -922,6 +1010,7 @@ static void fill_load(void *ud, Tandem__Cp__Heartbeat *hb) {
         hb->kv_notices_received = ks.notices;
         hb->kv_transfers_sent = w->kv_transfers;
         hb->kv_transfer_us_total = w->kv_transfer_us;
+        hb->kv_wait_us_total = w->kv_wait_us;
     }
 }
 
@@ -1048,7 +1137,8 @@ static int run_worker(wk_role_t role, int argc, char **argv) {
                              .block_size = (uint32_t)g_block_size,
                              .max_seqs = (uint32_t)g_max_seqs,
                              .max_batch_tokens = (uint32_t)g_max_batch_tokens,
-                             .max_context = (uint32_t)g_max_context};
+                             .max_context = (uint32_t)g_max_context,
+                             .layer_events = role == WK_PREFILL && !strcmp(g_kv_stream, "layer")};
     if (role != WK_COLOCATED && kvx_ctx_new(on_kvx_notice, w, &w->kvx) != CM_OK) {
         fprintf(stderr, "%s: UCX could not start\n", progs[role]);
         return CM_EXIT_FAILURE;

@@ -424,12 +424,13 @@ size_t rt_core_metrics(const rt_core_t *core, char *buf, size_t cap) {
            "heartbeats).\n# TYPE tandem_kv_blocks gauge\n"
            "tandem_kv_blocks{state=\"used\"} %llu\ntandem_kv_blocks{state=\"total\"} %llu\n",
            (unsigned long long)used, (unsigned long long)total);
-    uint64_t kb = 0, kt = 0, kus = 0, kn = 0;
+    uint64_t kb = 0, kt = 0, kus = 0, kn = 0, kw = 0;
     for (size_t i = 0; (w = rt_registry_at(core->registry, i)); i++) {
         kb += w->kv_bytes_sent;
         kt += w->kv_transfers_sent;
         kus += w->kv_transfer_us_total;
         kn += w->kv_notices_received;
+        kw += w->kv_wait_us_total;
     }
     APPEND(
         "# HELP tandem_kv_transfer_bytes_total KV bytes prefill workers sent (live workers).\n"
@@ -438,8 +439,12 @@ size_t rt_core_metrics(const rt_core_t *core, char *buf, size_t cap) {
         "# TYPE tandem_kv_transfer_seconds summary\n"
         "tandem_kv_transfer_seconds_sum %.6f\ntandem_kv_transfer_seconds_count %llu\n"
         "# HELP tandem_kv_notices_received_total KV-landed notices decode workers got.\n"
-        "# TYPE tandem_kv_notices_received_total counter\ntandem_kv_notices_received_total %llu\n",
-        (unsigned long long)kb, (double)kus / 1e6, (unsigned long long)kt, (unsigned long long)kn);
+        "# TYPE tandem_kv_notices_received_total counter\ntandem_kv_notices_received_total %llu\n"
+        "# HELP tandem_kv_wait_seconds Time from a prompt's forward pass ending to its KV "
+        "landed.\n# TYPE tandem_kv_wait_seconds summary\n"
+        "tandem_kv_wait_seconds_sum %.6f\ntandem_kv_wait_seconds_count %llu\n",
+        (unsigned long long)kb, (double)kus / 1e6, (unsigned long long)kt, (unsigned long long)kn,
+        (double)kw / 1e6, (unsigned long long)kt);
     APPEND("# HELP tandem_phase_seconds Time spent per phase of started requests.\n"
            "# TYPE tandem_phase_seconds summary\n"
            "tandem_phase_seconds_sum{phase=\"queue\"} %.6f\n"

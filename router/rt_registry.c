@@ -190,6 +190,7 @@ bool rt_registry_handle(rt_registry_t *reg, uint64_t now_ms, const char *peer,
         w->kv_bytes_sent = msg->heartbeat->kv_bytes_sent;
         w->kv_transfers_sent = msg->heartbeat->kv_transfers_sent;
         w->kv_transfer_us_total = msg->heartbeat->kv_transfer_us_total;
+        w->kv_wait_us_total = msg->heartbeat->kv_wait_us_total;
         w->kv_notices_received = msg->heartbeat->kv_notices_received;
         if (msg->heartbeat->draining && !w->draining)
             cm_log_info("router", "worker %s is draining", peer);

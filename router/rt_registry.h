@@ -35,6 +35,7 @@ typedef struct rt_worker {
     uint32_t free_blocks, used_blocks, running, queued;
     bool draining;
     uint64_t kv_bytes_sent, kv_transfers_sent, kv_transfer_us_total, kv_notices_received;
+    uint64_t kv_wait_us_total;
     uint64_t registered_ms, last_seen_ms;
 } rt_worker_t;
 

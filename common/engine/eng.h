@@ -81,6 +81,19 @@ typedef struct {
 cm_status_t eng_forward(eng_model_t *m, eng_kv_t *kv, const eng_item_t *items, size_t n,
                         float *logits);
 
+/* Called during a forward pass once layer @layer's K/V rows of every item
+ * are in the pool (before that layer's attention runs), on the calling
+ * thread: a prefill worker ships layer @layer's blocks while the next
+ * layers compute. The pass can still fail after the hook ran (out of
+ * memory): whoever ships blocks from the hook keeps them until those sends
+ * ended. The cuda backend computes into device memory and calls it for
+ * every layer after the step has finished. */
+typedef void (*eng_layer_fn)(void *ud, uint32_t layer);
+
+/* eng_forward with a layer hook (@on_layer may be NULL). */
+cm_status_t eng_forward_hooked(eng_model_t *m, eng_kv_t *kv, const eng_item_t *items, size_t n,
+                               float *logits, eng_layer_fn on_layer, void *ud);
+
 #ifdef __cplusplus
 }
 #endif

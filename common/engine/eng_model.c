@@ -324,6 +324,11 @@ static float *scratch(eng_model_t *m, size_t floats) {
 
 cm_status_t eng_forward(eng_model_t *m, eng_kv_t *kv, const eng_item_t *items, size_t n,
                         float *logits) {
+    return eng_forward_hooked(m, kv, items, n, logits, NULL, NULL);
+}
+
+cm_status_t eng_forward_hooked(eng_model_t *m, eng_kv_t *kv, const eng_item_t *items, size_t n,
+                               float *logits, eng_layer_fn on_layer, void *ud) {
     const mdl_config_t *c = &m->c;
     const eng_backend_i *be = m->be.iface;
     const eng_kv_geom_t *g = eng_kv_geom(kv);
@@ -338,7 +343,11 @@ cm_status_t eng_forward(eng_model_t *m, eng_kv_t *kv, const eng_item_t *items, s
         T += items[i].n;
         n_logits += items[i].logits;
     }
-    if (m->cuda) return T ? eng_cuda_forward(m->cuda, m, kv, items, n, logits) : CM_OK;
+    if (m->cuda) {
+        cm_status_t cst = T ? eng_cuda_forward(m->cuda, m, kv, items, n, logits) : CM_OK;
+        for (uint32_t l = 0; cst == CM_OK && on_layer && l < c->n_layers; l++) on_layer(ud, l);
+        return cst;
+    }
     uint32_t H = c->hidden, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
     uint32_t qd = nh * hd, kd = nkv * hd;
     uint32_t ff = c->intermediate > c->moe_intermediate ? c->intermediate : c->moe_intermediate;
@@ -420,6 +429,7 @@ cm_status_t eng_forward(eng_model_t *m, eng_kv_t *kv, const eng_item_t *items, s
             memcpy(kp, k + t * kd, kd * sizeof(float));
             memcpy(vp, v + t * kd, kd * sizeof(float));
         }
+        if (on_layer) on_layer(ud, l);
         /* Causal attention of every new token over its sequence so far:
          * row pointers of this layer's K/V for each item's positions. */
         for (size_t i = 0, base = 0; i < n; base += items[i].start + items[i].n, i++)

@@ -166,6 +166,8 @@ class Data:
         else:  # addition: (digits of a, digits of b)
             da = cap if r.random() < 0.6 else r.randint(1, cap)
             db = cap if r.random() < 0.6 else r.randint(1, cap)
+            if ADD_FIXED:
+                da = db = cap
             size = (da, db)
             est = 24 * 4.5
             at_cap = True
@@ -208,6 +210,7 @@ SIZE_TOKENS = {"retrieval": (2, 20 + 4.5 * 18), "mqar": (4, 4), "induct": (8, 4)
 # the cap) that moves a task to the next cap.
 LEVEL0 = {"retrieval": 2, "copy": 4, "addition": 2, "induct": 4, "mqar": 4}
 LEVELMAX = {"retrieval": 500, "copy": 160, "addition": 4, "induct": 128, "mqar": 256}
+ADD_FIXED = False  # --addition-fixed
 LEVEL_CE = {"retrieval": 0.05, "copy": 0.05, "addition": 0.1, "induct": 0.1, "mqar": 0.1}
 
 
@@ -374,8 +377,15 @@ def main():
     ap.add_argument("--retrieval0", type=int, default=LEVEL0["retrieval"],
                     help="first retrieval cap (records): with few records, guessing among "
                          "the values in context is a comfortable plateau")
+    ap.add_argument("--addition0", type=int, default=LEVEL0["addition"],
+                    help="first addition cap (digits per operand)")
+    ap.add_argument("--addition-fixed", action="store_true",
+                    help="both operands always have the cap's digits")
     a = ap.parse_args()
+    global ADD_FIXED
     LEVEL0["retrieval"] = a.retrieval0
+    LEVEL0["addition"] = a.addition0
+    ADD_FIXED = a.addition_fixed
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)

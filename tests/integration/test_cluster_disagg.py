@@ -3,7 +3,8 @@
 """Disaggregated serving end to end on CPU: the real router, `tandem
 prefill` and `tandem decode` processes, KV blocks over UCX (TCP and shared
 memory). Greedy tokens equal `tandem generate` for 20+ prompts on a dense
-and an MoE checkpoint; 2 prefill + 2 decode under 32 concurrent clients all
+and an MoE checkpoint, with the prefill streaming KV layer by layer (the
+default) and sending it after the forward pass (--kv-stream=off); 2 prefill + 2 decode under 32 concurrent clients all
 succeed and every KV block is free afterwards; kill -9 of a prefill and of
 a decode worker mid-load ends every request (200 or 503) without a hang."""
 import concurrent.futures as cf
@@ -29,7 +30,8 @@ def metric(port, name):
 
 
 class Cluster:
-    def __init__(self, model, prefill=1, decode=1, tls="tcp,self"):
+    def __init__(self, model, prefill=1, decode=1, tls="tcp,self", stream="layer"):
+        self.stream = stream
         self.dir = os.path.join(root, "tests", "fixtures", "models", model)
         self.http, self.cp = free_port(), free_port()
         self.env = dict(os.environ, UCX_TLS=tls)
@@ -48,7 +50,8 @@ class Cluster:
         self.procs[name] = subprocess.Popen(
             [tandem, role, f"--router=tcp://127.0.0.1:{self.cp}", f"--model={self.dir}",
              f"--worker-id={name}", "--kv-pool-size=16M", "--log-level=warn",
-             "--drain-timeout=10s"], env=self.env)
+             "--drain-timeout=10s"] + ([f"--kv-stream={self.stream}"] if role == "prefill" else []),
+            env=self.env)
 
     def ready(self):
         return wait_for(lambda: request(self.http, "GET", "/ready", timeout=2)[0] == 200 and
@@ -79,8 +82,10 @@ def generate_ids(model_dir, ids, n):
 rng = random.Random(11)
 prompts = [[rng.randrange(3, 256) for _ in range(rng.randint(1, 60))] for _ in range(21)]
 
-for model, tls in [("qwen3", "tcp,self"), ("qwen3moe", "shm,self")]:
-    cl = Cluster(model, tls=tls)
+for model, tls, stream in [("qwen3", "tcp,self", "layer"), ("qwen3moe", "shm,self", "off"),
+                           ("qwen3", "shm,self", "off"), ("qwen3moe", "tcp,self", "layer")]:
+    cl = Cluster(model, tls=tls, stream=stream)
+    tls = f"{tls} kv-stream={stream}"
     try:
         check(f"{model}/{tls}: 1 prefill + 1 decode ready", cl.ready())
         same = 0
@@ -112,7 +117,9 @@ try:
     check("/metrics counts KV transfers",
           wait_for(lambda: (metric(cl.http, "tandem_kv_transfer_seconds_count") or 0) >= 64 and
                    (metric(cl.http, "tandem_kv_transfer_bytes_total") or 0) > 0 and
-                   (metric(cl.http, "tandem_kv_notices_received_total") or 0) >= 64, 3),
+                   (metric(cl.http, "tandem_kv_notices_received_total") or 0) >= 64 and
+                   metric(cl.http, "tandem_kv_wait_seconds_count") ==
+                   metric(cl.http, "tandem_kv_transfer_seconds_count"), 3),
           (metric(cl.http, "tandem_kv_transfer_seconds_count"),
            metric(cl.http, "tandem_kv_notices_received_total")))
     check("every decode KV block free afterwards",
