@@ -973,7 +973,14 @@ static void on_msg(void *ud, const cm_cp_msg_t *msg) {
         uint64_t id = msg->cancel->request_id;
         pend_remove(w, id, true);
         job_t *j = job_find(w, id);
-        if (j && !j->sending) job_remove(w, id); /* a transfer in flight finishes on its own */
+        if (j && !j->sending) {
+            job_remove(w, id);
+        } else if (j && j->err == CM_OK) {
+            /* Sends in flight finish on their own; no further layer is
+             * posted into blocks the decode worker is freeing. */
+            j->err = CM_ERR_CANCELED;
+            j->why = "canceled";
+        }
         cmd_t *c = cm_calloc(1, sizeof *c);
         if (!c) break;
         c->kind = CMD_CANCEL;
