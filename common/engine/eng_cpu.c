@@ -152,8 +152,15 @@ mm512_body(const float *x, size_t rows, size_t in, const void *w, size_t o_lo, s
 #pragma GCC unroll 8
                 for (int k = 0; k < 8; k++) acc[k] = _mm512_setzero_ps();
                 size_t c = 0;
+                /* The next 8 rows follow these in memory: fetch them while
+                 * these stream (prefetches never fault past the end). */
+                const size_t next = 8 * in * es;
                 for (; c < nfull; c++) {
                     __m512 xv = _mm512_loadu_ps(xr + c * 16);
+                    if (!(c & (64 / (16 * es) - 1)) && r == rl)
+#pragma GCC unroll 8
+                        for (int k = 0; k < 8; k++)
+                            _mm_prefetch(wr[k] + next + c * 16 * es, _MM_HINT_T0);
 #pragma GCC unroll 8
                     for (int k = 0; k < 8; k++)
                         acc[k] =
