@@ -90,29 +90,54 @@ AVX512 static inline __m512 w16(const void *w, size_t i, mdl_dtype_t t, __mmask1
 #define MM_R512 4  /* input rows per block */
 #define MM_TILE 64 /* input rows per tile: a tile of x stays in L2 while the weights stream */
 
-/* acc[R][4] += x rows [r, r+R) . weight rows wr[0..3], over all chunks. */
-#define MM512_LOOP(R, XROW)                                                                        \
-    do {                                                                                           \
-        size_t c = 0;                                                                              \
-        for (; c < nfull; c++) {                                                                   \
-            __m512 wv[4];                                                                          \
-            _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) wv[k] =                            \
-                w16(wr[k], c * 16, t, (__mmask16)0xFFFF);                                          \
-            _Pragma("GCC unroll 4") for (int rr = 0; rr < (R); rr++) {                             \
-                __m512 xv = _mm512_loadu_ps(XROW(rr) + c * 16);                                    \
-                _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) acc[rr][k] =                   \
-                    _mm512_fmadd_ps(xv, wv[k], acc[rr][k]);                                        \
-            }                                                                                      \
-        }                                                                                          \
-        if (c < nch) {                                                                             \
-            __m512 wv[4];                                                                          \
-            _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) wv[k] = w16(wr[k], c * 16, t, tm); \
-            _Pragma("GCC unroll 4") for (int rr = 0; rr < (R); rr++) {                             \
-                __m512 xv = _mm512_maskz_loadu_ps(tm, XROW(rr) + c * 16);                          \
-                _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) acc[rr][k] =                   \
-                    _mm512_fmadd_ps(xv, wv[k], acc[rr][k]);                                        \
-            }                                                                                      \
-        }                                                                                          \
+/* One chunk (16 inputs, mask @m) of a 4 x 4 block: x rows x0..x3 against
+ * weight rows W[0..3] (dtype T) into the 16 named accumulators aRK.
+ * Written out by hand: with an accumulator array and unroll pragmas GCC
+ * kept the accumulators on the stack (stores in the inner loop), which
+ * cost about half of the kernel's speed. */
+#define MM4_ROW(R, XR)                                         \
+    do {                                                       \
+        __m512 xv = _mm512_maskz_loadu_ps(m_, (XR) + c_ * 16); \
+        a##R##0 = _mm512_fmadd_ps(xv, w0, a##R##0);            \
+        a##R##1 = _mm512_fmadd_ps(xv, w1, a##R##1);            \
+        a##R##2 = _mm512_fmadd_ps(xv, w2, a##R##2);            \
+        a##R##3 = _mm512_fmadd_ps(xv, w3, a##R##3);            \
+    } while (0)
+#define MM4_STEP(c, m, W, T)                                                   \
+    do {                                                                       \
+        const size_t c_ = (c);                                                 \
+        const __mmask16 m_ = (m);                                              \
+        __m512 w0 = w16(W[0], c_ * 16, T, m_), w1 = w16(W[1], c_ * 16, T, m_); \
+        __m512 w2 = w16(W[2], c_ * 16, T, m_), w3 = w16(W[3], c_ * 16, T, m_); \
+        MM4_ROW(0, x0);                                                        \
+        MM4_ROW(1, x1);                                                        \
+        MM4_ROW(2, x2);                                                        \
+        MM4_ROW(3, x3);                                                        \
+    } while (0)
+#define MM4_STORE(R)                                                             \
+    do {                                                                         \
+        float *yr = y + (r + R) * out;                                           \
+        yr[oo[0]] = _mm512_reduce_add_ps(a##R##0) + (bias ? bias[oo[0]] : 0.0f); \
+        yr[oo[1]] = _mm512_reduce_add_ps(a##R##1) + (bias ? bias[oo[1]] : 0.0f); \
+        yr[oo[2]] = _mm512_reduce_add_ps(a##R##2) + (bias ? bias[oo[2]] : 0.0f); \
+        yr[oo[3]] = _mm512_reduce_add_ps(a##R##3) + (bias ? bias[oo[3]] : 0.0f); \
+    } while (0)
+
+/* A 4-row block of x (from row r) against 4 weight rows W of dtype T. */
+#define MM4_BLOCK(W, T)                                                            \
+    do {                                                                           \
+        const float *x0 = x + r * in, *x1 = x0 + in, *x2 = x1 + in, *x3 = x2 + in; \
+        __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;         \
+        __m512 a10 = a00, a11 = a00, a12 = a00, a13 = a00;                         \
+        __m512 a20 = a00, a21 = a00, a22 = a00, a23 = a00;                         \
+        __m512 a30 = a00, a31 = a00, a32 = a00, a33 = a00;                         \
+        size_t c = 0;                                                              \
+        for (; c < nfull; c++) MM4_STEP(c, (__mmask16)0xFFFF, W, T);               \
+        if (c < nch) MM4_STEP(c, tm, W, T);                                        \
+        MM4_STORE(0);                                                              \
+        MM4_STORE(1);                                                              \
+        MM4_STORE(2);                                                              \
+        MM4_STORE(3);                                                              \
     } while (0)
 
 AVX512 __attribute__((always_inline)) static inline void
@@ -127,17 +152,7 @@ mm512_body(const float *x, size_t rows, size_t in, const void *w, size_t o_lo, s
             size_t oo[4];
             block_rows(w, in, es, o, o_hi, 4, wr, oo);
             size_t r = r0;
-            for (; r + MM_R512 <= r1; r += MM_R512) {
-                __m512 acc[MM_R512][4];
-#pragma GCC unroll 16
-                for (int q = 0; q < MM_R512 * 4; q++) acc[q / 4][q % 4] = _mm512_setzero_ps();
-#define XROW4(rr) (x + (r + (size_t)(rr)) * in)
-                MM512_LOOP(MM_R512, XROW4);
-                for (int rr = 0; rr < MM_R512; rr++)
-                    for (int k = 0; k < 4; k++)
-                        y[(r + (size_t)rr) * out + oo[k]] =
-                            _mm512_reduce_add_ps(acc[rr][k]) + (bias ? bias[oo[k]] : 0.0f);
-            }
+            for (; r + MM_R512 <= r1; r += MM_R512) MM4_BLOCK(wr, t);
         }
         /* Rows left over (all of them at batch 1): one row against 8
          * weight rows at a time, 8 independent chains and streams. */
@@ -216,25 +231,51 @@ mm256_body(const float *x, size_t rows, size_t in, const void *w, size_t o_lo, s
             block_rows(w, in, es, o, o_hi, 4, wr, oo);
             size_t r = r0;
             for (; r + MM_R256 <= r1; r += MM_R256) {
-                __m256 acc[MM_R256][4];
-#pragma GCC unroll 8
-                for (int q = 0; q < MM_R256 * 4; q++) acc[q / 4][q % 4] = _mm256_setzero_ps();
-                for (size_t c = 0; c < nch; c++) {
-                    __m256 wv[4];
-#pragma GCC unroll 4
-                    for (int k = 0; k < 4; k++) wv[k] = w8c(wr[k], c, nfull, in, t, pad);
-#pragma GCC unroll 2
-                    for (int rr = 0; rr < MM_R256; rr++) {
-                        __m256 xv = x8c(x + (r + (size_t)rr) * in, c, nfull, in, pad);
-#pragma GCC unroll 4
-                        for (int k = 0; k < 4; k++)
-                            acc[rr][k] = _mm256_fmadd_ps(xv, wv[k], acc[rr][k]);
-                    }
+                /* Named accumulators, full chunks then the padded tail (an
+                 * accumulator array kept them on the stack, see MM4_STEP). */
+                const float *x0 = x + r * in, *x1 = x0 + in;
+                __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
+                __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+                size_t c = 0;
+                for (; c < nfull; c++) {
+                    __m256 w0 = w8(wr[0], c * 8, t), w1 = w8(wr[1], c * 8, t);
+                    __m256 w2 = w8(wr[2], c * 8, t), w3 = w8(wr[3], c * 8, t);
+                    __m256 xv = _mm256_loadu_ps(x0 + c * 8);
+                    a00 = _mm256_fmadd_ps(xv, w0, a00);
+                    a01 = _mm256_fmadd_ps(xv, w1, a01);
+                    a02 = _mm256_fmadd_ps(xv, w2, a02);
+                    a03 = _mm256_fmadd_ps(xv, w3, a03);
+                    xv = _mm256_loadu_ps(x1 + c * 8);
+                    a10 = _mm256_fmadd_ps(xv, w0, a10);
+                    a11 = _mm256_fmadd_ps(xv, w1, a11);
+                    a12 = _mm256_fmadd_ps(xv, w2, a12);
+                    a13 = _mm256_fmadd_ps(xv, w3, a13);
                 }
-                for (int rr = 0; rr < MM_R256; rr++)
-                    for (int k = 0; k < 4; k++)
-                        y[(r + (size_t)rr) * out + oo[k]] =
-                            hsum(acc[rr][k]) + (bias ? bias[oo[k]] : 0.0f);
+                if (c < nch) {
+                    __m256 w0 = w8c(wr[0], c, nfull, in, t, pad);
+                    __m256 w1 = w8c(wr[1], c, nfull, in, t, pad);
+                    __m256 w2 = w8c(wr[2], c, nfull, in, t, pad);
+                    __m256 w3 = w8c(wr[3], c, nfull, in, t, pad);
+                    __m256 xv = x8c(x0, c, nfull, in, pad);
+                    a00 = _mm256_fmadd_ps(xv, w0, a00);
+                    a01 = _mm256_fmadd_ps(xv, w1, a01);
+                    a02 = _mm256_fmadd_ps(xv, w2, a02);
+                    a03 = _mm256_fmadd_ps(xv, w3, a03);
+                    xv = x8c(x1, c, nfull, in, pad);
+                    a10 = _mm256_fmadd_ps(xv, w0, a10);
+                    a11 = _mm256_fmadd_ps(xv, w1, a11);
+                    a12 = _mm256_fmadd_ps(xv, w2, a12);
+                    a13 = _mm256_fmadd_ps(xv, w3, a13);
+                }
+                float *y0 = y + r * out, *y1 = y0 + out;
+                y0[oo[0]] = hsum(a00) + (bias ? bias[oo[0]] : 0.0f);
+                y0[oo[1]] = hsum(a01) + (bias ? bias[oo[1]] : 0.0f);
+                y0[oo[2]] = hsum(a02) + (bias ? bias[oo[2]] : 0.0f);
+                y0[oo[3]] = hsum(a03) + (bias ? bias[oo[3]] : 0.0f);
+                y1[oo[0]] = hsum(a10) + (bias ? bias[oo[0]] : 0.0f);
+                y1[oo[1]] = hsum(a11) + (bias ? bias[oo[1]] : 0.0f);
+                y1[oo[2]] = hsum(a12) + (bias ? bias[oo[2]] : 0.0f);
+                y1[oo[3]] = hsum(a13) + (bias ? bias[oo[3]] : 0.0f);
             }
             for (; r < r1; r++) {
                 __m256 acc[4];
