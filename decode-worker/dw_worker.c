@@ -145,6 +145,7 @@ typedef struct {
     uint64_t id;
     cmd_t *add;      /* the request to add once everything arrived */
     uint32_t layers; /* layers landed so far (notices) */
+    bool replied;    /* ReserveReply sent: the prefill may be writing the blocks */
     bool kv_ready;   /* KvReady from the router arrived */
     uint64_t deadline_ms;
 } pend_t;
@@ -189,6 +190,12 @@ typedef struct {
     uv_timer_t kvx_timer;
     pend_t *pend;
     size_t n_pend, cap_pend;
+    /* Reservations given up while KV may still be in flight: released at
+     * .at_ms (see release_resv). */
+    struct {
+        uint64_t id, at_ms;
+    } * quar;
+    size_t n_quar, cap_quar;
     job_t *jobs;
     size_t n_jobs, cap_jobs;
     uint64_t kv_transfers, kv_transfer_us, kv_wait_us;
@@ -710,6 +717,42 @@ static void maybe_commit(wk_t *w, pend_t *p) {
     post(w, c); /* live since the reservation */
 }
 
+/* How long a reservation given up before all its KV landed stays out of
+ * the pool: puts the prefill worker posted before it learnt of the end
+ * still land (it posts nothing new once canceled, and a put completes in
+ * milliseconds); blocks reused at once could take a stale write. */
+#define KV_QUARANTINE_MS 2000
+
+static void cancel_now(wk_t *w, uint64_t id) {
+    cmd_t *c = cm_calloc(1, sizeof *c);
+    if (!c) return;
+    c->kind = CMD_CANCEL;
+    c->id = id;
+    post(w, c);
+}
+
+/* Gives up the reservation (or running request) @id: at once, or after
+ * KV_QUARANTINE_MS when the prefill worker may still be writing into it. */
+static void release_resv(wk_t *w, uint64_t id, const pend_t *p) {
+    uint32_t layers = eng_model_config(dw_runner_model(w->runner))->n_layers;
+    if (!p || !p->replied || p->layers >= layers) {
+        cancel_now(w, id);
+        return;
+    }
+    if (w->n_quar == w->cap_quar) {
+        size_t cap = w->cap_quar ? w->cap_quar * 2 : 16;
+        void *n = cm_realloc_array(w->quar, cap, sizeof *w->quar);
+        if (!n) {
+            cancel_now(w, id);
+            return;
+        }
+        w->quar = n;
+        w->cap_quar = cap;
+    }
+    w->quar[w->n_quar].id = id;
+    w->quar[w->n_quar++].at_ms = cm_time_mono_ms() + KV_QUARANTINE_MS;
+}
+
 static void on_kvx_notice(void *ud, const kvx_notice_t *n) {
     wk_t *w = ud;
     pend_t *p = pend_find(w, n->req_id);
@@ -749,6 +792,7 @@ static void on_async(uv_async_t *a) {
                 m.reserve_reply = &r;
                 cm_cp_agent_send(w->agent, &m);
                 cm_free(ids);
+                pend_find(w, v->id)->replied = true;
             }
         } else if (v->kind == EVT_RESERVE_FAILED) {
             if (pend_find(w, v->id)) {
@@ -971,7 +1015,11 @@ static void on_msg(void *ud, const cm_cp_msg_t *msg) {
         break;
     case TANDEM__CP__ENVELOPE__BODY_CANCEL: {
         uint64_t id = msg->cancel->request_id;
-        pend_remove(w, id, true);
+        pend_t *p = pend_find(w, id);
+        if (p) {
+            release_resv(w, id, p);
+            pend_remove(w, id, true);
+        }
         job_t *j = job_find(w, id);
         if (j && !j->sending) {
             job_remove(w, id);
@@ -981,12 +1029,8 @@ static void on_msg(void *ud, const cm_cp_msg_t *msg) {
             j->err = CM_ERR_CANCELED;
             j->why = "canceled";
         }
-        cmd_t *c = cm_calloc(1, sizeof *c);
-        if (!c) break;
-        c->kind = CMD_CANCEL;
-        c->id = id;
-        post(w, c);
-        live_remove(w, id); /* no event will come for it */
+        if (!p) cancel_now(w, id); /* a running request, or a prefill */
+        live_remove(w, id);        /* no event will come for it */
         maybe_finish_drain(w);
         break;
     }
@@ -1084,15 +1128,18 @@ static void on_kvx_timer(uv_timer_t *t) {
         uint64_t id = w->pend[i].id;
         cm_log_warn("worker", "request %llu: KV did not arrive before its deadline",
                     (unsigned long long)id);
+        release_resv(w, id, &w->pend[i]);
         pend_remove(w, id, true);
         live_remove(w, id);
-        cmd_t *c = cm_calloc(1, sizeof *c);
-        if (c) {
-            c->kind = CMD_CANCEL;
-            c->id = id;
-            post(w, c);
-        }
         send_error(w, id, CM_ERR_TIMEOUT, "KV did not arrive before the deadline");
+    }
+    for (size_t i = 0; i < w->n_quar;) {
+        if (now < w->quar[i].at_ms) {
+            i++;
+            continue;
+        }
+        cancel_now(w, w->quar[i].id);
+        w->quar[i] = w->quar[--w->n_quar];
     }
     maybe_finish_drain(w);
 }
@@ -1240,6 +1287,7 @@ static int run_worker(wk_role_t role, int argc, char **argv) {
     cm_free(w->desc);
     for (size_t i = 0; i < w->n_pend; i++) cmd_free(w->pend[i].add);
     cm_free(w->pend);
+    cm_free(w->quar);
     for (size_t i = 0; i < w->n_jobs; i++) cm_free(w->jobs[i].dst);
     cm_free(w->jobs);
     uv_loop_close(w->loop);
