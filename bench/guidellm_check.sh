@@ -33,23 +33,12 @@ cp=18401
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 [ -x "$gl" ] || { echo "guidellm_check: $gl missing (see the header of this script)" >&2; exit 2; }
-pids=()
-stop() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap stop EXIT
-
-"$bin" router --listen=127.0.0.1:$http --grpc-listen=off --cp-bind=tcp://127.0.0.1:$cp \
-  --model="$model" --served-model-name="$name" --log-level=warn &
-pids+=($!)
+. "$root/bench/cluster_lib.sh"
+start_router
 "$bin" worker --router=tcp://127.0.0.1:$cp --model="$model" --served-model-name="$name" \
   --kv-pool-size=512M --log-level=warn --worker-id=w0 &
 pids+=($!)
-for _ in $(seq 600); do
-  curl -sf http://127.0.0.1:$http/ready >/dev/null 2>&1 && break
-  sleep 0.2
-done
+wait_ready
 
 tandem_run() {
   "$bin" bench serve --url http://127.0.0.1:$http --model "$name" --workload fixed \

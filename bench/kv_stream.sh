@@ -29,14 +29,7 @@ name=$(basename "$model")
 mkdir -p "$out"
 http=18320
 cp=18321
-pids=()
-
-stop() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  pids=()
-}
-trap stop EXIT
+. "$root/bench/cluster_lib.sh"
 
 metric() { # FILE NAME -> value (0 when absent)
   awk -v n="$2" '$1 == n { print $2; found = 1 } END { if (!found) print 0 }' "$1"
@@ -44,9 +37,7 @@ metric() { # FILE NAME -> value (0 when absent)
 
 run() { # TLS MODE ROUND
   local tls=$1 mode=$2 r=$3 tag=$1-$2-$3
-  "$bin" router --listen=127.0.0.1:$http --grpc-listen=off --cp-bind=tcp://127.0.0.1:$cp \
-    --model="$model" --served-model-name="$name" --log-level=warn &
-  pids+=($!)
+  start_router
   local w=(--router=tcp://127.0.0.1:$cp --model="$model" --served-model-name="$name"
            --kv-pool-size=1G --max-batch-tokens=1024 --log-level=warn)
   TANDEM_THREADS=1 UCX_TLS=$tls,self "$bin" prefill "${w[@]}" --worker-id=p0 \
@@ -54,10 +45,7 @@ run() { # TLS MODE ROUND
   pids+=($!)
   TANDEM_THREADS=1 UCX_TLS=$tls,self "$bin" decode "${w[@]}" --worker-id=d0 &
   pids+=($!)
-  for _ in $(seq 600); do
-    curl -sf http://127.0.0.1:$http/ready >/dev/null 2>&1 && break
-    sleep 0.2
-  done
+  wait_ready
   sleep 1
   "$bin" bench serve --url http://127.0.0.1:$http --model "$name" --workload fixed \
     --input-len "$words" --output-len 4 --ignore-eos --concurrency 1 --num-requests "$nreq" \

@@ -30,20 +30,11 @@ name=$(basename "$model")
 mkdir -p "$out"
 http=18300
 cp=18301
-pids=()
-
-stop() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  pids=()
-}
-trap stop EXIT
+. "$root/bench/cluster_lib.sh"
 
 run_mode() {
   local mode=$1
-  "$bin" router --listen=127.0.0.1:$http --grpc-listen=off --cp-bind=tcp://127.0.0.1:$cp \
-    --model="$model" --served-model-name="$name" --log-level=warn &
-  pids+=($!)
+  start_router
   local w=(--router=tcp://127.0.0.1:$cp --model="$model" --served-model-name="$name"
            --kv-pool-size=512M --log-level=warn)
   if [ "$mode" = colocated ]; then
@@ -55,10 +46,7 @@ run_mode() {
     TANDEM_THREADS=1 UCX_TLS=shm,self taskset -c 1 "$bin" decode "${w[@]}" --worker-id=d0 &
     pids+=($!)
   fi
-  for _ in $(seq 600); do
-    curl -sf http://127.0.0.1:$http/ready >/dev/null 2>&1 && break
-    sleep 0.2
-  done
+  wait_ready
   sleep 2
   local common=(--url http://127.0.0.1:$http --model "$name" --workload fixed --ignore-eos
                 --duration "$dur" --timeout 600s)
