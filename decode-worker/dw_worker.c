@@ -731,7 +731,7 @@ static void cancel_now(wk_t *w, uint64_t id) {
     post(w, c);
 }
 
-/* Gives up the reservation (or running request) @id: at once, or after
+/* Gives up the reservation @id (pending as @p): at once, or after
  * KV_QUARANTINE_MS when the prefill worker may still be writing into it. */
 static void release_resv(wk_t *w, uint64_t id, const pend_t *p) {
     uint32_t layers = eng_model_config(dw_runner_model(w->runner))->n_layers;
