@@ -194,6 +194,136 @@ mm512_body(const float *x, size_t rows, size_t in, const void *w, size_t o_lo, s
     }
 }
 
+/* ---- bf16 pair-split kernel (AVX-512) ------------------------------
+ * 32 bf16 weights are one 64-byte load; the even ones become f32 by a
+ * shift (bf16 << 16), the odd ones by masking off the low half: 2 ALU
+ * uops per 32 weights instead of 4 (widen + shift per 16). x is copied
+ * once per matmul into the matching order (xperm_pairs: per 32 inputs,
+ * the 16 even then the 16 odd, zero-padded to a multiple of 32, 64-byte
+ * aligned), so lane i of an accumulator sums x[32c + 2i] * w[32c + 2i]
+ * then x[32c + 2i + 1] * w[32c + 2i + 1] over chunks c in order. The
+ * block path (MM_PR rows x MM_PO outputs) and the one-row path sum in
+ * exactly that order: bit-identical for a row alone or in any batch. */
+#define MM_PR 4 /* input rows per block */
+#define MM_PO 4 /* output rows per block */
+
+static inline size_t in_pairs32(size_t in) { return (in + 31) / 32 * 32; }
+
+/* Copies rows [r0, r1) of x into @xp in pair-split order (row stride
+ * in_pairs32(in)). */
+static void xperm_pairs(const float *x, size_t r0, size_t r1, size_t in, float *xp) {
+    const size_t xs = in_pairs32(in);
+    for (size_t r = r0; r < r1; r++) {
+        const float *xr = x + r * in;
+        float *o = xp + r * xs;
+        for (size_t c = 0; c < xs; c += 32)
+            for (size_t i = 0; i < 16; i++) {
+                size_t e = c + 2 * i;
+                o[c + i] = e < in ? xr[e] : 0.0f;
+                o[c + 16 + i] = e + 1 < in ? xr[e + 1] : 0.0f;
+            }
+    }
+}
+
+/* y[r][o] for r < rows, o_lo <= o < o_hi: @xp in pair-split order, @w
+ * bf16 [out][in] (any alignment). */
+AVX512 static void mm512_bf16_pairs(const float *xp, size_t rows, size_t in, const void *w,
+                                    size_t o_lo, size_t o_hi, const float *bias, size_t out,
+                                    float *y) {
+    const size_t xs = in_pairs32(in), np = xs / 32, nfull = in / 32;
+    const __mmask32 tm = (__mmask32)((1ull << (in & 31)) - 1);
+    const __m512i hi = _mm512_set1_epi32((int)0xFFFF0000u);
+    for (size_t r0 = 0; r0 < rows; r0 += MM_TILE) {
+        size_t r1 = r0 + MM_TILE < rows ? r0 + MM_TILE : rows;
+        size_t rl = r0 + (r1 - r0) / MM_PR * MM_PR;
+        for (size_t o = o_lo; r0 < rl && o < o_hi; o += MM_PO) {
+            const char *wc[MM_PO];
+            size_t oo[MM_PO];
+            block_rows(w, in, 2, o, o_hi, MM_PO, wc, oo);
+            const uint16_t *wr[MM_PO];
+            for (int k = 0; k < MM_PO; k++) wr[k] = (const uint16_t *)wc[k];
+            for (size_t r = r0; r < rl; r += MM_PR) {
+                __m512 acc[MM_PR][MM_PO];
+#pragma GCC unroll 8
+                for (int i = 0; i < MM_PR; i++)
+#pragma GCC unroll 8
+                    for (int k = 0; k < MM_PO; k++) acc[i][k] = _mm512_setzero_ps();
+                for (size_t c = 0; c < np; c++) {
+                    const __mmask32 m = c < nfull ? (__mmask32)~0u : tm;
+                    __m512i raw[MM_PO];
+                    __m512 wv[MM_PO];
+#pragma GCC unroll 8
+                    for (int k = 0; k < MM_PO; k++) {
+                        raw[k] = _mm512_maskz_loadu_epi16(m, wr[k] + c * 32);
+                        /* One load per 32 weights: without this GCC
+                         * folds it into both the shift and the mask. */
+                        __asm__("" : "+v"(raw[k]));
+                        wv[k] = _mm512_castsi512_ps(_mm512_slli_epi32(raw[k], 16));
+                    }
+#pragma GCC unroll 8
+                    for (int i = 0; i < MM_PR; i++) {
+                        __m512 xv = _mm512_load_ps(xp + (r + (size_t)i) * xs + c * 32);
+#pragma GCC unroll 8
+                        for (int k = 0; k < MM_PO; k++)
+                            acc[i][k] = _mm512_fmadd_ps(xv, wv[k], acc[i][k]);
+                    }
+#pragma GCC unroll 8
+                    for (int k = 0; k < MM_PO; k++)
+                        wv[k] = _mm512_castsi512_ps(_mm512_and_si512(raw[k], hi));
+#pragma GCC unroll 8
+                    for (int i = 0; i < MM_PR; i++) {
+                        __m512 xv = _mm512_load_ps(xp + (r + (size_t)i) * xs + c * 32 + 16);
+#pragma GCC unroll 8
+                        for (int k = 0; k < MM_PO; k++)
+                            acc[i][k] = _mm512_fmadd_ps(xv, wv[k], acc[i][k]);
+                    }
+                }
+#pragma GCC unroll 8
+                for (int i = 0; i < MM_PR; i++)
+#pragma GCC unroll 8
+                    for (int k = 0; k < MM_PO; k++)
+                        y[(r + (size_t)i) * out + oo[k]] =
+                            _mm512_reduce_add_ps(acc[i][k]) + (bias ? bias[oo[k]] : 0.0f);
+            }
+        }
+        /* Rows left over (all of them at batch 1): one row against 8
+         * weight rows at a time, 8 independent chains and streams. */
+        for (size_t o = o_lo; rl < r1 && o < o_hi; o += 8) {
+            const char *wc[8];
+            size_t oo[8];
+            block_rows(w, in, 2, o, o_hi, 8, wc, oo);
+            for (size_t r = rl; r < r1; r++) {
+                const float *xr = xp + r * xs;
+                __m512 acc[8];
+#pragma GCC unroll 8
+                for (int k = 0; k < 8; k++) acc[k] = _mm512_setzero_ps();
+                /* The next 8 rows follow these in memory: fetch them while
+                 * these stream (prefetches never fault past the end). */
+                const size_t next = 8 * in * 2;
+                for (size_t c = 0; c < np; c++) {
+                    const __mmask32 m = c < nfull ? (__mmask32)~0u : tm;
+                    if (r == rl)
+#pragma GCC unroll 8
+                        for (int k = 0; k < 8; k++)
+                            _mm_prefetch(wc[k] + next + c * 64, _MM_HINT_T0);
+                    __m512 xe = _mm512_load_ps(xr + c * 32), xo = _mm512_load_ps(xr + c * 32 + 16);
+#pragma GCC unroll 8
+                    for (int k = 0; k < 8; k++) {
+                        __m512i raw = _mm512_maskz_loadu_epi16(m, (const uint16_t *)wc[k] + c * 32);
+                        __asm__("" : "+v"(raw));
+                        acc[k] = _mm512_fmadd_ps(
+                            xe, _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16)), acc[k]);
+                        acc[k] = _mm512_fmadd_ps(xo, _mm512_castsi512_ps(_mm512_and_si512(raw, hi)),
+                                                 acc[k]);
+                    }
+                }
+                for (int k = 0; k < 8; k++)
+                    y[r * out + oo[k]] = _mm512_reduce_add_ps(acc[k]) + (bias ? bias[oo[k]] : 0.0f);
+            }
+        }
+    }
+}
+
 AVX2 static inline __m256 w8(const void *w, size_t i, mdl_dtype_t t) {
     if (t == MDL_F32) return _mm256_loadu_ps((const float *)w + i);
     __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
@@ -301,7 +431,6 @@ mm256_body(const float *x, size_t rows, size_t in, const void *w, size_t o_lo, s
         isa##_body(x, rows, in, w, o_lo, o_hi, bias, out, y, t);                              \
     }
 MM_VARIANT(mm512, AVX512, MDL_F32, f32)
-MM_VARIANT(mm512, AVX512, MDL_BF16, bf16)
 MM_VARIANT(mm512, AVX512, MDL_F16, f16)
 MM_VARIANT(mm256, AVX2, MDL_F32, f32)
 MM_VARIANT(mm256, AVX2, MDL_BF16, bf16)
@@ -311,42 +440,93 @@ MM_VARIANT(mm256, AVX2, MDL_F16, f16)
 /* ---- attention heads --------------------------------------------------
  * One (token, head) at a time, the same steps as eng_attn_head_ref with
  * SIMD dot products and accumulation (order differs only inside a dot). */
-typedef void (*head_fn)(const eng_attn_t *a, size_t t, uint32_t h, float *sc);
+#define ATTN_QB 4 /* tokens per attention block, see ATTN_HEAD */
+typedef void (*head_fn)(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *sc,
+                        size_t stride);
 
 #if defined(__x86_64__)
-#define ATTN_HEAD(isa, attr, vec, W, load, fmadd, set1, zero, store, reduce)              \
-    attr static void head_##isa(const eng_attn_t *a, size_t t, uint32_t h, float *sc) {   \
-        const uint32_t hd = a->head_dim, n = a->ctx[t], nv = hd / (W);                    \
-        const size_t qd = (size_t)a->n_heads * hd;                                        \
-        const size_t kvo = (size_t)(h / (a->n_heads / a->kv_heads)) * hd;                 \
-        const float *qv = a->q + t * qd + (size_t)h * hd;                                 \
-        float mx = -INFINITY;                                                             \
-        for (uint32_t p = 0; p < n; p++) {                                                \
-            const float *kk = a->k[t][p] + kvo;                                           \
-            vec acc = zero();                                                             \
-            for (uint32_t c = 0; c < nv; c++)                                             \
-                acc = fmadd(load(qv + c * (W)), load(kk + c * (W)), acc);                 \
-            sc[p] = reduce(acc) * a->scale;                                               \
-            if (sc[p] > mx) mx = sc[p];                                                   \
-        }                                                                                 \
-        float sum = 0.0f;                                                                 \
-        for (uint32_t p = 0; p < n; p++) {                                                \
-            sc[p] = expf(sc[p] - mx);                                                     \
-            sum += sc[p];                                                                 \
-        }                                                                                 \
-        float *ov = a->out + t * qd + (size_t)h * hd;                                     \
-        for (uint32_t c0 = 0; c0 < nv; c0 += 8) { /* 8 accumulators = 128 or 64 floats */ \
-            uint32_t c1 = c0 + 8 < nv ? c0 + 8 : nv;                                      \
-            vec o[8];                                                                     \
-            for (uint32_t c = c0; c < c1; c++) o[c - c0] = zero();                        \
-            for (uint32_t p = 0; p < n; p++) {                                            \
-                const float *vv = a->v[t][p] + kvo;                                       \
-                vec w = set1(sc[p] / sum);                                                \
-                for (uint32_t c = c0; c < c1; c++)                                        \
-                    o[c - c0] = fmadd(w, load(vv + c * (W)), o[c - c0]);                  \
-            }                                                                             \
-            for (uint32_t c = c0; c < c1; c++) store(ov + c * (W), o[c - c0]);            \
-        }                                                                                 \
+/* out[c0 .. c0 + G) of one (token, head): sum over p of sc[p] * v[p],
+ * p in order, G accumulators. */
+#define ATTN_V(G, vec, W, load, fmadd, set1, zero, store)                     \
+    do {                                                                      \
+        vec o_[G];                                                            \
+        _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) o_[c] = zero(); \
+        for (p = 0; p < n; p++) {                                             \
+            const float *vv = a->v[t][p] + kvo + (size_t)c0 * (W);            \
+            vec w_ = set1(sc[p]);                                             \
+            _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) o_[c] =     \
+                fmadd(w_, load(vv + c * (W)), o_[c]);                         \
+        }                                                                     \
+        _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++)                 \
+            store(ov + (size_t)(c0 + (uint32_t)c) * (W), o_[c]);              \
+    } while (0)
+/* Up to ATTN_QB consecutive tokens t0.. of one sequence (the same K/V
+ * rows) and head h: each K row chunk is loaded once for all of them (a 4
+ * queries x 4 keys tile of independent FMA chains). Every score, softmax
+ * and output sums in the same order as for a token alone: the result of a
+ * (token, head) does not depend on which tokens share its block. @sc
+ * holds ATTN_QB * @stride floats. */
+#define ATTN_HEAD(isa, attr, vec, W, load, fmadd, set1, zero, store, reduce)                       \
+    attr static void head_##isa(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h,           \
+                                float *scb, size_t stride) {                                       \
+        const uint32_t hd = a->head_dim, nv = hd / (W);                                            \
+        const size_t qd = (size_t)a->n_heads * hd;                                                 \
+        const size_t kvo = (size_t)(h / (a->n_heads / a->kv_heads)) * hd;                          \
+        const float *const *K = a->k[t0];                                                          \
+        const float *qv[ATTN_QB];                                                                  \
+        uint32_t nmax = 0;                                                                         \
+        for (uint32_t i = 0; i < ATTN_QB; i++) { /* short blocks repeat their last token */        \
+            size_t ti = t0 + (i < nq ? i : nq - 1);                                                \
+            qv[i] = a->q + ti * qd + (size_t)h * hd;                                               \
+            nmax = a->ctx[ti] > nmax ? a->ctx[ti] : nmax;                                          \
+        }                                                                                          \
+        uint32_t p = 0;                                                                            \
+        for (; p + 4 <= nmax; p += 4) {                                                            \
+            const float *kr[4] = {K[p] + kvo, K[p + 1] + kvo, K[p + 2] + kvo, K[p + 3] + kvo};     \
+            vec acc[ATTN_QB][4];                                                                   \
+            _Pragma("GCC unroll 4") for (int i = 0; i < ATTN_QB; i++)                              \
+                _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) acc[i][j] = zero();            \
+            for (uint32_t c = 0; c < nv; c++) {                                                    \
+                vec kc[4];                                                                         \
+                _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) kc[j] = load(kr[j] + c * (W)); \
+                _Pragma("GCC unroll 4") for (int i = 0; i < ATTN_QB; i++) {                        \
+                    vec qc = load(qv[i] + c * (W));                                                \
+                    _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) acc[i][j] =                \
+                        fmadd(qc, kc[j], acc[i][j]);                                               \
+                }                                                                                  \
+            }                                                                                      \
+            for (uint32_t i = 0; i < nq; i++)                                                      \
+                for (int j = 0; j < 4; j++)                                                        \
+                    scb[i * stride + p + (uint32_t)j] = reduce(acc[i][j]) * a->scale;              \
+        }                                                                                          \
+        for (; p < nmax; p++) {                                                                    \
+            const float *kk = K[p] + kvo;                                                          \
+            vec acc[ATTN_QB];                                                                      \
+            _Pragma("GCC unroll 4") for (int i = 0; i < ATTN_QB; i++) acc[i] = zero();             \
+            for (uint32_t c = 0; c < nv; c++) {                                                    \
+                vec kc = load(kk + c * (W));                                                       \
+                _Pragma("GCC unroll 4") for (int i = 0; i < ATTN_QB; i++) acc[i] =                 \
+                    fmadd(load(qv[i] + c * (W)), kc, acc[i]);                                      \
+            }                                                                                      \
+            for (uint32_t i = 0; i < nq; i++) scb[i * stride + p] = reduce(acc[i]) * a->scale;     \
+        }                                                                                          \
+        for (uint32_t i = 0; i < nq; i++) {                                                        \
+            const size_t t = t0 + i;                                                               \
+            const uint32_t n = a->ctx[t];                                                          \
+            float *sc = scb + i * stride, mx = -INFINITY, sum = 0.0f;                              \
+            for (p = 0; p < n; p++)                                                                \
+                if (sc[p] > mx) mx = sc[p];                                                        \
+            for (p = 0; p < n; p++) {                                                              \
+                sc[p] = expf(sc[p] - mx);                                                          \
+                sum += sc[p];                                                                      \
+            }                                                                                      \
+            for (p = 0; p < n; p++) sc[p] /= sum;                                                  \
+            float *ov = a->out + t * qd + (size_t)h * hd;                                          \
+            uint32_t c0 = 0; /* 8 or 4 accumulators with fixed bounds stay in registers */         \
+            for (; c0 + 8 <= nv; c0 += 8) ATTN_V(8, vec, W, load, fmadd, set1, zero, store);       \
+            for (; c0 + 4 <= nv; c0 += 4) ATTN_V(4, vec, W, load, fmadd, set1, zero, store);       \
+            for (; c0 < nv; c0++) ATTN_V(1, vec, W, load, fmadd, set1, zero, store);               \
+        }                                                                                          \
     }
 ATTN_HEAD(avx512, AVX512, __m512, 16, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_set1_ps,
           _mm512_setzero_ps, _mm512_storeu_ps, _mm512_reduce_add_ps)
@@ -375,9 +555,14 @@ typedef struct {
     dot_fn dots[3];
     mm_fn mms[3];
     head_fn head;
+    bool bf16_pairs; /* bf16 weights go through mm512_bf16_pairs */
+    float *xp;       /* x in pair-split order for it, xp_cap floats, 64-byte aligned */
+    size_t xp_cap;
     uint32_t head_w; /* floats per vector of head: head_dim must be a multiple */
-    float *sc;       /* attention scores, (n + 1) * sc_stride floats */
+    float *sc;       /* attention scores, (n + 1) * ATTN_QB * sc_stride floats */
     size_t sc_stride;
+    size_t *blk; /* token blocks of the attention in progress, blk_cap entries */
+    size_t blk_cap;
     const char *isa;
 } cpu_t;
 
@@ -479,10 +664,54 @@ static void run_slice(const void *arg, int part, int parts) {
     }
 }
 
+typedef struct {
+    const float *x;
+    size_t rows, in;
+    float *xp;
+} perm_job_t;
+
+static void perm_slice(const void *arg, int part, int parts) {
+    const perm_job_t *j = arg;
+    xperm_pairs(j->x, j->rows * (size_t)part / (size_t)parts,
+                j->rows * (size_t)(part + 1) / (size_t)parts, j->in, j->xp);
+}
+
+/* Room for @n floats of pair-split x; false when memory ran out. */
+static bool xp_reserve(cpu_t *p, size_t n) {
+    if (n <= p->xp_cap) return true;
+    size_t cap = n + n / 4, bytes;
+    if (!cm_mul_ok(cap, sizeof(float), &bytes)) return false;
+    float *xp = cm_aligned_alloc(64, bytes);
+    if (!xp) return false;
+    cm_aligned_free(p->xp);
+    p->xp = xp;
+    p->xp_cap = cap;
+    return true;
+}
+
 static void cpu_matmul(void *ctx, const float *x, size_t rows, size_t in, const mdl_tensor_t *w,
                        const float *bias, size_t out, float *y) {
     cpu_t *p = ctx;
     job_t j = {x, rows, in, out, w, bias, y, p->dots[w->dtype], p->mms[w->dtype]};
+#if defined(__x86_64__)
+    size_t nxp;
+    if (w->dtype == MDL_BF16 && p->bf16_pairs) {
+        if (cm_mul_ok(rows, in_pairs32(in), &nxp) && xp_reserve(p, nxp)) {
+            perm_job_t pj = {x, rows, in, p->xp};
+            if (p->n == 0 || nxp < (1u << 16))
+                perm_slice(&pj, 0, 1);
+            else
+                pool_run(p, perm_slice, &pj);
+            j.x = p->xp;
+            j.mm = mm512_bf16_pairs;
+        } else {
+            /* Out of memory for the copy: one dot per (row, output),
+             * slower and summed in another order, but a result. */
+            CM_LOG(CM_LOG_WARN, "engine", "cpu backend: no memory for a %zu x %zu matmul's x copy",
+                   rows, in);
+        }
+    }
+#endif
     /* Small products are not worth waking the pool. */
     if (p->n == 0 || rows * in * out < (1u << 16)) {
         run_slice(&j, 0, 1);
@@ -494,17 +723,28 @@ static void cpu_matmul(void *ctx, const float *x, size_t rows, size_t in, const 
 typedef struct {
     const cpu_t *pool;
     const eng_attn_t *a;
+    size_t nblk; /* blocks of tokens: [blk[b], blk[b + 1]) */
 } attn_job_t;
 
-/* (token, head) pairs part, part + parts, ...: causal rows of a prefill
+/* The ref backend's attention, one token at a time, as a head_fn. */
+static void head_ref(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *sc,
+                     size_t stride) {
+    (void)stride;
+    for (uint32_t i = 0; i < nq; i++) eng_attn_head_ref(a, t0 + i, h, sc);
+}
+
+/* (block, head) pairs part, part + parts, ...: causal rows of a prefill
  * chunk differ in length, interleaving balances them. */
 static void attn_slice(const void *arg, int part, int parts) {
     const attn_job_t *j = arg;
     const eng_attn_t *a = j->a;
-    float *sc = j->pool->sc + (size_t)part * j->pool->sc_stride;
-    head_fn head = a->head_dim % j->pool->head_w ? eng_attn_head_ref : j->pool->head;
-    for (size_t i = (size_t)part; i < a->T * a->n_heads; i += (size_t)parts)
-        head(a, i / a->n_heads, (uint32_t)(i % a->n_heads), sc);
+    const size_t stride = j->pool->sc_stride;
+    float *sc = j->pool->sc + (size_t)part * ATTN_QB * stride;
+    head_fn head = a->head_dim % j->pool->head_w ? head_ref : j->pool->head;
+    for (size_t i = (size_t)part; i < j->nblk * a->n_heads; i += (size_t)parts) {
+        size_t b = i / a->n_heads, t0 = j->pool->blk[b];
+        head(a, t0, (uint32_t)(j->pool->blk[b + 1] - t0), (uint32_t)(i % a->n_heads), sc, stride);
+    }
 }
 
 static cm_status_t cpu_attention(void *ctx, const eng_attn_t *a) {
@@ -513,12 +753,25 @@ static cm_status_t cpu_attention(void *ctx, const eng_attn_t *a) {
     for (size_t t = 0; t < a->T; t++) most = a->ctx[t] > most ? a->ctx[t] : most;
     if (most > p->sc_stride) {
         size_t stride = most + 1024;
-        float *sc = cm_realloc_array(p->sc, stride * (size_t)(p->n + 1), sizeof *sc);
+        float *sc = cm_realloc_array(p->sc, stride * ATTN_QB * (size_t)(p->n + 1), sizeof *sc);
         if (!sc) return CM_ERR_NO_MEMORY;
         p->sc = sc;
         p->sc_stride = stride;
     }
-    attn_job_t j = {p, a};
+    if (a->T + 1 > p->blk_cap) {
+        size_t *blk = cm_realloc_array(p->blk, a->T + 1, sizeof *blk);
+        if (!blk) return CM_ERR_NO_MEMORY;
+        p->blk = blk;
+        p->blk_cap = a->T + 1;
+    }
+    /* Blocks of up to ATTN_QB consecutive tokens over the same K/V rows
+     * (one sequence's tokens share one row array). */
+    attn_job_t j = {p, a, 0};
+    for (size_t t = 0; t < a->T; t++)
+        if (!j.nblk || t - p->blk[j.nblk - 1] == ATTN_QB || a->k[t] != a->k[p->blk[j.nblk - 1]] ||
+            a->v[t] != a->v[p->blk[j.nblk - 1]])
+            p->blk[j.nblk++] = t;
+    p->blk[j.nblk] = a->T;
     /* A lone short row is not worth waking the pool. */
     if (a->T * a->n_heads * most * a->head_dim < (1u << 14))
         attn_slice(&j, 0, 1);
@@ -552,6 +805,8 @@ static void cpu_free(void *ctx) {
     pthread_cond_destroy(&p->done);
     cm_free(p->threads);
     cm_free(p->sc);
+    cm_free(p->blk);
+    cm_aligned_free(p->xp);
     cm_free(p);
 }
 
@@ -580,7 +835,7 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
     p->dots[MDL_F32] = dot_f32_scalar;
     p->dots[MDL_BF16] = dot_bf16_scalar;
     p->dots[MDL_F16] = dot_f16_scalar;
-    p->head = eng_attn_head_ref;
+    p->head = head_ref;
     p->head_w = 1;
     p->isa = "scalar";
     /* TANDEM_CPU_ISA=scalar|avx2|avx512 caps the instruction set (tests
@@ -598,7 +853,8 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
     }
     if (cap >= 2 && eng_cpu_isa_available("avx512")) {
         p->mms[MDL_F32] = mm_mm512_f32;
-        p->mms[MDL_BF16] = mm_mm512_bf16;
+        p->mms[MDL_BF16] = NULL; /* mm512_bf16_pairs, see cpu_matmul */
+        p->bf16_pairs = true;
         p->mms[MDL_F16] = mm_mm512_f16;
         p->head = head_avx512;
         p->head_w = 16;
