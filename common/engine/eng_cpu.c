@@ -445,51 +445,19 @@ typedef void (*head_fn)(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h,
                         size_t stride);
 
 #if defined(__x86_64__)
-/* out[c0 .. c0 + G) of one (token, head): sum over p of sc[p] * v[p],
- * p in order, G accumulators. */
-#define ATTN_V(G, vec, W, load, fmadd, set1, zero, store)                     \
-    do {                                                                      \
-        vec o_[G];                                                            \
-        _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) o_[c] = zero(); \
-        for (p = 0; p < n; p++) {                                             \
-            const float *vv = a->v[t][p] + kvo + (size_t)c0 * (W);            \
-            vec w_ = set1(sc[p]);                                             \
-            _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) o_[c] =     \
-                fmadd(w_, load(vv + c * (W)), o_[c]);                         \
-        }                                                                     \
-        _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++)                 \
-            store(ov + (size_t)(c0 + (uint32_t)c) * (W), o_[c]);              \
-    } while (0)
-/* Up to ATTN_QB consecutive tokens t0.. of one sequence (the same K/V
- * rows) and head h: each K row chunk is loaded once for all of them (a 4
- * queries x 4 keys tile of independent FMA chains). Every score, softmax
- * and output sums in the same order as for a token alone: the result of a
- * (token, head) does not depend on which tokens share its block. @sc
- * holds ATTN_QB * @stride floats. */
-#define ATTN_HEAD(isa, attr, vec, W, load, fmadd, set1, zero, store, reduce)                       \
-    attr static void head_##isa(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h,           \
-                                float *scb, size_t stride) {                                       \
-        const uint32_t hd = a->head_dim, nv = hd / (W);                                            \
-        const size_t qd = (size_t)a->n_heads * hd;                                                 \
-        const size_t kvo = (size_t)(h / (a->n_heads / a->kv_heads)) * hd;                          \
-        const float *const *K = a->k[t0];                                                          \
-        const float *qv[ATTN_QB];                                                                  \
-        uint32_t nmax = 0;                                                                         \
-        for (uint32_t i = 0; i < ATTN_QB; i++) { /* short blocks repeat their last token */        \
-            size_t ti = t0 + (i < nq ? i : nq - 1);                                                \
-            qv[i] = a->q + ti * qd + (size_t)h * hd;                                               \
-            nmax = a->ctx[ti] > nmax ? a->ctx[ti] : nmax;                                          \
-        }                                                                                          \
-        uint32_t p = 0;                                                                            \
-        for (; p + 4 <= nmax; p += 4) {                                                            \
+/* Scores of QN queries qv[0..QN) against keys [p, p + 4) (full tiles) then
+ * one key at a time up to nmax: QN x 4 independent FMA chains. */
+#define ATTN_QK(QN, vec, W, load, fmadd, zero, reduce)                                             \
+    do {                                                                                           \
+        for (p = 0; p + 4 <= nmax; p += 4) {                                                       \
             const float *kr[4] = {K[p] + kvo, K[p + 1] + kvo, K[p + 2] + kvo, K[p + 3] + kvo};     \
-            vec acc[ATTN_QB][4];                                                                   \
-            _Pragma("GCC unroll 4") for (int i = 0; i < ATTN_QB; i++)                              \
+            vec acc[QN][4];                                                                        \
+            _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++)                                 \
                 _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) acc[i][j] = zero();            \
             for (uint32_t c = 0; c < nv; c++) {                                                    \
                 vec kc[4];                                                                         \
                 _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) kc[j] = load(kr[j] + c * (W)); \
-                _Pragma("GCC unroll 4") for (int i = 0; i < ATTN_QB; i++) {                        \
+                _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++) {                           \
                     vec qc = load(qv[i] + c * (W));                                                \
                     _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) acc[i][j] =                \
                         fmadd(qc, kc[j], acc[i][j]);                                               \
@@ -501,32 +469,89 @@ typedef void (*head_fn)(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h,
         }                                                                                          \
         for (; p < nmax; p++) {                                                                    \
             const float *kk = K[p] + kvo;                                                          \
-            vec acc[ATTN_QB];                                                                      \
-            _Pragma("GCC unroll 4") for (int i = 0; i < ATTN_QB; i++) acc[i] = zero();             \
+            vec acc[QN];                                                                           \
+            _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++) acc[i] = zero();                \
             for (uint32_t c = 0; c < nv; c++) {                                                    \
                 vec kc = load(kk + c * (W));                                                       \
-                _Pragma("GCC unroll 4") for (int i = 0; i < ATTN_QB; i++) acc[i] =                 \
+                _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++) acc[i] =                    \
                     fmadd(load(qv[i] + c * (W)), kc, acc[i]);                                      \
             }                                                                                      \
             for (uint32_t i = 0; i < nq; i++) scb[i * stride + p] = reduce(acc[i]) * a->scale;     \
         }                                                                                          \
-        for (uint32_t i = 0; i < nq; i++) {                                                        \
-            const size_t t = t0 + i;                                                               \
-            const uint32_t n = a->ctx[t];                                                          \
-            float *sc = scb + i * stride, mx = -INFINITY, sum = 0.0f;                              \
-            for (p = 0; p < n; p++)                                                                \
-                if (sc[p] > mx) mx = sc[p];                                                        \
-            for (p = 0; p < n; p++) {                                                              \
-                sc[p] = expf(sc[p] - mx);                                                          \
-                sum += sc[p];                                                                      \
-            }                                                                                      \
-            for (p = 0; p < n; p++) sc[p] /= sum;                                                  \
-            float *ov = a->out + t * qd + (size_t)h * hd;                                          \
-            uint32_t c0 = 0; /* 8 or 4 accumulators with fixed bounds stay in registers */         \
-            for (; c0 + 8 <= nv; c0 += 8) ATTN_V(8, vec, W, load, fmadd, set1, zero, store);       \
-            for (; c0 + 4 <= nv; c0 += 4) ATTN_V(4, vec, W, load, fmadd, set1, zero, store);       \
-            for (; c0 < nv; c0++) ATTN_V(1, vec, W, load, fmadd, set1, zero, store);               \
-        }                                                                                          \
+    } while (0)
+
+/* Outputs of QN queries, columns [c0, c0 + G) at a time: sum over p in
+ * order of weight x V row (weights past a query's context are 0, which
+ * leaves its sums unchanged). */
+#define ATTN_PV(QN, G, vec, W, load, fmadd, set1, zero, store)                                \
+    do {                                                                                      \
+        vec o_[QN][G];                                                                        \
+        _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++)                                \
+            _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) o_[i][c] = zero();          \
+        for (p = 0; p < nmax; p++) {                                                          \
+            const float *vv = V[p] + kvo + (size_t)c0 * (W);                                  \
+            vec vc[G];                                                                        \
+            _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) vc[c] = load(vv + c * (W)); \
+            _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++) {                          \
+                vec w_ = set1(scb[(size_t)i * stride + p]);                                   \
+                _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) o_[i][c] =              \
+                    fmadd(w_, vc[c], o_[i][c]);                                               \
+            }                                                                                 \
+        }                                                                                     \
+        for (uint32_t i = 0; i < nq; i++)                                                     \
+            _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++)                             \
+                store(ov[i] + (size_t)(c0 + (uint32_t)c) * (W), o_[i][c]);                    \
+    } while (0)
+
+/* Up to ATTN_QB consecutive tokens t0.. of one sequence (the same K/V
+ * rows) and head h: each K/V row chunk is loaded once for all of them.
+ * Every score, softmax and output element sums in the same order whether
+ * a token is alone (nq 1) or in a block: the result of a (token, head)
+ * does not depend on its neighbours. @scb holds ATTN_QB * @stride floats. */
+#define ATTN_HEAD(isa, attr, vec, W, load, fmadd, set1, zero, store, reduce)                     \
+    attr static void head_##isa(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h,         \
+                                float *scb, size_t stride) {                                     \
+        const uint32_t hd = a->head_dim, nv = hd / (W);                                          \
+        const size_t qd = (size_t)a->n_heads * hd;                                               \
+        const size_t kvo = (size_t)(h / (a->n_heads / a->kv_heads)) * hd;                        \
+        const float *const *K = a->k[t0], *const *V = a->v[t0];                                  \
+        const float *qv[ATTN_QB];                                                                \
+        float *ov[ATTN_QB];                                                                      \
+        uint32_t nmax = 0, p;                                                                    \
+        for (uint32_t i = 0; i < ATTN_QB; i++) { /* short blocks repeat their last token */      \
+            size_t ti = t0 + (i < nq ? i : nq - 1);                                              \
+            qv[i] = a->q + ti * qd + (size_t)h * hd;                                             \
+            ov[i] = a->out + ti * qd + (size_t)h * hd;                                           \
+            nmax = a->ctx[ti] > nmax ? a->ctx[ti] : nmax;                                        \
+        }                                                                                        \
+        if (nq == 1)                                                                             \
+            ATTN_QK(1, vec, W, load, fmadd, zero, reduce);                                       \
+        else                                                                                     \
+            ATTN_QK(ATTN_QB, vec, W, load, fmadd, zero, reduce);                                 \
+        for (uint32_t i = 0; i < nq; i++) {                                                      \
+            const uint32_t n = a->ctx[t0 + i];                                                   \
+            float *sc = scb + i * stride, mx = -INFINITY, sum = 0.0f;                            \
+            for (p = 0; p < n; p++)                                                              \
+                if (sc[p] > mx) mx = sc[p];                                                      \
+            for (p = 0; p < n; p++) {                                                            \
+                sc[p] = expf(sc[p] - mx);                                                        \
+                sum += sc[p];                                                                    \
+            }                                                                                    \
+            for (p = 0; p < n; p++) sc[p] /= sum;                                                \
+            for (; p < nmax; p++) sc[p] = 0.0f;                                                  \
+        }                                                                                        \
+        for (uint32_t i = nq; nq > 1 && i < ATTN_QB; i++) /* rows of the repeated token */       \
+            memset(scb + i * stride, 0, nmax * sizeof *scb);                                     \
+        uint32_t c0 = 0;                                                                         \
+        if (nq == 1) { /* 8 or 4 accumulators with fixed bounds stay in registers */             \
+            for (; c0 + 8 <= nv; c0 += 8) ATTN_PV(1, 8, vec, W, load, fmadd, set1, zero, store); \
+            for (; c0 + 4 <= nv; c0 += 4) ATTN_PV(1, 4, vec, W, load, fmadd, set1, zero, store); \
+        } else {                                                                                 \
+            for (; c0 + 4 <= nv; c0 += 4)                                                        \
+                ATTN_PV(ATTN_QB, 4, vec, W, load, fmadd, set1, zero, store);                     \
+        }                                                                                        \
+        for (; nq == 1 && c0 < nv; c0++) ATTN_PV(1, 1, vec, W, load, fmadd, set1, zero, store);  \
+        for (; c0 < nv; c0++) ATTN_PV(ATTN_QB, 1, vec, W, load, fmadd, set1, zero, store);       \
     }
 ATTN_HEAD(avx512, AVX512, __m512, 16, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_set1_ps,
           _mm512_setzero_ps, _mm512_storeu_ps, _mm512_reduce_add_ps)

@@ -46,9 +46,17 @@ def retrieval(rng: random.Random, npairs: int, nq: int = 1):
     return prompt, f"{keys[qs[0]]}={vals[qs[0]]}", more
 
 
+# Zero-pad a sum to one digit more than its longer operand ("04821+3755"
+# -> "08576"): every answer digit then sits a fixed distance after its
+# column's operand digits (experiment flag, train.py --addition-pad).
+ADD_PAD = False
+
+
 def addition(rng: random.Random, digits_a: int, digits_b: int):
     a = rng.randint(10 ** (digits_a - 1) if digits_a > 1 else 0, 10 ** digits_a - 1)
     b = rng.randint(10 ** (digits_b - 1) if digits_b > 1 else 0, 10 ** digits_b - 1)
+    if ADD_PAD:
+        return f"What is {a}+{b}?", str(a + b).zfill(max(digits_a, digits_b) + 1)
     return f"What is {a}+{b}?", str(a + b)
 
 

@@ -381,7 +381,10 @@ def main():
                     help="first addition cap (digits per operand)")
     ap.add_argument("--addition-fixed", action="store_true",
                     help="both operands always have the cap's digits")
+    ap.add_argument("--addition-pad", action="store_true",
+                    help="zero-pad sums to one digit more than the longer operand")
     a = ap.parse_args()
+    tasks.ADD_PAD = a.addition_pad
     global ADD_FIXED
     LEVEL0["retrieval"] = a.retrieval0
     LEVEL0["addition"] = a.addition0
