@@ -445,6 +445,91 @@ typedef void (*head_fn)(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h,
                         size_t stride);
 
 #if defined(__x86_64__)
+/* exp(x) for x <= 0 in vectors (Cephes' expf: x = n ln2 + r, a degree-5
+ * polynomial in r, about 1 ulp; inputs below -87 give exp(-87)), and an
+ * in-place softmax of a score row with it. A row's result depends on its
+ * own length only, never on what shares the block. */
+#define EXP_POLY(vec, set1, fmadd, mul, add, x, n, y)    \
+    do {                                                 \
+        vec r_ = fmadd(n, set1(-0.693359375f), x);       \
+        r_ = fmadd(n, set1(2.12194440e-4f), r_);         \
+        vec p_ = set1(1.9875691500e-4f);                 \
+        p_ = fmadd(p_, r_, set1(1.3981999507e-3f));      \
+        p_ = fmadd(p_, r_, set1(8.3334519073e-3f));      \
+        p_ = fmadd(p_, r_, set1(4.1665795894e-2f));      \
+        p_ = fmadd(p_, r_, set1(1.6666665459e-1f));      \
+        p_ = fmadd(p_, r_, set1(5.0000001201e-1f));      \
+        y = fmadd(p_, mul(r_, r_), add(r_, set1(1.0f))); \
+    } while (0)
+
+AVX512 static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 y;
+    EXP_POLY(__m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_add_ps, x, n, y);
+    return _mm512_scalef_ps(y, n);
+}
+
+AVX512 static void softmax512(float *sc, uint32_t n) {
+    __m512 mv = _mm512_set1_ps(-INFINITY);
+    uint32_t p = 0;
+    for (; p + 16 <= n; p += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(sc + p));
+    const __mmask16 tm = (__mmask16)((1u << (n - p)) - 1);
+    mv = _mm512_mask_max_ps(mv, tm, mv, _mm512_maskz_loadu_ps(tm, sc + p));
+    const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
+    __m512 sv = _mm512_setzero_ps();
+    for (p = 0; p + 16 <= n; p += 16) {
+        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(sc + p), mx));
+        _mm512_storeu_ps(sc + p, e);
+        sv = _mm512_add_ps(sv, e);
+    }
+    if (p < n) {
+        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tm, sc + p), mx));
+        _mm512_mask_storeu_ps(sc + p, tm, e);
+        sv = _mm512_mask_add_ps(sv, tm, sv, e);
+    }
+    const __m512 sum = _mm512_set1_ps(_mm512_reduce_add_ps(sv));
+    for (p = 0; p + 16 <= n; p += 16)
+        _mm512_storeu_ps(sc + p, _mm512_div_ps(_mm512_loadu_ps(sc + p), sum));
+    if (p < n)
+        _mm512_mask_storeu_ps(sc + p, tm, _mm512_div_ps(_mm512_maskz_loadu_ps(tm, sc + p), sum));
+}
+
+AVX2 static inline __m256 exp256(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 y;
+    EXP_POLY(__m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_mul_ps, _mm256_add_ps, x, n, y);
+    __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+AVX2 static void softmax256(float *sc, uint32_t n) {
+    float mx = -INFINITY, tail[8];
+    uint32_t p = 0;
+    for (; p < n; p++) mx = sc[p] > mx ? sc[p] : mx;
+    __m256 sv = _mm256_setzero_ps(), m8 = _mm256_set1_ps(mx);
+    for (p = 0; p + 8 <= n; p += 8) {
+        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(sc + p), m8));
+        _mm256_storeu_ps(sc + p, e);
+        sv = _mm256_add_ps(sv, e);
+    }
+    if (p < n) { /* the tail padded with -inf: exp gives 0 */
+        for (uint32_t i = 0; i < 8; i++) tail[i] = p + i < n ? sc[p + i] : -INFINITY;
+        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(tail), m8));
+        e = _mm256_and_ps(
+            e, _mm256_cmp_ps(_mm256_loadu_ps(tail), _mm256_set1_ps(-INFINITY), _CMP_NEQ_OQ));
+        _mm256_storeu_ps(tail, e);
+        for (uint32_t i = 0; p + i < n; i++) sc[p + i] = tail[i];
+        sv = _mm256_add_ps(sv, e);
+    }
+    const float sum = hsum(sv);
+    for (p = 0; p < n; p++) sc[p] /= sum;
+}
+
 /* Scores of QN queries qv[0..QN) against keys [p, p + 4) (full tiles) then
  * one key at a time up to nmax: QN x 4 independent FMA chains. */
 #define ATTN_QK(QN, vec, W, load, fmadd, zero, reduce)                                             \
@@ -508,7 +593,7 @@ typedef void (*head_fn)(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h,
  * Every score, softmax and output element sums in the same order whether
  * a token is alone (nq 1) or in a block: the result of a (token, head)
  * does not depend on its neighbours. @scb holds ATTN_QB * @stride floats. */
-#define ATTN_HEAD(isa, attr, vec, W, load, fmadd, set1, zero, store, reduce)                     \
+#define ATTN_HEAD(isa, attr, vec, W, load, fmadd, set1, zero, store, reduce, softmax)            \
     attr static void head_##isa(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h,         \
                                 float *scb, size_t stride) {                                     \
         const uint32_t hd = a->head_dim, nv = hd / (W);                                          \
@@ -530,15 +615,9 @@ typedef void (*head_fn)(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h,
             ATTN_QK(ATTN_QB, vec, W, load, fmadd, zero, reduce);                                 \
         for (uint32_t i = 0; i < nq; i++) {                                                      \
             const uint32_t n = a->ctx[t0 + i];                                                   \
-            float *sc = scb + i * stride, mx = -INFINITY, sum = 0.0f;                            \
-            for (p = 0; p < n; p++)                                                              \
-                if (sc[p] > mx) mx = sc[p];                                                      \
-            for (p = 0; p < n; p++) {                                                            \
-                sc[p] = expf(sc[p] - mx);                                                        \
-                sum += sc[p];                                                                    \
-            }                                                                                    \
-            for (p = 0; p < n; p++) sc[p] /= sum;                                                \
-            for (; p < nmax; p++) sc[p] = 0.0f;                                                  \
+            float *sc = scb + i * stride;                                                        \
+            softmax(sc, n);                                                                      \
+            for (p = n; p < nmax; p++) sc[p] = 0.0f;                                             \
         }                                                                                        \
         for (uint32_t i = nq; nq > 1 && i < ATTN_QB; i++) /* rows of the repeated token */       \
             memset(scb + i * stride, 0, nmax * sizeof *scb);                                     \
@@ -554,9 +633,9 @@ typedef void (*head_fn)(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h,
         for (; c0 < nv; c0++) ATTN_PV(ATTN_QB, 1, vec, W, load, fmadd, set1, zero, store);       \
     }
 ATTN_HEAD(avx512, AVX512, __m512, 16, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_set1_ps,
-          _mm512_setzero_ps, _mm512_storeu_ps, _mm512_reduce_add_ps)
+          _mm512_setzero_ps, _mm512_storeu_ps, _mm512_reduce_add_ps, softmax512)
 ATTN_HEAD(avx2, AVX2, __m256, 8, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_set1_ps,
-          _mm256_setzero_ps, _mm256_storeu_ps, hsum)
+          _mm256_setzero_ps, _mm256_storeu_ps, hsum, softmax256)
 #endif
 
 /* ---- thread pool ------------------------------------------------------
