@@ -257,9 +257,9 @@ def induction_init(model, seed, a=0.1, s=12.0, b=10.0, fn=4.0, es=5.0, slow=12):
     does the rest. Every weight stays trainable."""
     cfg = model.config
     hd, H = cfg.head_dim, cfg.hidden_size
-    half, E = hd // 2, H // 2
-    if E > hd or 2 * slow > hd:
-        raise SystemExit("--induction-init: needs hidden_size <= 2 * head_dim")
+    half, E = hd // 2, min(H // 2, hd)
+    if 2 * slow > hd:
+        raise SystemExit("--induction-init: head_dim too small")
     prev_token_head_init(model, const=0.6)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -283,8 +283,62 @@ def induction_init(model, seed, a=0.1, s=12.0, b=10.0, fn=4.0, es=5.0, slow=12):
         proj = torch.linalg.qr(torch.randn(E - 1, len(dims), generator=g))[0].T
         for j, d in enumerate(dims):
             at1.q_proj.weight[d, 1:E] = s * proj[j]
-            at1.k_proj.weight[d, E + 1:] = s * proj[j]
+            at1.k_proj.weight[d, E + 1:2 * E] = s * proj[j]
         model.model.norm.weight.mul_(fn)
+
+
+def addition_init(model, seed, offsets, amp=4.0, pairs=6, code=8, out=1.0):
+    """With --induction-init on a model with room (hidden >= 128 + 8 *
+    code, 4 KV heads): the query heads of layer 0 other than the
+    previous-token head, and those of layer 1 on KV heads 1.., start as
+    fixed-offset heads (offsets[i]: how far back head i looks, whatever
+    the tokens; the same score shape as the previous-token head). Each
+    copies a @code-dim random projection of the attended token's
+    embedding into its own slot of the residual (dims 128 + code * i ..).
+    In the padded addition format every answer digit sits a fixed
+    distance after its column's operand digits (15 / 10 tokens for 4+4
+    digits, 14 / 9 for the next column, ...), so these heads bring the
+    MLPs exactly the digits they need; the MLPs learn the arithmetic.
+    Layer 0 reads raw embeddings; layer 1 reads them under layer 0's
+    small writes (its induction output comes after). Everything trains."""
+    cfg = model.config
+    hd, H, nh, nkv = cfg.head_dim, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads
+    half, E, group = hd // 2, min(H // 2, hd), nh // nkv
+    theta = cfg.rope_parameters["rope_theta"]
+    # (layer, head) slots: layer 0 heads 1.., then layer 1 heads of KV heads 1..
+    slots = [(0, h) for h in range(1, nh)] + [(1, h) for h in range(group, nh)]
+    if len(offsets) > len(slots) or 128 + code * len(offsets) > H:
+        raise SystemExit("--addition-init: not enough heads or residual for the offsets")
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for i, d in enumerate(offsets):
+            L, h = slots[i]
+            at = model.model.layers[L].self_attn
+            kv = h // group
+            q0, k0, v0 = h * hd, kv * hd, kv * hd
+            at.q_proj.weight[q0:q0 + hd, :] = 0
+            # KV head 0 of layer 0 is the previous-token head's: its key
+            # is rotated one position ahead; the other KV heads get an
+            # unrotated key on the constant coordinate.
+            shift = 1 if (L == 0 and kv == 0) else 0
+            if not shift:
+                at.k_proj.weight[k0:k0 + hd, :] = 0
+                for j in range(pairs):
+                    at.k_proj.weight[k0 + j, 0] = amp
+            for j in range(pairs):
+                th = theta ** (-2 * j / hd)
+                at.q_proj.weight[q0 + j, 0] = amp * math.cos((shift - d) * th)
+                at.q_proj.weight[q0 + j + half, 0] = amp * math.sin((shift - d) * th)
+            proj = torch.linalg.qr(torch.randn(E - 1, code, generator=g))[0].T  # [code, E-1]
+            slot = 128 + code * i
+            at.o_proj.weight[:, q0:q0 + hd] = 0
+            if kv == 0:  # the previous-token head's value copies dims 1..E-1
+                at.o_proj.weight[slot:slot + code, q0 + 1:q0 + E] = out * proj
+            else:  # this KV head's value: the token's code in its first dims
+                at.v_proj.weight[v0:v0 + hd, :] = 0
+                at.v_proj.weight[v0:v0 + code, 1:E] = proj
+                for j in range(code):
+                    at.o_proj.weight[slot + j, q0 + j] = out
 
 
 def save(model, tk, out):
@@ -383,6 +437,10 @@ def main():
                     help="both operands always have the cap's digits")
     ap.add_argument("--addition-pad", action="store_true",
                     help="zero-pad sums to one digit more than the longer operand")
+    ap.add_argument("--offset-amp", type=float, default=4.0,
+                    help="query/key size of --addition-init's heads")
+    ap.add_argument("--addition-init", default="",
+                    help="with --induction-init: comma-separated offsets of fixed-offset heads")
     a = ap.parse_args()
     tasks.ADD_PAD = a.addition_pad
     global ADD_FIXED
@@ -433,6 +491,9 @@ def main():
                              "RMSNorm rescales q and k)")
         if a.induction_init:
             induction_init(model, a.seed)
+            if a.addition_init:
+                addition_init(model, a.seed, [int(v) for v in a.addition_init.split(",")],
+                              amp=a.offset_amp)
         else:
             prev_token_head_init(model)
     dev = torch.device(a.device)
