@@ -768,6 +768,7 @@ static void run_slice(const void *arg, int part, int parts) {
     }
 }
 
+#if defined(__x86_64__) /* the x copy of mm512_bf16_pairs */
 typedef struct {
     const float *x;
     size_t rows, in;
@@ -792,6 +793,7 @@ static bool xp_reserve(cpu_t *p, size_t n) {
     p->xp_cap = cap;
     return true;
 }
+#endif
 
 static void cpu_matmul(void *ctx, const float *x, size_t rows, size_t in, const mdl_tensor_t *w,
                        const float *bias, size_t out, float *y) {
