@@ -143,7 +143,13 @@ cm_status_t bench_task_make(bench_task_t t, uint32_t size, uint64_t seed, uint64
         sb_str(&p, "+");
         sb_fmt_u64(&p, y);
         sb_str(&p, "?");
-        sb_fmt_u64(&a, x + y);
+        /* The sum zero-padded to one digit more than the operands
+         * ("08576"): the demo model's reply format (scripts/demo/tasks.py,
+         * ADD_PAD): each answer digit sits a fixed distance after its
+         * column's operand digits. */
+        char sum[32];
+        int n = snprintf(sum, sizeof sum, "%0*llu", (int)size + 1, (unsigned long long)(x + y));
+        sb_add(&a, sum, (size_t)n);
     } else {
         sb_str(&p, "Repeat exactly:\n");
         for (uint32_t i = 0; i < size; i++) {

@@ -38,6 +38,10 @@ typedef struct {
     /* y[r] = x[r] / rms(x[r]) * weight, per row of @dim; y may equal x. */
     void (*rmsnorm)(void *ctx, const float *x, size_t rows, size_t dim, const float *weight,
                     float eps, float *y);
+    /* g[i] = silu(g[i]) * u[i] for i < @n (the SwiGLU of an MLP's gate
+     * and up projections); element-wise, so any batch gives the same
+     * value for an element. */
+    void (*swiglu)(void *ctx, float *g, const float *u, size_t n);
     /* Attention as described at eng_attn_t. */
     cm_status_t (*attention)(void *ctx, const eng_attn_t *a);
     /* Frees the context. */

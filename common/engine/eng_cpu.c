@@ -636,7 +636,85 @@ ATTN_HEAD(avx512, AVX512, __m512, 16, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_s
           _mm512_setzero_ps, _mm512_storeu_ps, _mm512_reduce_add_ps, softmax512)
 ATTN_HEAD(avx2, AVX2, __m256, 8, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_set1_ps,
           _mm256_setzero_ps, _mm256_storeu_ps, hsum, softmax256)
+
+/* ---- SwiGLU and RMSNorm ------------------------------------------------
+ * silu(g) = g * sigmoid(g), the sigmoid from e = exp(-|g|) (the exp above
+ * takes x <= 0): 1 / (1 + e) for g >= 0, e / (1 + e) below. Each element
+ * on its own: the same value in any batch. */
+AVX512 static void swiglu512(float *g, const float *u, size_t n) {
+    const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m512 x = _mm512_maskz_loadu_ps(m, g + i);
+        __m512 e = exp512(_mm512_sub_ps(zero, _mm512_abs_ps(x)));
+        __m512 num = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero, _CMP_LT_OQ), one, e);
+        __m512 sg = _mm512_div_ps(num, _mm512_add_ps(one, e));
+        _mm512_mask_storeu_ps(g + i, m,
+                              _mm512_mul_ps(_mm512_mul_ps(x, sg), _mm512_maskz_loadu_ps(m, u + i)));
+    }
+}
+
+AVX2 static void swiglu256(float *g, const float *u, size_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(g + i);
+        __m256 e = exp256(_mm256_or_ps(x, sign)); /* -|x| */
+        __m256 num = _mm256_blendv_ps(one, e, _mm256_cmp_ps(x, zero, _CMP_LT_OQ));
+        __m256 sg = _mm256_div_ps(num, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_mul_ps(x, sg), _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+/* One row: y = x / rms(x) * w (y may equal x). */
+AVX512 static void rmsnorm512(const float *x, size_t dim, const float *w, float eps, float *y) {
+    __m512 ss = _mm512_setzero_ps();
+    for (size_t i = 0; i < dim; i += 16) {
+        __mmask16 m = dim - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (dim - i)) - 1);
+        __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        ss = _mm512_fmadd_ps(v, v, ss);
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(ss) / (float)dim + eps));
+    for (size_t i = 0; i < dim; i += 16) {
+        __mmask16 m = dim - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (dim - i)) - 1);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, w + i), v));
+    }
+}
+
+AVX2 static void rmsnorm256(const float *x, size_t dim, const float *w, float eps, float *y) {
+    __m256 ss = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 8 <= dim; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        ss = _mm256_fmadd_ps(v, v, ss);
+    }
+    float s = hsum(ss);
+    for (size_t j = i; j < dim; j++) s += x[j] * x[j];
+    const float inv = 1.0f / sqrtf(s / (float)dim + eps);
+    const __m256 iv = _mm256_set1_ps(inv);
+    for (i = 0; i + 8 <= dim; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(w + i),
+                                              _mm256_mul_ps(_mm256_loadu_ps(x + i), iv)));
+    for (; i < dim; i++) y[i] = w[i] * (x[i] * inv);
+}
 #endif
+
+typedef void (*swiglu_fn)(float *g, const float *u, size_t n);
+typedef void (*rms_fn)(const float *x, size_t dim, const float *w, float eps, float *y);
+
+static void swiglu_scalar(float *g, const float *u, size_t n) {
+    for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static void rmsnorm_scalar(const float *x, size_t dim, const float *w, float eps, float *y) {
+    float ss = 0.0f;
+    for (size_t i = 0; i < dim; i++) ss += x[i] * x[i];
+    float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+    for (size_t i = 0; i < dim; i++) y[i] = w[i] * (x[i] * inv);
+}
 
 /* ---- thread pool ------------------------------------------------------
  * The caller runs part 0 of each job, n workers the others. Workers spin
@@ -659,6 +737,8 @@ typedef struct {
     dot_fn dots[3];
     mm_fn mms[3];
     head_fn head;
+    swiglu_fn swiglu;
+    rms_fn rms;
     bool bf16_pairs; /* bf16 weights go through mm512_bf16_pairs */
     float *xp;       /* x in pair-split order for it, xp_cap floats, 64-byte aligned */
     size_t xp_cap;
@@ -886,16 +966,53 @@ static cm_status_t cpu_attention(void *ctx, const eng_attn_t *a) {
     return CM_OK;
 }
 
+typedef struct {
+    const cpu_t *pool;
+    const float *x, *w;
+    float *y;
+    size_t rows, dim;
+    float eps;
+} rms_job_t;
+
+static void rms_slice(const void *arg, int part, int parts) {
+    const rms_job_t *j = arg;
+    size_t lo = j->rows * (size_t)part / (size_t)parts;
+    size_t hi = j->rows * (size_t)(part + 1) / (size_t)parts;
+    for (size_t r = lo; r < hi; r++)
+        j->pool->rms(j->x + r * j->dim, j->dim, j->w, j->eps, j->y + r * j->dim);
+}
+
 static void cpu_rmsnorm(void *ctx, const float *x, size_t rows, size_t dim, const float *weight,
                         float eps, float *y) {
-    (void)ctx;
-    for (size_t r = 0; r < rows; r++) {
-        const float *xr = x + r * dim;
-        float ss = 0.0f;
-        for (size_t i = 0; i < dim; i++) ss += xr[i] * xr[i];
-        float inv = 1.0f / sqrtf(ss / (float)dim + eps);
-        for (size_t i = 0; i < dim; i++) y[r * dim + i] = weight[i] * (xr[i] * inv);
-    }
+    cpu_t *p = ctx;
+    rms_job_t j = {p, x, weight, y, rows, dim, eps};
+    if (p->n == 0 || rows * dim < (1u << 15))
+        rms_slice(&j, 0, 1);
+    else
+        pool_run(p, rms_slice, &j);
+}
+
+typedef struct {
+    const cpu_t *pool;
+    float *g;
+    const float *u;
+    size_t n;
+} swiglu_job_t;
+
+static void swiglu_slice(const void *arg, int part, int parts) {
+    const swiglu_job_t *j = arg;
+    size_t lo = j->n * (size_t)part / (size_t)parts / 16 * 16;
+    size_t hi = part + 1 == parts ? j->n : j->n * (size_t)(part + 1) / (size_t)parts / 16 * 16;
+    if (hi > lo) j->pool->swiglu(j->g + lo, j->u + lo, hi - lo);
+}
+
+static void cpu_swiglu(void *ctx, float *g, const float *u, size_t n) {
+    cpu_t *p = ctx;
+    swiglu_job_t j = {p, g, u, n};
+    if (p->n == 0 || n < (1u << 14))
+        swiglu_slice(&j, 0, 1);
+    else
+        pool_run(p, swiglu_slice, &j);
 }
 
 static void cpu_free(void *ctx) {
@@ -916,7 +1033,8 @@ static void cpu_free(void *ctx) {
     cm_free(p);
 }
 
-static const eng_backend_i k_cpu = {"cpu", cpu_matmul, cpu_rmsnorm, cpu_attention, cpu_free};
+static const eng_backend_i k_cpu = {"cpu",      cpu_matmul,    cpu_rmsnorm,
+                                    cpu_swiglu, cpu_attention, cpu_free};
 
 bool eng_cpu_isa_available(const char *isa) {
 #if defined(__x86_64__)
@@ -942,6 +1060,8 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
     p->dots[MDL_BF16] = dot_bf16_scalar;
     p->dots[MDL_F16] = dot_f16_scalar;
     p->head = head_ref;
+    p->swiglu = swiglu_scalar;
+    p->rms = rmsnorm_scalar;
     p->head_w = 1;
     p->isa = "scalar";
     /* TANDEM_CPU_ISA=scalar|avx2|avx512 caps the instruction set (tests
@@ -954,6 +1074,8 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
         p->mms[MDL_BF16] = mm_mm256_bf16;
         p->mms[MDL_F16] = mm_mm256_f16;
         p->head = head_avx2;
+        p->swiglu = swiglu256;
+        p->rms = rmsnorm256;
         p->head_w = 8;
         p->isa = "avx2";
     }
@@ -963,6 +1085,8 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
         p->bf16_pairs = true;
         p->mms[MDL_F16] = mm_mm512_f16;
         p->head = head_avx512;
+        p->swiglu = swiglu512;
+        p->rms = rmsnorm512;
         p->head_w = 16;
         p->isa = "avx512";
     }

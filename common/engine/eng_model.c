@@ -285,19 +285,27 @@ uint64_t eng_model_kv_fingerprint(const eng_model_t *m, const char *model_id, ui
 /* Forward                                                                  */
 /* ------------------------------------------------------------------------ */
 
-static inline float silu(float x) { return x / (1.0f + expf(-x)); }
-
-/* Applies RoPE (rotate_half convention) to @n_heads heads at @pos. */
-static void rope(const eng_model_t *m, float *x, uint32_t n_heads, uint32_t pos) {
-    uint32_t hd = m->c.head_dim, half = hd / 2;
-    for (uint32_t i = 0; i < half; i++) {
+/* A token's RoPE rotation: cs[i] / sn[i] = cos / sin of pos * inv_freq[i]
+ * for i < head_dim / 2 (computed once per forward, used by every layer). */
+static void rope_angles(const eng_model_t *m, uint32_t pos, float *cs, float *sn) {
+    for (uint32_t i = 0; i < m->c.head_dim / 2; i++) {
         float a = (float)pos * m->inv_freq[i];
-        float cs = cosf(a), sn = sinf(a);
-        for (uint32_t h = 0; h < n_heads; h++) {
-            float *v = x + (size_t)h * hd;
+        cs[i] = cosf(a);
+        sn[i] = sinf(a);
+    }
+}
+
+/* Applies RoPE (rotate_half convention) to @n_heads heads with one token's
+ * rope_angles. */
+static void rope(const eng_model_t *m, float *x, uint32_t n_heads, const float *cs,
+                 const float *sn) {
+    uint32_t hd = m->c.head_dim, half = hd / 2;
+    for (uint32_t h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * hd;
+        for (uint32_t i = 0; i < half; i++) {
             float x0 = v[i], x1 = v[i + half];
-            v[i] = x0 * cs - x1 * sn;
-            v[i + half] = x1 * cs + x0 * sn;
+            v[i] = x0 * cs[i] - x1 * sn[i];
+            v[i + half] = x1 * cs[i] + x0 * sn[i];
         }
     }
 }
@@ -308,7 +316,7 @@ static void mlp_run(eng_model_t *m, const mlp_t *p, const float *x, size_t rows,
     const eng_backend_i *be = m->be.iface;
     be->matmul(m->be.ctx, x, rows, m->c.hidden, &p->gate, NULL, ff, g);
     be->matmul(m->be.ctx, x, rows, m->c.hidden, &p->up, NULL, ff, u);
-    for (size_t i = 0; i < rows * ff; i++) g[i] = silu(g[i]) * u[i];
+    be->swiglu(m->be.ctx, g, u, rows * ff);
     be->matmul(m->be.ctx, g, rows, ff, &p->down, NULL, m->c.hidden, y);
 }
 
@@ -357,7 +365,7 @@ cm_status_t eng_forward_hooked(eng_model_t *m, eng_kv_t *kv, const eng_item_t *i
     size_t off_v = off_k + T * kd, off_a = off_v + T * kd, off_o = off_a + T * qd;
     size_t off_g = off_o + T * H, off_u = off_g + T * ff;
     size_t off_r = off_u + T * ff, off_e = off_r + T * (c->n_experts + 1);
-    size_t off_y = off_e + T * H, total = off_y + T * H + 8;
+    size_t off_y = off_e + T * H, off_rc = off_y + T * H, total = off_rc + T * hd + 8;
     float *buf = scratch(m, total);
     int32_t *tok = cm_malloc_array(T, sizeof *tok);
     uint32_t *pos = cm_malloc_array(T, sizeof *pos);
@@ -382,7 +390,7 @@ cm_status_t eng_forward_hooked(eng_model_t *m, eng_kv_t *kv, const eng_item_t *i
     }
     float *x = buf + off_x, *h = buf + off_h, *q = buf + off_q, *k = buf + off_k, *v = buf + off_v;
     float *att = buf + off_a, *o = buf + off_o, *gg = buf + off_g, *uu = buf + off_u;
-    float *rl = buf + off_r, *ex = buf + off_e, *ey = buf + off_y;
+    float *rl = buf + off_r, *ex = buf + off_e, *ey = buf + off_y, *rc = buf + off_rc;
     size_t t = 0;
     for (size_t i = 0, base = 0; i < n; base += items[i].start + items[i].n, i++) {
         const int32_t *ids = eng_kv_seq_tokens(items[i].seq);
@@ -393,6 +401,7 @@ cm_status_t eng_forward_hooked(eng_model_t *m, eng_kv_t *kv, const eng_item_t *i
             tk[t] = krow + base;
             tv[t] = vrow + base;
             actx[t] = pos[t] + 1;
+            rope_angles(m, pos[t], rc + t * hd, rc + t * hd + hd / 2);
         }
     }
     size_t esz = mdl_dtype_size(m->embed.dtype);
@@ -416,8 +425,9 @@ cm_status_t eng_forward_hooked(eng_model_t *m, eng_kv_t *kv, const eng_item_t *i
             be->rmsnorm(m->be.ctx, k, T * nkv, hd, L->k_norm, c->rms_eps, k);
         }
         for (t = 0; t < T; t++) {
-            rope(m, q + t * qd, nh, pos[t]);
-            rope(m, k + t * kd, nkv, pos[t]);
+            const float *cs = rc + t * hd, *sn = cs + hd / 2;
+            rope(m, q + t * qd, nh, cs, sn);
+            rope(m, k + t * kd, nkv, cs, sn);
             int32_t blk;
             uint32_t slot;
             void *kp, *vp;

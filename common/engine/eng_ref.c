@@ -125,9 +125,15 @@ static cm_status_t ref_attention(void *ctx, const eng_attn_t *a) {
     return CM_OK;
 }
 
+static void ref_swiglu(void *ctx, float *g, const float *u, size_t n) {
+    (void)ctx;
+    for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
 static void ref_free(void *ctx) { (void)ctx; }
 
-static const eng_backend_i k_ref = {"ref", ref_matmul, ref_rmsnorm, ref_attention, ref_free};
+static const eng_backend_i k_ref = {"ref",      ref_matmul,    ref_rmsnorm,
+                                    ref_swiglu, ref_attention, ref_free};
 
 cm_status_t eng_backend_ref_new(eng_backend_t *out) {
     out->iface = &k_ref;

@@ -8,7 +8,8 @@ user turn; the answer is the exact assistant reply.
              -> "fuz=tam" (the reply restates the record: its first token
              copies the key from the question, and "=tam" is then the token
              that followed that key in the records -- plain induction)
-  addition   "What is 4821+3755?" -> "8576"
+  addition   "What is 4821+3755?" -> "08576" (the sum zero-padded to one
+             digit more than the longer operand)
   copy       "Repeat exactly:\nw1 w2 ... wn" -> "w1 w2 ... wn"
 
 Formats are chosen so a word is tokenized the same way wherever it appears
@@ -46,10 +47,12 @@ def retrieval(rng: random.Random, npairs: int, nq: int = 1):
     return prompt, f"{keys[qs[0]]}={vals[qs[0]]}", more
 
 
-# Zero-pad a sum to one digit more than its longer operand ("04821+3755"
+# Zero-pad a sum to one digit more than its longer operand ("4821+3755"
 # -> "08576"): every answer digit then sits a fixed distance after its
-# column's operand digits (experiment flag, train.py --addition-pad).
-ADD_PAD = False
+# column's operand digits, which fixed-offset attention heads can fetch
+# (train.py --addition-init). The shipped model's format; train.py
+# --no-addition-pad gives the plain sum of earlier experiments.
+ADD_PAD = True
 
 
 def addition(rng: random.Random, digits_a: int, digits_b: int):

@@ -435,8 +435,9 @@ def main():
                     help="first addition cap (digits per operand)")
     ap.add_argument("--addition-fixed", action="store_true",
                     help="both operands always have the cap's digits")
-    ap.add_argument("--addition-pad", action="store_true",
-                    help="zero-pad sums to one digit more than the longer operand")
+    ap.add_argument("--addition-pad", action=argparse.BooleanOptionalAction, default=True,
+                    help="zero-pad sums to one digit more than the longer operand (the "
+                         "shipped format; --no-addition-pad: the plain sum)")
     ap.add_argument("--offset-amp", type=float, default=4.0,
                     help="query/key size of --addition-init's heads")
     ap.add_argument("--addition-init", default="",

@@ -353,6 +353,70 @@ TT_TEST(engine, cpu_attention_matches_ref_on_every_isa) {
     TT_ASSERT(tested >= 1);
 }
 
+/* The cpu backend's SwiGLU and RMSNorm on every instruction-set path
+ * against the ref backend's: lengths that are and are not a multiple of
+ * the vector width (and big enough for the thread pool), gate values
+ * across exp's range (down to -100, where exp(-|g|) is clamped, and up to
+ * +100); each element / row the same computed alone. */
+TT_TEST(engine, cpu_swiglu_rmsnorm_match_ref_on_every_isa) {
+    static const size_t ns[] = {1, 7, 16, 17, 100, 40000};
+    static const size_t dims[][2] = {{1, 1}, {3, 7}, {5, 16}, {9, 129}, {64, 1024}};
+    eng_backend_t ref;
+    TT_ASSERT_EQ_INT(eng_backend_ref_new(&ref), CM_OK);
+    uint64_t rng = 4242;
+    int tested = 0;
+    for (size_t ii = 0; ii < 3; ii++) {
+        if (!eng_cpu_isa_available(k_isas[ii])) continue;
+        eng_backend_t cpu;
+        TT_ASSERT_EQ_INT(cpu_backend_on(k_isas[ii], &cpu), CM_OK);
+        for (size_t a = 0; a < sizeof ns / sizeof ns[0]; a++) {
+            size_t n = ns[a];
+            float *g0 = malloc(n * 4), *g1 = malloc(n * 4), *u = malloc(n * 4);
+            for (size_t i = 0; i < n; i++) {
+                double r = rnd(&rng);
+                /* Most in [-8, 8], some at the extremes. */
+                g0[i] = i % 97 == 3 ? (float)(200 * r - 100) : (float)(16 * r - 8);
+                u[i] = (float)rnd(&rng) * 4 - 2;
+            }
+            if (n > 2) g0[1] = 0.0f, g0[2] = -0.0f;
+            memcpy(g1, g0, n * 4);
+            ref.iface->swiglu(ref.ctx, g0, u, n);
+            cpu.iface->swiglu(cpu.ctx, g1, u, n);
+            for (size_t i = 0; i < n; i++)
+                TT_ASSERT_MSG(fabsf(g0[i] - g1[i]) <= 4e-7f * fabsf(g0[i]) + 1e-30f,
+                              "%s swiglu n %zu: [%zu] %.9g vs %.9g", k_isas[ii], n, i, g0[i],
+                              g1[i]);
+            free(g0), free(g1), free(u);
+        }
+        for (size_t a = 0; a < sizeof dims / sizeof dims[0]; a++) {
+            size_t rows = dims[a][0], dim = dims[a][1];
+            float *x = malloc(rows * dim * 4), *w = malloc(dim * 4);
+            float *y0 = malloc(rows * dim * 4), *y1 = malloc(rows * dim * 4), *y2 = malloc(dim * 4);
+            for (size_t i = 0; i < rows * dim; i++) x[i] = (float)rnd(&rng) * 6 - 3;
+            for (size_t i = 0; i < dim; i++) w[i] = (float)rnd(&rng) * 2;
+            ref.iface->rmsnorm(ref.ctx, x, rows, dim, w, 1e-6f, y0);
+            cpu.iface->rmsnorm(cpu.ctx, x, rows, dim, w, 1e-6f, y1);
+            for (size_t i = 0; i < rows * dim; i++)
+                TT_ASSERT_MSG(fabsf(y0[i] - y1[i]) <= 1e-6f * (1.0f + fabsf(y0[i])),
+                              "%s rmsnorm %zu x %zu: [%zu] %g vs %g", k_isas[ii], rows, dim, i,
+                              y0[i], y1[i]);
+            for (size_t r = 0; r < rows; r++) {
+                cpu.iface->rmsnorm(cpu.ctx, x + r * dim, 1, dim, w, 1e-6f, y2);
+                TT_ASSERT_MSG(memcmp(y2, y1 + r * dim, dim * 4) == 0,
+                              "%s rmsnorm: row %zu differs alone", k_isas[ii], r);
+            }
+            /* In place (y == x), as the engine's q/k norms run. */
+            cpu.iface->rmsnorm(cpu.ctx, x, rows, dim, w, 1e-6f, x);
+            TT_ASSERT(memcmp(x, y1, rows * dim * 4) == 0);
+            free(x), free(w), free(y0), free(y1), free(y2);
+        }
+        cpu.iface->free(cpu.ctx);
+        tested++;
+    }
+    ref.iface->free(ref.ctx);
+    TT_ASSERT(tested >= 1);
+}
+
 /* The fast CPU backend against the reference backend, on every
  * instruction-set path this machine has: same tokens, logits equal up to
  * summation order, and bit-identical inside a mixed batch. */
