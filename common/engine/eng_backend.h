@@ -44,6 +44,13 @@ typedef struct {
     void (*swiglu)(void *ctx, float *g, const float *u, size_t n);
     /* Attention as described at eng_attn_t. */
     cm_status_t (*attention)(void *ctx, const eng_attn_t *a);
+    /* Optional (NULL: none). Copies a weight matrix's values into this
+     * backend's faster layout: sets w->packed (cm_aligned_alloc'ed; the
+     * caller frees it with cm_aligned_free) or leaves it NULL when the
+     * backend has none for this tensor. matmul then reads w->packed; a
+     * tensor gives the same results packed or not up to summation order,
+     * and each row the same alone or in any batch. */
+    cm_status_t (*pack)(void *ctx, mdl_tensor_t *w);
     /* Frees the context. */
     void (*free)(void *ctx);
 } eng_backend_i;

@@ -324,6 +324,127 @@ AVX512 static void mm512_bf16_pairs(const float *xp, size_t rows, size_t in, con
     }
 }
 
+/* ---- bf16 panel kernel (AVX-512) ----------------------------------
+ * Weights repacked once at load (cpu_pack) into panels of 32 outputs:
+ * panel p holds, for each input k in order, the 32 weights
+ * W[32p + j][k] (one 64-byte line; the last panel zero-padded). A panel
+ * line widens like the pair-split kernel (evens by a shift, odds by a
+ * mask: outputs 32p + 2i and 32p + 2i + 1 in lane i) and multiplies
+ * x[r][k] broadcast: y[r][o] is one FMA chain over k in order from 0 --
+ * the ref backend's order -- whatever the block shape, batch or thread
+ * split (bit-identical rows alone or in any batch). x is read in place
+ * (one broadcast per row and input, from L1), a weight line once per
+ * block of rows: blocks of 12 rows x 1 panel (24 accumulators) for most
+ * rows, 4 x 3, 2 x 4 and 1 x 8 panels for the rest (decode: one row
+ * against 8 panels streaming at once). Rows go in tiles of PK_TILE so a
+ * tile's x stays in L2 while the panels stream. */
+#define PK_W    32 /* outputs per panel */
+#define PK_TILE 48 /* rows per tile */
+
+static inline size_t pk_panels(size_t out) { return (out + PK_W - 1) / PK_W; }
+
+/* Rows [r, r + R) of x against panels p .. p + NP - 1 (indexes past
+ * @p_hi clamped to its last panel: computed, not stored). */
+AVX512 __attribute__((always_inline)) static inline void
+pk_block(const float *x, size_t in, const uint16_t *P, size_t r, size_t p, size_t p_hi,
+         const float *bias, size_t out, float *y, const int R, const int NP) {
+    const __m512i hi = _mm512_set1_epi32((int)0xFFFF0000u);
+    const uint16_t *pp[8];
+#pragma GCC unroll 8
+    for (int q = 0; q < NP; q++)
+        pp[q] = P + (p + (size_t)q < p_hi ? p + (size_t)q : p_hi - 1) * in * PK_W;
+    __m512 ae[12][8], ao[12][8];
+#pragma GCC unroll 16
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 8
+        for (int q = 0; q < NP; q++) ae[i][q] = ao[i][q] = _mm512_setzero_ps();
+    const float *xr = x + r * in;
+    for (size_t k = 0; k < in; k++) {
+        __m512 we[8], wo[8];
+#pragma GCC unroll 8
+        for (int q = 0; q < NP; q++) {
+            __m512i raw = _mm512_load_si512(pp[q] + k * PK_W);
+            /* One load per line: without this GCC folds it into both
+             * the shift and the mask. */
+            __asm__("" : "+v"(raw));
+            we[q] = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+            wo[q] = _mm512_castsi512_ps(_mm512_and_si512(raw, hi));
+        }
+#pragma GCC unroll 16
+        for (int i = 0; i < R; i++) {
+            __m512 xb = _mm512_set1_ps(xr[(size_t)i * in + k]);
+#pragma GCC unroll 8
+            for (int q = 0; q < NP; q++) {
+                ae[i][q] = _mm512_fmadd_ps(xb, we[q], ae[i][q]);
+                ao[i][q] = _mm512_fmadd_ps(xb, wo[q], ao[i][q]);
+            }
+        }
+    }
+    /* Lane i of ae / ao = outputs 2i / 2i + 1: interleave into order. */
+    const __m512i ilo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i ihi =
+        _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+#pragma GCC unroll 8
+    for (int q = 0; q < NP; q++) {
+        if (p + (size_t)q >= p_hi) break;
+        size_t o0 = (p + (size_t)q) * PK_W, n = out - o0 < PK_W ? out - o0 : PK_W;
+        __mmask16 m0 = (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1);
+        __mmask16 m1 = (__mmask16)(n >= 32 ? 0xFFFF : n > 16 ? (1u << (n - 16)) - 1 : 0);
+        __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias + o0) : _mm512_setzero_ps();
+        __m512 b1 = bias ? _mm512_maskz_loadu_ps(m1, bias + o0 + 16) : _mm512_setzero_ps();
+#pragma GCC unroll 16
+        for (int i = 0; i < R; i++) {
+            float *yr = y + (r + (size_t)i) * out + o0;
+            __m512 v0 = _mm512_permutex2var_ps(ae[i][q], ilo, ao[i][q]);
+            __m512 v1 = _mm512_permutex2var_ps(ae[i][q], ihi, ao[i][q]);
+            _mm512_mask_storeu_ps(yr, m0, bias ? _mm512_add_ps(v0, b0) : v0);
+            _mm512_mask_storeu_ps(yr + 16, m1, bias ? _mm512_add_ps(v1, b1) : v1);
+        }
+    }
+}
+
+#define PK_SHAPE(R, NP)                                                                      \
+    AVX512 static void pk_##R##x##NP(const float *x, size_t in, const uint16_t *P, size_t r, \
+                                     size_t p, size_t p_hi, const float *bias, size_t out,   \
+                                     float *y) {                                             \
+        pk_block(x, in, P, r, p, p_hi, bias, out, y, R, NP);                                 \
+    }
+PK_SHAPE(12, 1)
+PK_SHAPE(4, 3)
+PK_SHAPE(2, 4)
+PK_SHAPE(1, 8)
+
+/* y[r][o] for r < rows and the outputs of panels [p_lo, p_hi); @P the
+ * panels of a [out][in] bf16 matrix. */
+AVX512 static void mm512_panels(const float *x, size_t rows, size_t in, const uint16_t *P,
+                                size_t p_lo, size_t p_hi, const float *bias, size_t out, float *y) {
+    for (size_t r0 = 0; r0 < rows; r0 += PK_TILE) {
+        size_t r1 = r0 + PK_TILE < rows ? r0 + PK_TILE : rows, r12 = r0 + (r1 - r0) / 12 * 12;
+        size_t r4 = r12 + (r1 - r12) / 4 * 4, r2 = r4 + (r1 - r4) / 2 * 2;
+        for (size_t p = p_lo; r0 < r12 && p < p_hi; p++)
+            for (size_t r = r0; r < r12; r += 12) pk_12x1(x, in, P, r, p, p_hi, bias, out, y);
+        for (size_t p = p_lo; r12 < r4 && p < p_hi; p += 3)
+            for (size_t r = r12; r < r4; r += 4) pk_4x3(x, in, P, r, p, p_hi, bias, out, y);
+        for (size_t p = p_lo; r4 < r2 && p < p_hi; p += 4)
+            pk_2x4(x, in, P, r4, p, p_hi, bias, out, y);
+        for (size_t p = p_lo; r2 < r1 && p < p_hi; p += 8)
+            pk_1x8(x, in, P, r2, p, p_hi, bias, out, y);
+    }
+}
+
+/* Panels [p_lo, p_hi) of bf16 @w ([out][in]) into @P. */
+static void pk_fill(const uint16_t *w, size_t in, size_t out, size_t p_lo, size_t p_hi,
+                    uint16_t *P) {
+    for (size_t p = p_lo; p < p_hi; p++) {
+        uint16_t *d = P + p * in * PK_W;
+        for (size_t j = 0; j < PK_W; j++) {
+            size_t o = p * PK_W + j;
+            const uint16_t *src = o < out ? w + o * in : NULL;
+            for (size_t k = 0; k < in; k++) d[k * PK_W + j] = src ? src[k] : 0;
+        }
+    }
+}
+
 AVX2 static inline __m256 w8(const void *w, size_t i, mdl_dtype_t t) {
     if (t == MDL_F32) return _mm256_loadu_ps((const float *)w + i);
     __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
@@ -828,11 +949,22 @@ typedef struct {
     const float *bias;
     float *y;
     dot_fn dot;
-    mm_fn mm; /* blocked kernel, or NULL: one dot per (row, output) */
+    mm_fn mm;    /* blocked kernel, or NULL: one dot per (row, output) */
+    bool panels; /* w->packed holds mm512_panels' panels */
 } job_t;
 
 static void run_slice(const void *arg, int part, int parts) {
     const job_t *j = arg;
+#if defined(__x86_64__)
+    if (j->panels) { /* whole panels per part */
+        size_t np = pk_panels(j->out);
+        size_t plo = np * (size_t)part / (size_t)parts,
+               phi = np * (size_t)(part + 1) / (size_t)parts;
+        if (phi > plo)
+            mm512_panels(j->x, j->rows, j->in, j->w->packed, plo, phi, j->bias, j->out, j->y);
+        return;
+    }
+#endif
     size_t lo = j->out * (size_t)part / (size_t)parts,
            hi = j->out * (size_t)(part + 1) / (size_t)parts;
     if (j->mm) {
@@ -878,10 +1010,12 @@ static bool xp_reserve(cpu_t *p, size_t n) {
 static void cpu_matmul(void *ctx, const float *x, size_t rows, size_t in, const mdl_tensor_t *w,
                        const float *bias, size_t out, float *y) {
     cpu_t *p = ctx;
-    job_t j = {x, rows, in, out, w, bias, y, p->dots[w->dtype], p->mms[w->dtype]};
+    job_t j = {x, rows, in, out, w, bias, y, p->dots[w->dtype], p->mms[w->dtype], false};
 #if defined(__x86_64__)
     size_t nxp;
-    if (w->dtype == MDL_BF16 && p->bf16_pairs) {
+    if (w->packed && p->bf16_pairs) {
+        j.panels = true;
+    } else if (w->dtype == MDL_BF16 && p->bf16_pairs) {
         if (cm_mul_ok(rows, in_pairs32(in), &nxp) && xp_reserve(p, nxp)) {
             perm_job_t pj = {x, rows, in, p->xp};
             if (p->n == 0 || nxp < (1u << 16))
@@ -1006,6 +1140,47 @@ static void swiglu_slice(const void *arg, int part, int parts) {
     if (hi > lo) j->pool->swiglu(j->g + lo, j->u + lo, hi - lo);
 }
 
+#if defined(__x86_64__)
+typedef struct {
+    const mdl_tensor_t *w;
+    uint16_t *P;
+} pack_job_t;
+
+static void pack_slice(const void *arg, int part, int parts) {
+    const pack_job_t *j = arg;
+    size_t out = j->w->shape[0], np = pk_panels(out);
+    pk_fill(j->w->data, j->w->shape[1], out, np * (size_t)part / (size_t)parts,
+            np * (size_t)(part + 1) / (size_t)parts, j->P);
+}
+#endif
+
+/* bf16 matrices of 32 outputs or more go into mm512_panels' layout on the
+ * AVX-512 path; everything else stays as it is (w->packed NULL). */
+static cm_status_t cpu_pack(void *ctx, mdl_tensor_t *w) {
+    cpu_t *p = ctx;
+    w->packed = NULL;
+#if defined(__x86_64__)
+    if (!p->bf16_pairs || w->dtype != MDL_BF16 || w->ndim != 2 || w->shape[0] < PK_W ||
+        !w->shape[1])
+        return CM_OK;
+    size_t n, bytes;
+    if (!cm_mul_ok(pk_panels(w->shape[0]), w->shape[1] * PK_W, &n) ||
+        !cm_mul_ok(n, sizeof(uint16_t), &bytes))
+        return CM_ERR_NO_MEMORY;
+    uint16_t *P = cm_aligned_alloc(64, bytes);
+    if (!P) return CM_ERR_NO_MEMORY;
+    pack_job_t j = {w, P};
+    if (p->n == 0 || pk_panels(w->shape[0]) < 4)
+        pack_slice(&j, 0, 1);
+    else
+        pool_run(p, pack_slice, &j);
+    w->packed = P;
+#else
+    (void)p;
+#endif
+    return CM_OK;
+}
+
 static void cpu_swiglu(void *ctx, float *g, const float *u, size_t n) {
     cpu_t *p = ctx;
     swiglu_job_t j = {p, g, u, n};
@@ -1033,8 +1208,8 @@ static void cpu_free(void *ctx) {
     cm_free(p);
 }
 
-static const eng_backend_i k_cpu = {"cpu",      cpu_matmul,    cpu_rmsnorm,
-                                    cpu_swiglu, cpu_attention, cpu_free};
+static const eng_backend_i k_cpu = {"cpu",         cpu_matmul, cpu_rmsnorm, cpu_swiglu,
+                                    cpu_attention, cpu_pack,   cpu_free};
 
 bool eng_cpu_isa_available(const char *isa) {
 #if defined(__x86_64__)

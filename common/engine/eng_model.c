@@ -161,6 +161,58 @@ static void rope_init(eng_model_t *m) {
     }
 }
 
+/* Calls @fn on every weight matrix a matmul reads (the LM head once,
+ * also when it is the embedding); stops at the first error. */
+static cm_status_t each_matrix(eng_model_t *m, cm_status_t (*fn)(eng_model_t *, mdl_tensor_t *)) {
+    cm_status_t st = CM_OK;
+#define M(t)                                        \
+    do {                                            \
+        if ((st = fn(m, &(t))) != CM_OK) return st; \
+    } while (0)
+    for (uint32_t l = 0; m->layers && l < m->c.n_layers; l++) {
+        layer_t *L = &m->layers[l];
+        mlp_t *mlps[2] = {L->moe ? NULL : &L->mlp, L->has_shared ? &L->shared : NULL};
+        M(L->wq);
+        M(L->wk);
+        M(L->wv);
+        M(L->wo);
+        if (L->moe) {
+            M(L->router);
+            for (uint32_t e = 0; L->experts && e < m->c.n_experts; e++) {
+                M(L->experts[e].gate);
+                M(L->experts[e].up);
+                M(L->experts[e].down);
+            }
+        }
+        if (L->has_shared) M(L->shared_gate);
+        for (int i = 0; i < 2; i++)
+            if (mlps[i]) {
+                M(mlps[i]->gate);
+                M(mlps[i]->up);
+                M(mlps[i]->down);
+            }
+    }
+    M(m->lm_head);
+#undef M
+    return st;
+}
+
+/* The backend's own layout of a matrix, when it has one; the mapped pages
+ * of the original then leave resident memory (the embedding's stay: rows
+ * are looked up from it). */
+static cm_status_t pack_one(eng_model_t *m, mdl_tensor_t *t) {
+    cm_status_t st = m->be.iface->pack(m->be.ctx, t);
+    if (st == CM_OK && t->packed && t->data != m->embed.data) mdl_weights_release(m->w, t);
+    return st;
+}
+
+static cm_status_t unpack_one(eng_model_t *m, mdl_tensor_t *t) {
+    (void)m;
+    cm_aligned_free(t->packed);
+    t->packed = NULL;
+    return CM_OK;
+}
+
 cm_status_t eng_model_load(const char *dir, eng_backend_kind_t backend, eng_model_t **out,
                            char *err, size_t errlen) {
     eng_model_t *m = cm_calloc(1, sizeof *m);
@@ -205,6 +257,8 @@ cm_status_t eng_model_load(const char *dir, eng_backend_kind_t backend, eng_mode
     for (uint32_t l = 0; l < c->n_layers; l++)
         if ((st = load_layer(m, l, err, errlen))) goto fail;
     rope_init(m);
+    if (backend != ENG_BACKEND_CUDA && m->be.iface->pack && (st = each_matrix(m, pack_one)))
+        goto fail;
     if (backend == ENG_BACKEND_CUDA && (st = eng_cuda_new(m, &m->cuda, err, errlen))) {
         eng_model_free(m);
         return st;
@@ -219,6 +273,7 @@ fail:
 
 void eng_model_free(eng_model_t *m) {
     if (!m) return;
+    (void)each_matrix(m, unpack_one);
     for (uint32_t l = 0; m->layers && l < m->c.n_layers; l++) {
         layer_t *L = &m->layers[l];
         cm_free(L->attn_norm);

@@ -65,6 +65,9 @@ typedef struct {
     uint64_t shape[4];
     const void *data; /* in the mapping; valid until mdl_weights_close */
     size_t nbytes;
+    /* A backend's own layout of the same values (eng_backend_i.pack), or
+     * NULL; owned by whoever asked for it. */
+    void *packed;
 } mdl_tensor_t;
 
 typedef struct mdl_weights mdl_weights_t;
@@ -72,6 +75,11 @@ typedef struct mdl_weights mdl_weights_t;
 /* Maps every safetensors file of @dir and indexes its tensors. */
 cm_status_t mdl_weights_open(const char *dir, mdl_weights_t **out, char *err, size_t errlen);
 void mdl_weights_close(mdl_weights_t *w);
+/* Tells the kernel the mapped pages of @t's data are not needed for now
+ * (a backend copied them into its own layout): they leave this process's
+ * resident memory and fault back in from the file if read again. Pages
+ * shared with neighbouring tensors stay. No-op for memory outside @w. */
+void mdl_weights_release(const mdl_weights_t *w, const mdl_tensor_t *t);
 /* Total bytes of tensor data. */
 size_t mdl_weights_bytes(const mdl_weights_t *w);
 /*

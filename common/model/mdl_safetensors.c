@@ -36,6 +36,21 @@ struct mdl_weights {
     size_t bytes;
 };
 
+void mdl_weights_release(const mdl_weights_t *w, const mdl_tensor_t *t) {
+    if (!w || !t->data || !t->nbytes) return;
+    const long pg = sysconf(_SC_PAGESIZE);
+    const uintptr_t a = (uintptr_t)t->data, e = a + t->nbytes;
+    for (size_t i = 0; i < w->n_shards; i++) {
+        const uintptr_t lo = (uintptr_t)w->shards[i].map, hi = lo + w->shards[i].size;
+        if (a < lo || e > hi) continue;
+        /* Whole pages inside the tensor only. */
+        uintptr_t pa = (a + (uintptr_t)pg - 1) / (uintptr_t)pg * (uintptr_t)pg;
+        uintptr_t pe = e / (uintptr_t)pg * (uintptr_t)pg;
+        if (pe > pa) (void)madvise((void *)pa, pe - pa, MADV_DONTNEED);
+        return;
+    }
+}
+
 const char *mdl_dtype_name(mdl_dtype_t t) {
     return t == MDL_F32 ? "F32" : t == MDL_F16 ? "F16" : "BF16";
 }

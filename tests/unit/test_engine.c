@@ -235,21 +235,21 @@ static cm_status_t cpu_backend_on(const char *isa, eng_backend_t *out) {
  * elements, output counts not a multiple of the 4-row block) and all three
  * weight dtypes; and every row of a batch bit-identical to the row alone. */
 TT_TEST(engine, cpu_matmul_matches_ref_on_every_isa) {
-    static const size_t ins[] = {1, 7, 16, 17, 33, 130, 1024}, outs[] = {1, 3, 4, 5, 67},
-                        rows[] = {1, 2, 3, 5, 9};
+    static const size_t ins[] = {1, 7, 16, 17, 33, 130, 1024}, outs[] = {1, 3, 4, 5, 67, 32, 100},
+                        rows[] = {1, 2, 3, 5, 9, 14, 61};
     static const mdl_dtype_t dts[] = {MDL_F32, MDL_BF16, MDL_F16};
     eng_backend_t ref;
     TT_ASSERT_EQ_INT(eng_backend_ref_new(&ref), CM_OK);
     uint64_t rng = 12345;
-    int tested = 0;
+    int tested = 0, packed = 0;
     for (size_t ii = 0; ii < 3; ii++) {
         if (!eng_cpu_isa_available(k_isas[ii])) continue;
         eng_backend_t cpu;
         TT_ASSERT_EQ_INT(cpu_backend_on(k_isas[ii], &cpu), CM_OK);
         TT_ASSERT_STR_EQ(eng_cpu_isa(&cpu), k_isas[ii]);
         for (size_t a = 0; a < 7; a++)
-            for (size_t b = 0; b < 5; b++)
-                for (size_t c = 0; c < 5; c++)
+            for (size_t b = 0; b < 7; b++)
+                for (size_t c = 0; c < 7; c++)
                     for (size_t d = 0; d < 3; d++) {
                         size_t in = ins[a], out = outs[b], nr = rows[c];
                         float *x = malloc(nr * in * 4), *wf = malloc(out * in * 4);
@@ -267,7 +267,7 @@ TT_TEST(engine, cpu_matmul_matches_ref_on_every_isa) {
                             else
                                 ((uint16_t *)wd)[i] = to_f16(v);
                         }
-                        mdl_tensor_t w = {"w", dts[d], 2, {out, in}, wd, 0};
+                        mdl_tensor_t w = {"w", dts[d], 2, {out, in}, wd, 0, NULL};
                         bool with_bias = (a + b + c) % 2;
                         ref.iface->matmul(ref.ctx, x, nr, in, &w, with_bias ? bias : NULL, out, y0);
                         cpu.iface->matmul(cpu.ctx, x, nr, in, &w, with_bias ? bias : NULL, out, y1);
@@ -283,6 +283,27 @@ TT_TEST(engine, cpu_matmul_matches_ref_on_every_isa) {
                                           "%s: row %zu of %zu differs alone (in %zu out %zu)",
                                           k_isas[ii], r, nr, in, out);
                         }
+                        /* The backend's packed layout, where it has one
+                         * (bf16 on AVX-512): the same checks. */
+                        TT_ASSERT_EQ_INT(cpu.iface->pack(cpu.ctx, &w), CM_OK);
+                        if (w.packed) {
+                            packed++;
+                            cpu.iface->matmul(cpu.ctx, x, nr, in, &w, with_bias ? bias : NULL, out,
+                                              y1);
+                            for (size_t i = 0; i < nr * out; i++)
+                                TT_ASSERT_MSG(fabs(y0[i] - y1[i]) <= 1e-5 * sqrt((double)in),
+                                              "%s packed rows %zu in %zu out %zu: [%zu] %g vs %g",
+                                              k_isas[ii], nr, in, out, i, y0[i], y1[i]);
+                            for (size_t r = 0; r < nr; r++) {
+                                cpu.iface->matmul(cpu.ctx, x + r * in, 1, in, &w,
+                                                  with_bias ? bias : NULL, out, y2);
+                                TT_ASSERT_MSG(memcmp(y2, y1 + r * out, out * 4) == 0,
+                                              "%s packed: row %zu of %zu differs alone (in %zu "
+                                              "out %zu)",
+                                              k_isas[ii], r, nr, in, out);
+                            }
+                            cm_aligned_free(w.packed);
+                        }
                         free(x), free(wf), free(bias), free(y0), free(y1), free(y2), free(wd);
                     }
         cpu.iface->free(cpu.ctx);
@@ -290,6 +311,9 @@ TT_TEST(engine, cpu_matmul_matches_ref_on_every_isa) {
     }
     ref.iface->free(ref.ctx);
     TT_ASSERT(tested >= 1);
+    /* Only the avx512 path packs: its bf16 cases with 32+ outputs (7
+     * input sizes x 3 output counts x 7 row counts). */
+    if (eng_cpu_isa_available("avx512")) TT_ASSERT_EQ_INT(packed, 7 * 3 * 7);
 }
 
 /* The cpu backend's attention on every instruction-set path against the
