@@ -340,6 +340,9 @@ AVX512 static void mm512_bf16_pairs(const float *xp, size_t rows, size_t in, con
  * tile's x stays in L2 while the panels stream. */
 #define PK_W    32 /* outputs per panel */
 #define PK_TILE 48 /* rows per tile */
+#ifndef PK_PF
+#define PK_PF 16 /* lines of a panel prefetched ahead at one row */
+#endif
 
 static inline size_t pk_panels(size_t out) { return (out + PK_W - 1) / PK_W; }
 
@@ -361,6 +364,11 @@ pk_block(const float *x, size_t in, const uint16_t *P, size_t r, size_t p, size_
     const float *xr = x + r * in;
     for (size_t k = 0; k < in; k++) {
         __m512 we[8], wo[8];
+        /* One row (decode): the weights stream from memory, 8 panels at
+         * once; fetch ahead of the hardware prefetcher (never faults). */
+        if (R == 1)
+#pragma GCC unroll 8
+            for (int q = 0; q < NP; q++) _mm_prefetch(pp[q] + (k + PK_PF) * PK_W, _MM_HINT_T0);
 #pragma GCC unroll 8
         for (int q = 0; q < NP; q++) {
             __m512i raw = _mm512_load_si512(pp[q] + k * PK_W);
