@@ -69,6 +69,79 @@ static void *copy_thread(void *p) {
     return NULL;
 }
 
+/* XOR of @n bytes (a multiple of 512) read @reps times, 8 streams of
+ * vectors of W bytes: the widest loads the CPU has (narrow ones do not
+ * reach a core's read bandwidth on every host). */
+#define READ_LOOP(name, W, attr)                                                            \
+    attr static void name(const char *src, size_t n, int reps, char *dst) {                 \
+        typedef uint64_t v_t __attribute__((vector_size(W)));                               \
+        v_t a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0}; \
+        for (int r = 0; r < reps; r++) {                                                    \
+            const v_t *v = (const v_t *)(const void *)src;                                  \
+            for (size_t i = 0; i + 8 <= n / W; i += 8) {                                    \
+                a0 ^= v[i];                                                                 \
+                a1 ^= v[i + 1];                                                             \
+                a2 ^= v[i + 2];                                                             \
+                a3 ^= v[i + 3];                                                             \
+                a4 ^= v[i + 4];                                                             \
+                a5 ^= v[i + 5];                                                             \
+                a6 ^= v[i + 6];                                                             \
+                a7 ^= v[i + 7];                                                             \
+            }                                                                               \
+        }                                                                                   \
+        a0 ^= a1 ^ a2 ^ a3 ^ a4 ^ a5 ^ a6 ^ a7;                                             \
+        memcpy(dst, &a0, sizeof a0); /* keeps the loads */                                  \
+    }
+READ_LOOP(read16, 16, )
+#if defined(__x86_64__)
+READ_LOOP(read64, 64, __attribute__((target("avx512f"))))
+READ_LOOP(read32, 32, __attribute__((target("avx2"))))
+#endif
+
+static void *read_thread(void *p) {
+    copy_arg_t *a = p;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) {
+        read64(a->src, a->n, a->reps, a->dst);
+        return NULL;
+    }
+    if (__builtin_cpu_supports("avx2")) {
+        read32(a->src, a->n, a->reps, a->dst);
+        return NULL;
+    }
+#endif
+    read16(a->src, a->n, a->reps, a->dst);
+    return NULL;
+}
+
+/* Read-only bandwidth with @threads threads streaming 512 MiB (what a
+ * decode step does with the weights; memcpy's non-temporal stores let a
+ * copy count more bytes per second than a pure read stream on some
+ * hosts). */
+static double read_gbps(int threads) {
+    size_t total = 512u << 20, per = total / (size_t)threads / 512 * 512;
+    char *src = cm_aligned_alloc(4096, total), *dst = cm_aligned_alloc(64, 256 * 64);
+    if (!src || !dst) {
+        cm_aligned_free(src);
+        cm_aligned_free(dst);
+        return 0;
+    }
+    memset(src, 1, total);
+    pthread_t th[64];
+    copy_arg_t a[64];
+    uint64_t t0 = cm_time_mono_ns();
+    for (int i = 0; i < threads; i++) {
+        a[i] = (copy_arg_t){src + (size_t)i * per, dst + (size_t)(i % 64) * 256, per, 4};
+        pthread_create(&th[i], NULL, read_thread, &a[i]);
+    }
+    for (int i = 0; i < threads; i++) pthread_join(th[i], NULL);
+    double dt = (double)(cm_time_mono_ns() - t0) * 1e-9;
+    cm_aligned_free(src);
+    cm_aligned_free(dst);
+    return (double)per * (double)threads * 4 / dt / 1e9;
+}
+
 /* Copy bandwidth with @threads threads over 512 MiB (read + write bytes). */
 static double copy_gbps(int threads) {
     size_t total = 512u << 20, per = total / (size_t)threads;
@@ -145,6 +218,7 @@ int bench_engine_main(int argc, char **argv) {
     /* On a GPU the ceilings are the device's: device-to-device copy
      * bandwidth and cuBLAS's bf16 GEMM rate, measured now. */
     double bw = dev ? eng_cuda_copy_gbps((size_t)2 << 30) : copy_gbps(threads);
+    double rbw = dev ? 0 : read_gbps(threads);
     mdl_dtype_t wdt = MDL_BF16;
     double peak = dev ? eng_cuda_gemm_tflops(8192) * 1e3 : matmul_gflops(kind, wdt);
     size_t wbytes = eng_model_weight_bytes(m);
@@ -157,10 +231,13 @@ int bench_engine_main(int argc, char **argv) {
                "%.1f TFLOP/s (8192^3)\n\n",
                eng_model_device_name(m), bw, peak / 1e3);
     else
-        printf("copy bandwidth %.2f GB/s (%d threads), bf16 matmul peak %.1f GFLOP/s\n\n", bw,
-               threads, peak);
-    printf("%6s %14s %10s %14s %12s %10s\n", "batch", "prefill tok/s", "of peak", "decode tok/s",
-           "step ms", "of bw");
+        printf("copy bandwidth %.2f GB/s (%d threads), read bandwidth %.2f GB/s, bf16 matmul "
+               "peak %.1f GFLOP/s\n\n",
+               bw, threads, rbw, peak);
+    /* "of bw": weight bytes per decode step / step time / copy bandwidth;
+     * "of read": the same against the read-only stream (host only). */
+    printf("%6s %14s %10s %14s %12s %10s %10s\n", "batch", "prefill tok/s", "of peak",
+           "decode tok/s", "step ms", "of bw", "of read");
     uint64_t bs[16];
     int nb = 0;
     char list[128];
@@ -224,9 +301,10 @@ int bench_engine_main(int argc, char **argv) {
         }
         double dec_s = (double)(cm_time_mono_ns() - t0) * 1e-9;
         double step = dec_s / (double)g_steps;
-        printf("%6u %14.0f %9.1f%% %14.1f %12.2f %9.1f%%\n", B, pre_tps,
+        printf("%6u %14.0f %9.1f%% %14.1f %12.2f %9.1f%% %9.1f%%\n", B, pre_tps,
                100.0 * pre_flops / pre_s / 1e9 / peak, (double)B * g_steps / dec_s, step * 1e3,
-               100.0 * (double)wbytes / step / 1e9 / bw);
+               100.0 * (double)wbytes / step / 1e9 / bw,
+               rbw > 0 ? 100.0 * (double)wbytes / step / 1e9 / rbw : 0.0);
         fflush(stdout);
         for (uint32_t b = 0; b < B; b++) eng_kv_seq_free(kv, seqs[b]);
         cm_free(seqs);
