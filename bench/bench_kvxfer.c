@@ -23,7 +23,7 @@
 #include "kvx.h"
 
 static const char *g_tls, *g_sizes, *g_counts, *g_receiver, *g_out;
-static uint64_t g_min_ms, g_pool;
+static uint64_t g_min_ms, g_pool, g_rpoll_ms;
 static bool g_perftest;
 
 static const cm_flag_t k_flags[] = {
@@ -47,6 +47,12 @@ static const cm_flag_t k_flags[] = {
      .dst = &g_min_ms,
      .def = "300ms",
      .help = "time per measurement"},
+    {.name = "receiver-poll",
+     .type = CM_FLAG_DURATION,
+     .dst = &g_rpoll_ms,
+     .def = "1ms",
+     .help = "the receiver's longest sleep between progress calls (a decode worker's while "
+             "KV is expected; see kvx.h on wakeups over shared memory)"},
     {.name = "pool",
      .type = CM_FLAG_SIZE,
      .dst = &g_pool,
@@ -102,7 +108,7 @@ static int receiver(void) {
     while (!cm_deadline_expired(end) && getppid() != 1) {
         kvx_ctx_progress(c);
         struct pollfd pf = {kvx_ctx_fd(c), POLLIN, 0};
-        poll(&pf, 1, 100);
+        poll(&pf, 1, (int)g_rpoll_ms);
     }
     kvx_ctx_free(c);
     return 0;
@@ -184,11 +190,12 @@ int bench_kvxfer_main(int argc, char **argv) {
     self[sl] = '\0';
     pid_t pid = fork();
     if (pid == 0) {
-        char a1[300], a2[64], a3[64];
+        char a1[300], a2[64], a3[64], a4[64];
         snprintf(a1, sizeof a1, "--receiver=%s", path);
         snprintf(a2, sizeof a2, "--pool=%llu", (unsigned long long)g_pool);
         snprintf(a3, sizeof a3, "--tls=%s", g_tls);
-        execl(self, "tandem", "bench", "kvxfer", a1, a2, a3, "--log-level=warn", (char *)NULL);
+        snprintf(a4, sizeof a4, "--receiver-poll=%llums", (unsigned long long)g_rpoll_ms);
+        execl(self, "tandem", "bench", "kvxfer", a1, a2, a3, a4, "--log-level=warn", (char *)NULL);
         _exit(127);
     }
     uint8_t desc[65536];

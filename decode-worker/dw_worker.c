@@ -597,6 +597,8 @@ static void job_try_finish(wk_t *w, job_t *j) {
 /* Posts layers [j->posted, hi) of the job's blocks @blocks (the prompt's,
  * n_blocks of them) to the decode worker. The send's callback may run in
  * here and end the job: callers find it again by id afterwards. */
+static void kvx_cadence(wk_t *w);
+
 static void job_post(wk_t *w, job_t *j, const int32_t *blocks, uint32_t n_blocks, uint32_t hi) {
     if (j->err != CM_OK || hi <= j->posted) return;
     if (n_blocks < j->n_dst) {
@@ -629,6 +631,7 @@ static void job_post(wk_t *w, job_t *j, const int32_t *blocks, uint32_t n_blocks
         j->inflight--;
         j->err = st;
     }
+    kvx_cadence(w);
 }
 
 static void on_kv_sent(void *ud, cm_status_t st) {
@@ -983,6 +986,7 @@ static void on_reserve(wk_t *w, const Tandem__Cp__ReserveBlocks *r) {
     w->pend[w->n_pend++] = (pend_t){
         .id = r->request_id, .add = add, .deadline_ms = cm_time_mono_ms() + r->deadline_ms};
     post(w, res);
+    kvx_cadence(w);
 }
 
 static void on_kv_ready(wk_t *w, const Tandem__Cp__KvReady *k) {
@@ -1109,6 +1113,17 @@ static void on_signal(uv_signal_t *s, int signum) {
     maybe_finish_drain(w);
 }
 
+/* How often the kvx timer progresses: every millisecond while KV is
+ * expected (reservations waiting) or being sent, every 20 ms otherwise;
+ * shared memory does not wake the kvx fd (kvx.h, "Wakeups"). */
+static void on_kvx_timer(uv_timer_t *t);
+static void kvx_cadence(wk_t *w) {
+    if (!w->kvx || uv_is_closing((uv_handle_t *)&w->kvx_timer)) return;
+    uint64_t want = w->n_pend || kvx_ctx_busy(w->kvx) ? 1 : 20;
+    if (uv_timer_get_repeat(&w->kvx_timer) != want)
+        uv_timer_start(&w->kvx_timer, on_kvx_timer, want, want);
+}
+
 static void on_kvx_poll(uv_poll_t *h, int status, int events) {
     (void)status;
     (void)events;
@@ -1141,6 +1156,7 @@ static void on_kvx_timer(uv_timer_t *t) {
         cancel_now(w, w->quar[i].id);
         w->quar[i] = w->quar[--w->n_quar];
     }
+    kvx_cadence(w);
     maybe_finish_drain(w);
 }
 

@@ -511,4 +511,10 @@ cm_status_t kvx_send(kvx_peer_t *peer, const kvx_pool_t *src, uint64_t req_id, u
     return CM_OK;
 }
 
+bool kvx_ctx_busy(const kvx_ctx_t *c) {
+    for (const kvx_send_t *s = c->sends; s; s = s->next)
+        if (!s->finished) return true;
+    return false;
+}
+
 void kvx_ctx_stats(const kvx_ctx_t *c, kvx_stats_t *out) { *out = c->stats; }
