@@ -171,12 +171,13 @@ static double matmul_gflops(eng_backend_kind_t kind, mdl_dtype_t dt) {
     size_t rows = 256, in = 1024, out = 2048;
     float *x = cm_malloc_array(rows * in, sizeof(float)), *y = cm_malloc_array(rows * out, 4);
     void *w = cm_malloc(out * in * mdl_dtype_size(dt));
-    if (!x || !y || !w) return 0;
+    mdl_tensor_t t = {.dtype = dt, .ndim = 2, .shape = {out, in}, .data = w};
+    double gflops = 0;
+    if (!x || !y || !w) goto out;
     for (size_t i = 0; i < rows * in; i++) x[i] = (float)(i % 7) * 0.1f;
     memset(w, 0x3c, out * in * mdl_dtype_size(dt));
-    mdl_tensor_t t = {.dtype = dt, .ndim = 2, .shape = {out, in}, .data = w};
     /* In the layout the backend gives a loaded model's weights. */
-    if (be.iface->pack && be.iface->pack(be.ctx, &t) != CM_OK) return 0;
+    if (be.iface->pack && be.iface->pack(be.ctx, &t) != CM_OK) goto out;
     be.iface->matmul(be.ctx, x, rows, in, &t, NULL, out, y); /* warm-up */
     uint64_t t0 = cm_time_mono_ns();
     int reps = 0;
@@ -185,12 +186,14 @@ static double matmul_gflops(eng_backend_kind_t kind, mdl_dtype_t dt) {
         reps++;
     } while (cm_time_mono_ns() - t0 < 500000000ull);
     double s = (double)(cm_time_mono_ns() - t0) * 1e-9;
+    gflops = 2.0 * (double)rows * (double)in * (double)out * reps / s / 1e9;
+out:
     be.iface->free(be.ctx);
     cm_aligned_free(t.packed);
     cm_free(x);
     cm_free(y);
     cm_free(w);
-    return 2.0 * (double)rows * (double)in * (double)out * reps / s / 1e9;
+    return gflops;
 }
 
 int bench_engine_main(int argc, char **argv) {

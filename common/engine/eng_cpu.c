@@ -1172,7 +1172,7 @@ static cm_status_t cpu_pack(void *ctx, mdl_tensor_t *w) {
         !w->shape[1])
         return CM_OK;
     size_t n, bytes;
-    if (!cm_mul_ok(pk_panels(w->shape[0]), w->shape[1] * PK_W, &n) ||
+    if (!cm_mul_ok(pk_panels(w->shape[0]), w->shape[1], &n) || !cm_mul_ok(n, PK_W, &n) ||
         !cm_mul_ok(n, sizeof(uint16_t), &bytes))
         return CM_ERR_NO_MEMORY;
     uint16_t *P = cm_aligned_alloc(64, bytes);
