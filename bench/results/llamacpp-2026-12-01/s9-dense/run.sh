@@ -1,4 +1,8 @@
 #!/usr/bin/env bash
+# The exact script session 9 ran (a record, with that machine's paths:
+# /tmp/old = a worktree of d6d31ab built with make, llama-bench built from
+# llama.cpp's public source outside this repository, GGUFs from its
+# converter). bench/llamacpp_compare.sh is the reusable form.
 # old = d6d31ab (pair-split kernel + this session's small ops), new = HEAD (panels)
 set -u
 LB=/tmp/llsrc/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-bench
