@@ -5,6 +5,12 @@
  * block its own put), with `ucx_perftest -t ucp_put_bw` run in the same
  * invocation on the same transport for the same put sizes.
  *
+ * Each row is the median of --rounds rounds, ours and perftest alternating
+ * (this host's memory bandwidth drifts between runs). The receiver sleeps
+ * on the kvx fd (--receiver-poll is its longest sleep) and measures each
+ * notice's one-way latency: the sender's clock at kvx_send travels as the
+ * request id (CLOCK_MONOTONIC is one clock for both processes).
+ *
  * Both pools use 4 KiB units; a "block" of S bytes is S/4K consecutive
  * units. Coalesced transfers map blocks to consecutive destinations (one
  * put per transfer); uncoalesced ones scatter the destination blocks (one
@@ -19,11 +25,13 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "bench_load.h"
 #include "cm_cli.h"
 #include "kvx.h"
 
 static const char *g_tls, *g_sizes, *g_counts, *g_receiver, *g_out;
 static uint64_t g_min_ms, g_pool, g_rpoll_ms;
+static int64_t g_rounds;
 static bool g_perftest;
 
 static const cm_flag_t k_flags[] = {
@@ -50,9 +58,14 @@ static const cm_flag_t k_flags[] = {
     {.name = "receiver-poll",
      .type = CM_FLAG_DURATION,
      .dst = &g_rpoll_ms,
-     .def = "1ms",
-     .help = "the receiver's longest sleep between progress calls (a decode worker's while "
-             "KV is expected; see kvx.h on wakeups over shared memory)"},
+     .def = "100ms",
+     .help = "the receiver's longest sleep on the kvx fd between progress calls (notices "
+             "must wake it sooner; see kvx.h on wakeups)"},
+    {.name = "rounds",
+     .type = CM_FLAG_INT,
+     .dst = &g_rounds,
+     .def = "3",
+     .help = "rounds per row, ours and perftest alternating; medians are reported"},
     {.name = "pool",
      .type = CM_FLAG_SIZE,
      .dst = &g_pool,
@@ -76,8 +89,9 @@ static const cm_flag_t k_flags[] = {
     {0},
 };
 
-#define UNIT 4096u
-#define FP   0x62656e6368ull
+#define UNIT   4096u
+#define FP     0x62656e6368ull
+#define MARKER UINT64_MAX /* request id asking the receiver for its latencies */
 
 static eng_kv_geom_t unit_geom(uint64_t pool) {
     eng_kv_geom_t g = {.n_layers = 1,
@@ -89,9 +103,33 @@ static eng_kv_geom_t unit_geom(uint64_t pool) {
     return g;
 }
 
+/* Receiver: one-way latency of each notice (us), reported and reset at a
+ * MARKER notice into <descriptor path>.lat as "count p50 p99". */
+static bench_vec_t g_lat;
+
+static void on_rnotice(void *ud, const kvx_notice_t *n) {
+    (void)ud;
+    uint64_t now = cm_time_mono_ns();
+    if (n->req_id != MARKER) {
+        if (n->req_id <= now) bench_vec_push(&g_lat, (double)(now - n->req_id) * 1e-3);
+        return;
+    }
+    bench_summary_t sm;
+    bench_summarize(g_lat.v, g_lat.n, &sm);
+    char path[4200], tmp[4300];
+    snprintf(path, sizeof path, "%s.lat", g_receiver);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (f) {
+        fprintf(f, "%zu %.3f %.3f\n", g_lat.n, g_lat.n ? sm.p50 : 0.0, g_lat.n ? sm.p99 : 0.0);
+        if (fclose(f) == 0) rename(tmp, path);
+    }
+    g_lat.n = 0;
+}
+
 static int receiver(void) {
     kvx_ctx_t *c;
-    if (kvx_ctx_new(NULL, NULL, &c) != CM_OK) return 10;
+    if (kvx_ctx_new(on_rnotice, NULL, &c) != CM_OK) return 10;
     eng_kv_geom_t g = unit_geom(g_pool);
     kvx_pool_t *p;
     if (kvx_pool_register(c, &g, NULL, FP, (uint64_t)getpid(), &p) != CM_OK) return 11;
@@ -111,8 +149,14 @@ static int receiver(void) {
         poll(&pf, 1, (int)g_rpoll_ms);
     }
     kvx_ctx_free(c);
+    bench_vec_free(&g_lat);
     return 0;
 }
+
+/* Asks the receiver for the latencies since the last ask; false when it
+ * does not answer within 5 s. */
+static bool receiver_latency(kvx_ctx_t *c, kvx_peer_t *peer, const kvx_pool_t *src,
+                             const char *desc_path, double *p50, double *p99);
 
 static int done_count;
 static cm_status_t done_st;
@@ -160,6 +204,31 @@ static double perftest(uint64_t size) {
     return v[5]; /* overall bandwidth, MB/s */
 }
 
+static bool receiver_latency(kvx_ctx_t *c, kvx_peer_t *peer, const kvx_pool_t *src,
+                             const char *desc_path, double *p50, double *p99) {
+    char lat[300];
+    snprintf(lat, sizeof lat, "%s.lat", desc_path);
+    unlink(lat);
+    kvx_pair_t one = {0, 0};
+    done_count = 0;
+    if (kvx_send(peer, src, MARKER, 0, 1, &one, 1, false, 5000, on_done, NULL) != CM_OK)
+        return false;
+    cm_deadline_t d = cm_deadline_in_ms(5000);
+    while (!cm_deadline_expired(d)) {
+        if (done_count == 0) kvx_ctx_poll(c);
+        FILE *f = fopen(lat, "r");
+        if (f) {
+            unsigned long n = 0;
+            int got = fscanf(f, "%lu %lf %lf", &n, p50, p99);
+            fclose(f);
+            unlink(lat);
+            return got == 3;
+        }
+        if (done_count) cm_time_sleep_ns(200000);
+    }
+    return false;
+}
+
 int bench_kvxfer_main(int argc, char **argv) {
     static const cm_flag_t *const tables[] = {k_flags, NULL};
     const cm_cmd_spec_t spec = {.prog = "tandem bench kvxfer",
@@ -174,6 +243,10 @@ int bench_kvxfer_main(int argc, char **argv) {
     int ns = parse_list(g_sizes, sizes, 16, true), nc = parse_list(g_counts, counts, 16, false);
     if (ns <= 0 || nc <= 0) {
         fprintf(stderr, "tandem bench kvxfer: bad --sizes or --counts\n");
+        return CM_EXIT_USAGE;
+    }
+    if (g_rounds < 1 || g_rounds > 16) {
+        fprintf(stderr, "tandem bench kvxfer: --rounds must be 1..16\n");
         return CM_EXIT_USAGE;
     }
     for (int i = 0; i < ns; i++)
@@ -210,7 +283,6 @@ int bench_kvxfer_main(int argc, char **argv) {
         }
         cm_time_sleep_ns(20000000);
     }
-    unlink(path);
     kvx_ctx_t *c = NULL;
     kvx_peer_t *peer;
     kvx_pool_t *src;
@@ -226,8 +298,9 @@ int bench_kvxfer_main(int argc, char **argv) {
     }
     memset(mem, 0x5a, g_pool);
     printf("transport %s, pool %llu MiB per side\n\n", g_tls, (unsigned long long)(g_pool >> 20));
-    printf("%-8s %-7s %-10s %10s %12s %9s %12s %8s\n", "block", "blocks", "mode", "GB/s",
-           "us/transfer", "puts", "perftest", "ratio");
+    printf("%-8s %-7s %-10s %8s %11s %9s %9s %7s %9s %6s %-13s %s\n", "block", "blocks", "mode",
+           "GB/s", "us/xfer", "recv p50", "recv p99", "puts", "perftest", "ratio", "[min-max]",
+           "vs bytes");
     for (int si = 0; si < ns; si++) {
         for (int ci = 0; ci < nc; ci++) {
             uint64_t S = sizes[si], N = counts[ci];
@@ -235,6 +308,7 @@ int bench_kvxfer_main(int argc, char **argv) {
             uint32_t units = (uint32_t)(S / UNIT);
             size_t np = (size_t)N * units;
             kvx_pair_t *pairs = cm_malloc_array(np, sizeof *pairs);
+            double pt_bytes = 0; /* perftest with one put of S x N bytes (mode 0) */
             for (int mode = 0; mode < 2 && pairs; mode++) {
                 /* mode 0: coalesced (identity); mode 1: blocks scattered
                  * (block b goes to slot N-1-b: no two adjacent). */
@@ -245,44 +319,80 @@ int bench_kvxfer_main(int argc, char **argv) {
                             (kvx_pair_t){(int32_t)(b * units + u), (int32_t)(db * units + u)};
                 }
                 if (mode == 1 && N == 1) continue;
-                kvx_stats_t s0, s1;
-                kvx_ctx_stats(c, &s0);
-                uint64_t t0 = cm_time_mono_ns(), iters = 0;
+                double gb[16], usv[16], ptv[16], rt[16];
+                uint64_t puts = 0, put_size = S * N;
+                int R = (int)g_rounds;
                 done_st = CM_OK;
-                while (cm_time_mono_ns() - t0 < g_min_ms * 1000000ull && done_st == CM_OK) {
-                    done_count = 0;
-                    kvx_send(peer, src, iters, 0, 1, pairs, np, false, 10000, on_done, NULL);
-                    while (done_count == 0) kvx_ctx_progress(c);
-                    iters++;
+                for (int r = 0; r < R; r++) {
+                    kvx_stats_t s0, s1;
+                    kvx_ctx_stats(c, &s0);
+                    uint64_t t0 = cm_time_mono_ns(), iters = 0;
+                    while (cm_time_mono_ns() - t0 < g_min_ms * 1000000ull && done_st == CM_OK) {
+                        done_count = 0;
+                        kvx_send(peer, src, cm_time_mono_ns(), 0, 1, pairs, np, false, 10000,
+                                 on_done, NULL);
+                        while (done_count == 0) kvx_ctx_poll(c);
+                        iters++;
+                    }
+                    double dt = (double)(cm_time_mono_ns() - t0) * 1e-9;
+                    kvx_ctx_stats(c, &s1);
+                    gb[r] = (double)(S * N) * (double)iters / dt / 1e9;
+                    usv[r] = dt / (double)(iters ? iters : 1) * 1e6;
+                    puts = (s1.puts - s0.puts) / (iters ? iters : 1);
+                    put_size = S * N / (puts ? puts : 1);
+                    /* Our receiver stops while perftest runs: a spinning one
+                     * would take a core from it. */
+                    kill(pid, SIGSTOP);
+                    ptv[r] = g_perftest ? perftest(put_size) / 1e3 : 0; /* GB/s */
+                    kill(pid, SIGCONT);
+                    rt[r] = ptv[r] > 0 ? gb[r] / ptv[r] : 0;
                 }
-                double dt = (double)(cm_time_mono_ns() - t0) * 1e-9;
-                kvx_ctx_stats(c, &s1);
-                double gbps = (double)(S * N) * (double)iters / dt / 1e9;
-                double us = dt / (double)iters * 1e6;
-                uint64_t puts = (s1.puts - s0.puts) / (iters ? iters : 1);
-                uint64_t put_size = S * N / (puts ? puts : 1);
-                double pt = g_perftest ? perftest(put_size) / 1e3 : 0; /* GB/s */
-                double ratio = pt > 0 ? gbps / pt : 0;
+                double lat50 = 0, lat99 = 0;
+                if (!receiver_latency(c, peer, src, path, &lat50, &lat99))
+                    fprintf(stderr, "tandem bench kvxfer: the receiver did not report latencies\n");
+                bench_summary_t m;
+                bench_summarize(gb, (size_t)R, &m);
+                double gbps = m.p50;
+                bench_summarize(usv, (size_t)R, &m);
+                double us = m.p50;
+                bench_summarize(ptv, (size_t)R, &m);
+                double pt = m.p50;
+                bench_summarize(rt, (size_t)R, &m);
+                double ratio = m.p50, rmin = m.min, rmax = m.max;
+                /* Per-block rows also against perftest moving the same bytes
+                 * in one put: perftest at the block size reuses one buffer,
+                 * which stays in cache; a transfer's blocks do not. */
+                if (mode == 0) pt_bytes = pt;
+                double ratio_bytes = pt_bytes > 0 ? gbps / pt_bytes : 0;
                 char sz[32];
                 snprintf(sz, sizeof sz, "%lluK", (unsigned long long)(S >> 10));
-                printf("%-8s %-7llu %-10s %10.2f %12.1f %9llu %12.2f %8.3f%s\n", sz,
-                       (unsigned long long)N, mode ? "per-block" : "coalesced", gbps, us,
-                       (unsigned long long)puts, pt, ratio, done_st != CM_OK ? " (error)" : "");
+                char span[32];
+                snprintf(span, sizeof span, "[%.2f-%.2f]", rmin, rmax);
+                printf(
+                    "%-8s %-7llu %-10s %8.2f %11.1f %9.1f %9.1f %7llu %9.2f %6.3f %-13s %.3f%s\n",
+                    sz, (unsigned long long)N, mode ? "per-block" : "coalesced", gbps, us, lat50,
+                    lat99, (unsigned long long)puts, pt, ratio, span, ratio_bytes,
+                    done_st != CM_OK ? " (error)" : "");
                 fflush(stdout);
                 if (out)
                     fprintf(out,
                             "{\"tls\":\"%s\",\"block_bytes\":%llu,\"blocks\":%llu,\"mode\":\"%s\","
-                            "\"gbps\":%.4f,\"us_per_transfer\":%.2f,\"puts_per_transfer\":%llu,"
-                            "\"put_bytes\":%llu,\"perftest_gbps\":%.4f,\"ratio\":%.4f}\n",
+                            "\"gbps\":%.4f,\"us_per_transfer\":%.2f,\"recv_latency_p50_us\":%.2f,"
+                            "\"recv_latency_p99_us\":%.2f,\"puts_per_transfer\":%llu,"
+                            "\"put_bytes\":%llu,\"perftest_gbps\":%.4f,\"ratio\":%.4f,"
+                            "\"ratio_min\":%.4f,\"ratio_max\":%.4f,\"ratio_same_bytes\":%.4f,"
+                            "\"rounds\":%d}\n",
                             g_tls, (unsigned long long)S, (unsigned long long)N,
-                            mode ? "per-block" : "coalesced", gbps, us, (unsigned long long)puts,
-                            (unsigned long long)put_size, pt, ratio);
+                            mode ? "per-block" : "coalesced", gbps, us, lat50, lat99,
+                            (unsigned long long)puts, (unsigned long long)put_size, pt, ratio, rmin,
+                            rmax, ratio_bytes, R);
             }
             cm_free(pairs);
         }
     }
     rc = CM_EXIT_OK;
 out:
+    unlink(path);
     if (out) fclose(out);
     kvx_ctx_free(c);
     cm_aligned_free(mem);

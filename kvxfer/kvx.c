@@ -205,6 +205,16 @@ cm_status_t kvx_ctx_new(kvx_notice_fn on_notice, void *ud, kvx_ctx_t **out) {
     c->ud = ud;
     ucp_config_t *cfg;
     if (ucp_config_read(NULL, NULL, &cfg) != UCS_OK) goto fail;
+    /* UCP's adaptive progress leaves a receiver's shared-memory interface
+     * "inactive" while no endpoint of its own uses it: ucp_worker_arm then
+     * never arms it, senders never signal, and notices wait for the
+     * receiver's next progress call (kvx.h, "Wakeups"). Off, unless the
+     * environment chooses. */
+    if (!getenv("UCX_ADAPTIVE_PROGRESS") &&
+        ucp_config_modify(cfg, "ADAPTIVE_PROGRESS", "n") != UCS_OK) {
+        ucp_config_release(cfg);
+        goto fail;
+    }
     ucp_params_t p = {.field_mask = UCP_PARAM_FIELD_FEATURES,
                       .features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP};
     ucs_status_t st = ucp_init(&p, cfg, &c->ucp);
@@ -236,11 +246,16 @@ fail:
 int kvx_ctx_fd(kvx_ctx_t *c) { return c->efd; }
 const char *kvx_ctx_transports(const kvx_ctx_t *c) { return c->transports; }
 
-void kvx_ctx_progress(kvx_ctx_t *c) {
-    do {
+static void drive(kvx_ctx_t *c, bool arm) {
+    if (arm) {
+        do {
+            while (ucp_worker_progress(c->worker)) {
+            }
+        } while (ucp_worker_arm(c->worker) == UCS_ERR_BUSY);
+    } else {
         while (ucp_worker_progress(c->worker)) {
         }
-    } while (ucp_worker_arm(c->worker) == UCS_ERR_BUSY);
+    }
     uint64_t now = cm_time_mono_ns();
     for (kvx_send_t *s = c->sends; s; s = s->next) {
         if (!s->finished && now >= s->deadline_ns) {
@@ -251,6 +266,9 @@ void kvx_ctx_progress(kvx_ctx_t *c) {
     }
     reap(c);
 }
+
+void kvx_ctx_progress(kvx_ctx_t *c) { drive(c, true); }
+void kvx_ctx_poll(kvx_ctx_t *c) { drive(c, false); }
 
 static void on_peer_error(void *arg, ucp_ep_h ep, ucs_status_t st) {
     (void)ep;

@@ -26,16 +26,18 @@
  * (UCX single-thread mode), normally a libuv loop: poll kvx_ctx_fd() and
  * call kvx_ctx_progress() when it is readable and after posting work.
  *
- * Wakeups over shared memory: with UCX 1.13's mm transports (posix, sysv;
- * error mode PEER) the fd does not become readable when a notice arrives.
- * Notices wait in the receiver's FIFO until its next progress call, and
- * once the FIFO is full (64 entries) the sender's flush waits for that
- * call too (measured with `tandem bench kvxfer --receiver-poll`: lone 16
- * KiB transfers take 1,172 us with a receiver that sleeps up to 100 ms,
- * 299 us at 20 ms, 18 us at 1 ms, 2.6 us when it spins). So both sides
- * call kvx_ctx_progress() at least every millisecond while KV is expected
- * or kvx_ctx_busy() (a timer), and rarely otherwise. TCP wakes the fd as
- * it should.
+ * Wakeups over shared memory: UCP's adaptive progress (UCX_ADAPTIVE_PROGRESS,
+ * on by default) keeps a receiver's shared-memory interface inactive while
+ * no endpoint of the receiver's own uses it; ucp_worker_arm then never
+ * arms it, senders never signal it, and notices wait in its FIFO until the
+ * receiver's next progress call; once the FIFO (64 entries) is full the
+ * sender's flush waits too (lone 16 KiB transfers to a receiver sleeping
+ * up to 100 ms: 1,172 us each). kvx_ctx_new turns adaptive progress off
+ * unless UCX_ADAPTIVE_PROGRESS is set: the fd then wakes on every notice
+ * (the same transfers: ~1 us at the sender; `tandem bench kvxfer` reports
+ * the receiver's latency). The workers still progress kvx every
+ * millisecond while KV is expected or kvx_ctx_busy() (deadlines, and a
+ * backstop should a transport not wake the fd), rarely otherwise.
  * Callbacks run inside kvx_ctx_progress (or kvx_send when the send fails at
  * once).
  */
@@ -75,6 +77,10 @@ void kvx_ctx_free(kvx_ctx_t *c);
 int kvx_ctx_fd(kvx_ctx_t *c);
 /* Drives UCX until idle, expires overdue sends, and re-arms the fd. */
 void kvx_ctx_progress(kvx_ctx_t *c);
+/* The same without re-arming the fd (a few system calls per interface):
+ * for a caller that spins until a send completes. Call kvx_ctx_progress
+ * before sleeping on the fd. */
+void kvx_ctx_poll(kvx_ctx_t *c);
 /* The transports UCX chose ("tcp", "shm", ...) for logs. */
 const char *kvx_ctx_transports(const kvx_ctx_t *c);
 

@@ -75,8 +75,11 @@ static void on_notice(void *ud, const kvx_notice_t *n) {
 }
 
 /* Receiver: registers a pool, publishes its descriptor at @path, waits for
- * @want notices (exit 0 when all bit-exact), or forever when want = 0. */
-static int receiver(const char *path, uint64_t seed, int want) {
+ * @want notices (exit 0 when all bit-exact), or forever when want = 0.
+ * With @sleep_ms > 0 it sleeps on the kvx fd up to that long between
+ * progress calls and fails (exit 30) if a sleep ran out while notices were
+ * still due after the first: a notice that does not wake the fd. */
+static int receiver(const char *path, uint64_t seed, int want, int sleep_ms) {
     recv_t r = {.seed = seed};
     kvx_ctx_t *c;
     if (kvx_ctx_new(on_notice, &r, &c) != CM_OK) return 10;
@@ -91,19 +94,25 @@ static int receiver(const char *path, uint64_t seed, int want) {
     FILE *f = fopen(tmp, "wb");
     if (!f || fwrite(d, 1, dl, f) != dl || fclose(f) != 0 || rename(tmp, path) != 0) return 13;
     cm_free(d);
-    cm_deadline_t dl2 = cm_deadline_in_ms(want ? 15000 : 60000);
+    cm_deadline_t dl2 = cm_deadline_in_ms(want ? 30000 : 60000);
+    int lost_wakeups = 0;
     while ((want == 0 || r.notices < want) && !cm_deadline_expired(dl2)) {
         kvx_ctx_progress(c);
+        if (want && r.notices >= want) break;
         struct pollfd pf = {kvx_ctx_fd(c), POLLIN, 0};
-        poll(&pf, 1, 20);
+        if (poll(&pf, 1, sleep_ms > 0 ? sleep_ms : 20) == 0 && sleep_ms > 0 && r.notices > 0)
+            lost_wakeups++;
     }
     int rc = r.notices == want && r.bad == 0 ? 0 : 20 + (r.bad ? 1 : 0);
+    if (rc == 0 && lost_wakeups) rc = 30;
     kvx_ctx_free(c);
     return rc;
 }
 
 TT_CHILD(kvx_receiver) {
-    return argc == 3 ? receiver(argv[0], strtoull(argv[1], 0, 10), atoi(argv[2])) : 99;
+    if (argc < 3 || argc > 4) return 99;
+    return receiver(argv[0], strtoull(argv[1], 0, 10), atoi(argv[2]),
+                    argc == 4 ? atoi(argv[3]) : 0);
 }
 
 static uint8_t *read_desc(const char *path, size_t *len, long ms) {
@@ -188,6 +197,62 @@ static void run_exact(const char *tls) {
 
 TT_TEST_T(kvx, bit_exact_over_shm, 60) { run_exact("shm,self"); }
 TT_TEST_T(kvx, bit_exact_over_tcp, 60) { run_exact("tcp,self"); }
+
+/* 200 lone transfers (13 puts and a CRC each), one after another, to a
+ * receiver that only wakes when its fd says so (sleeps of 4 s): each
+ * arrives bit-exact and no sleep runs out. (The pacing that exposed UCP's
+ * adaptive progress over shared memory, kvx.h "Wakeups", is one put per
+ * transfer at full speed: tests/integration/test_kvx_wakeup.sh.) */
+static void run_wakeups(const char *tls) {
+    setenv("UCX_TLS", tls, 1);
+    char path[1024], seed[32];
+    snprintf(path, sizeof path, "%s/desc-wake-%s", tt_tmpdir(), tls);
+    uint64_t sd = 0x3a4e0000u + (uint64_t)tls[0];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)sd);
+    enum { N = 200 };
+    pid_t pid = tt_spawn("kvx_receiver", (const char *[]){path, seed, "200", "4000", NULL});
+    size_t dl;
+    uint8_t *desc = read_desc(path, &dl, 10000);
+    TT_ASSERT_MSG(desc, "receiver did not publish its descriptor");
+    kvx_ctx_t *c;
+    TT_ASSERT_EQ_INT(kvx_ctx_new(NULL, NULL, &c), CM_OK);
+    kvx_peer_t *peer;
+    TT_ASSERT_EQ_INT(kvx_peer_connect(c, desc, dl, FP, &peer), CM_OK);
+    size_t bytes = eng_kv_geom_pool_bytes(&k_geom), bb = eng_kv_geom_block_bytes(&k_geom);
+    uint8_t *mem = cm_aligned_alloc(4096, bytes);
+    TT_ASSERT(mem != NULL);
+    for (int32_t b = 0; b < (int32_t)k_geom.n_blocks; b++) {
+        size_t off;
+        eng_kv_geom_offset(&k_geom, 0, b, &off);
+        pattern(mem + off, bb, sd, 0, b);
+    }
+    kvx_pool_t *src;
+    TT_ASSERT_EQ_INT(kvx_pool_register(c, &k_geom, mem, FP, 1, &src), CM_OK);
+    kvx_pair_t pairs[32];
+    size_t np = make_pairs(sd, pairs);
+    int ok = 0;
+    for (int i = 0; i < N; i++) {
+        sent_t s = {0};
+        TT_ASSERT_EQ_INT(
+            kvx_send(peer, src, (uint64_t)i, 0, 1, pairs, np, true, 10000, on_done, &s), CM_OK);
+        cm_deadline_t d = cm_deadline_in_ms(15000);
+        while (s.done == 0 && !cm_deadline_expired(d)) kvx_ctx_poll(c);
+        TT_ASSERT_EQ_INT(s.done, 1);
+        ok += s.st[0] == CM_OK;
+    }
+    TT_ASSERT_EQ_INT(ok, N);
+    int status;
+    waitpid(pid, &status, 0);
+    TT_ASSERT_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                  "receiver status %d (30: a notice did not wake its fd)",
+                  WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status));
+    kvx_ctx_free(c);
+    cm_aligned_free(mem);
+    free(desc);
+}
+
+TT_TEST_T(kvx, notices_wake_a_sleeping_receiver_over_shm, 90) { run_wakeups("shm,self"); }
+TT_TEST_T(kvx, notices_wake_a_sleeping_receiver_over_tcp, 90) { run_wakeups("tcp,self"); }
 
 TT_TEST_T(kvx, dead_receiver_typed_error_within_deadline, 60) {
     setenv("UCX_TLS", "tcp,self", 1);
