@@ -91,7 +91,8 @@ static const cm_flag_t k_flags[] = {
 
 #define UNIT   4096u
 #define FP     0x62656e6368ull
-#define MARKER UINT64_MAX /* request id asking the receiver for its latencies */
+#define MARKER UINT64_MAX       /* request id asking the receiver for its latencies (then reset) */
+#define SYNC   (UINT64_MAX - 1) /* the same without the reset */
 
 static eng_kv_geom_t unit_geom(uint64_t pool) {
     eng_kv_geom_t g = {.n_layers = 1,
@@ -110,7 +111,7 @@ static bench_vec_t g_lat;
 static void on_rnotice(void *ud, const kvx_notice_t *n) {
     (void)ud;
     uint64_t now = cm_time_mono_ns();
-    if (n->req_id != MARKER) {
+    if (n->req_id != MARKER && n->req_id != SYNC) {
         if (n->req_id <= now) bench_vec_push(&g_lat, (double)(now - n->req_id) * 1e-3);
         return;
     }
@@ -124,7 +125,7 @@ static void on_rnotice(void *ud, const kvx_notice_t *n) {
         fprintf(f, "%zu %.3f %.3f\n", g_lat.n, g_lat.n ? sm.p50 : 0.0, g_lat.n ? sm.p99 : 0.0);
         if (fclose(f) == 0) rename(tmp, path);
     }
-    g_lat.n = 0;
+    if (n->req_id == MARKER) g_lat.n = 0;
 }
 
 static int receiver(void) {
@@ -153,10 +154,11 @@ static int receiver(void) {
     return 0;
 }
 
-/* Asks the receiver for the latencies since the last ask; false when it
- * does not answer within 5 s. */
+/* Asks the receiver for the latencies since the last reset (and resets
+ * them when @reset); its answer also says it has seen every notice sent so
+ * far. False when it does not answer within 5 s. */
 static bool receiver_latency(kvx_ctx_t *c, kvx_peer_t *peer, const kvx_pool_t *src,
-                             const char *desc_path, double *p50, double *p99);
+                             const char *desc_path, bool reset, double *p50, double *p99);
 
 static int done_count;
 static cm_status_t done_st;
@@ -205,13 +207,14 @@ static double perftest(uint64_t size) {
 }
 
 static bool receiver_latency(kvx_ctx_t *c, kvx_peer_t *peer, const kvx_pool_t *src,
-                             const char *desc_path, double *p50, double *p99) {
+                             const char *desc_path, bool reset, double *p50, double *p99) {
     char lat[300];
     snprintf(lat, sizeof lat, "%s.lat", desc_path);
     unlink(lat);
     kvx_pair_t one = {0, 0};
     done_count = 0;
-    if (kvx_send(peer, src, MARKER, 0, 1, &one, 1, false, 5000, on_done, NULL) != CM_OK)
+    if (kvx_send(peer, src, reset ? MARKER : SYNC, 0, 1, &one, 1, false, 5000, on_done, NULL) !=
+        CM_OK)
         return false;
     cm_deadline_t d = cm_deadline_in_ms(5000);
     while (!cm_deadline_expired(d)) {
@@ -340,15 +343,18 @@ int bench_kvxfer_main(int argc, char **argv) {
                     usv[r] = dt / (double)(iters ? iters : 1) * 1e6;
                     puts = (s1.puts - s0.puts) / (iters ? iters : 1);
                     put_size = S * N / (puts ? puts : 1);
-                    /* Our receiver stops while perftest runs: a spinning one
-                     * would take a core from it. */
+                    /* Our receiver stops while perftest runs (a spinning one
+                     * would take a core from it), once it has seen every
+                     * notice (else their latency would include perftest). */
+                    double unused;
+                    if (g_perftest) receiver_latency(c, peer, src, path, false, &unused, &unused);
                     kill(pid, SIGSTOP);
                     ptv[r] = g_perftest ? perftest(put_size) / 1e3 : 0; /* GB/s */
                     kill(pid, SIGCONT);
                     rt[r] = ptv[r] > 0 ? gb[r] / ptv[r] : 0;
                 }
                 double lat50 = 0, lat99 = 0;
-                if (!receiver_latency(c, peer, src, path, &lat50, &lat99))
+                if (!receiver_latency(c, peer, src, path, true, &lat50, &lat99))
                     fprintf(stderr, "tandem bench kvxfer: the receiver did not report latencies\n");
                 bench_summary_t m;
                 bench_summarize(gb, (size_t)R, &m);

@@ -6,11 +6,16 @@
 #include <string.h>
 #include <ucp/api/ucp.h>
 
+#include "kvx_gpu.h"
+
 #define KVX_AM_NOTICE 0x7a
 #define KVX_MAGIC     0x5856544bu /* "TKVX" */
 #define KVX_VERSION   1u
 
 typedef struct kvx_send kvx_send_t;
+typedef struct kvx_pending kvx_pending_t;
+
+typedef enum { MEM_HOST, MEM_CUDA_DIRECT, MEM_CUDA_STAGED } mem_mode_t;
 
 struct kvx_ctx {
     ucp_context_h ucp;
@@ -23,6 +28,19 @@ struct kvx_ctx {
     kvx_send_t *sends;
     kvx_stats_t stats;
     char transports[128];
+    bool ucx_cuda;  /* this UCX can register CUDA memory */
+    kvx_gpu_t *gpu; /* copy stream of staged pools (opened with the first) */
+    int gpu_device;
+    kvx_pending_t *pending; /* staged notices waiting for their copies, in order */
+    kvx_pending_t **pending_tail;
+};
+
+/* A notice for a staged pool: delivered once its mirror -> device copies
+ * (ticket) completed. */
+struct kvx_pending {
+    kvx_notice_t n;
+    uint64_t ticket;
+    kvx_pending_t *next;
 };
 
 struct kvx_pool {
@@ -35,6 +53,9 @@ struct kvx_pool {
     uint64_t fingerprint, incarnation;
     void *rkey_buf;
     size_t rkey_len;
+    mem_mode_t mode;
+    void *dev; /* device memory of CUDA pools (base is the host mirror when staged) */
+    bool pinned;
     kvx_pool_t *next;
 };
 
@@ -66,6 +87,15 @@ struct kvx_send {
     kvx_done_fn done;
     void *ud;
     uint8_t header[40];
+    uint8_t *runs; /* notice payload: destination base, run count, (start, count)... */
+    size_t runs_len;
+    /* Staged source: layers [next_layer, hi) wait for their device -> mirror
+     * copies (tickets[l - lo]) before their puts go. */
+    const kvx_pool_t *src;
+    kvx_pair_t *pairs;
+    size_t n_pairs;
+    uint32_t next_layer;
+    uint64_t *tickets;
     kvx_send_t *next;
 };
 
@@ -85,6 +115,9 @@ static void reap(kvx_ctx_t *c) {
         kvx_send_t *s = *pp;
         if (s->finished && s->outstanding == 0) {
             *pp = s->next;
+            cm_free(s->runs);
+            cm_free(s->pairs);
+            cm_free(s->tickets);
             cm_free(s);
         } else {
             pp = &s->next;
@@ -100,6 +133,7 @@ static cm_status_t status_of(ucs_status_t st) {
 }
 
 static void post_notice(kvx_send_t *s);
+static void advance_staged(kvx_send_t *s);
 
 static void on_op_done(void *req, ucs_status_t st, void *user) {
     kvx_send_t *s = user;
@@ -159,11 +193,14 @@ static void post_notice(kvx_send_t *s) {
     put_u32(h + 20, s->has_crc);
     put_u32(h + 24, s->crc);
     put_u64(h + 28, s->peer->c->pools ? s->peer->c->pools->incarnation : 0);
-    ucp_request_param_t prm = {.op_attr_mask =
-                                   UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+    ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK |
+                                               UCP_OP_ATTR_FIELD_USER_DATA |
+                                               UCP_OP_ATTR_FIELD_FLAGS,
                                .cb.send = on_notice_sent,
-                               .user_data = s};
-    ucs_status_ptr_t r = ucp_am_send_nbx(s->peer->ep, KVX_AM_NOTICE, h, 36, NULL, 0, &prm);
+                               .user_data = s,
+                               .flags = UCP_AM_SEND_FLAG_EAGER};
+    ucs_status_ptr_t r =
+        ucp_am_send_nbx(s->peer->ep, KVX_AM_NOTICE, h, 36, s->runs, s->runs_len, &prm);
     if (r == NULL) {
         finish(s, CM_OK);
     } else if (UCS_PTR_IS_ERR(r)) {
@@ -173,10 +210,29 @@ static void post_notice(kvx_send_t *s) {
     }
 }
 
+/* Queues the mirror -> device copies a notice names for a staged pool;
+ * false when the payload does not fit the pool or a copy cannot be queued. */
+static bool stage_in(kvx_ctx_t *c, kvx_pool_t *p, const kvx_notice_t *n, const uint8_t *d,
+                     size_t len, uint64_t *ticket) {
+    uint32_t nr = get_u32(d + 8);
+    if (len != 12 + (size_t)nr * 8 || n->layer_hi > p->g.n_layers || n->layer_lo >= n->layer_hi)
+        return false;
+    for (uint32_t l = n->layer_lo; l < n->layer_hi; l++) {
+        for (uint32_t i = 0; i < nr; i++) {
+            uint32_t start = get_u32(d + 12 + 8 * i), cnt = get_u32(d + 16 + 8 * i);
+            if (cnt == 0 || start >= p->g.n_blocks || cnt > p->g.n_blocks - start) return false;
+            size_t off;
+            eng_kv_geom_offset(&p->g, l, (int32_t)start, &off);
+            if (kvx_gpu_copy(c->gpu, (char *)p->dev + off, (char *)p->base + off,
+                             (size_t)cnt * p->block_bytes) != CM_OK)
+                return false;
+        }
+    }
+    return kvx_gpu_mark(c->gpu, ticket) == CM_OK;
+}
+
 static ucs_status_t on_am(void *arg, const void *header, size_t hlen, void *data, size_t len,
                           const ucp_am_recv_param_t *param) {
-    (void)data;
-    (void)len;
     (void)param;
     kvx_ctx_t *c = arg;
     if (hlen < 36) return UCS_OK; /* not ours: ignore */
@@ -189,8 +245,44 @@ static ucs_status_t on_am(void *arg, const void *header, size_t hlen, void *data
                       .crc = get_u32(h + 24),
                       .sender_incarnation = get_u64(h + 28)};
     c->stats.notices++;
+    /* The payload names the destination pool and block runs: a staged CUDA
+     * pool copies them to the device before its owner hears of them. */
+    kvx_pool_t *p = NULL;
+    if (data && len >= 12 && !(param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
+        uint64_t base = get_u64(data);
+        for (p = c->pools; p && (uint64_t)(uintptr_t)p->base != base; p = p->next) {
+        }
+    }
+    if (p && p->mode == MEM_CUDA_STAGED && n.status == CM_OK) {
+        kvx_pending_t *q = cm_calloc(1, sizeof *q);
+        if (q && stage_in(c, p, &n, data, len, &q->ticket)) {
+            q->n = n;
+            *c->pending_tail = q;
+            c->pending_tail = &q->next;
+            return UCS_OK;
+        }
+        cm_free(q);
+        cm_log_error("kvx", "request %llu: cannot copy its KV blocks to the device",
+                     (unsigned long long)n.req_id);
+        n.status = CM_ERR_IO;
+    }
     if (c->on_notice) c->on_notice(c->ud, &n);
     return UCS_OK;
+}
+
+/* Delivers staged notices whose copies completed (in arrival order). */
+static void deliver_staged(kvx_ctx_t *c) {
+    if (!c->pending) return;
+    uint64_t done = 0;
+    cm_status_t st = kvx_gpu_poll(c->gpu, &done);
+    while (c->pending && (st != CM_OK || c->pending->ticket <= done)) {
+        kvx_pending_t *q = c->pending;
+        c->pending = q->next;
+        if (!c->pending) c->pending_tail = &c->pending;
+        if (st != CM_OK) q->n.status = CM_ERR_IO;
+        if (c->on_notice) c->on_notice(c->ud, &q->n);
+        cm_free(q);
+    }
 }
 
 cm_status_t kvx_ctx_new(kvx_notice_fn on_notice, void *ud, kvx_ctx_t **out) {
@@ -203,6 +295,8 @@ cm_status_t kvx_ctx_new(kvx_notice_fn on_notice, void *ud, kvx_ctx_t **out) {
     if (!c) return CM_ERR_NO_MEMORY;
     c->on_notice = on_notice;
     c->ud = ud;
+    c->pending_tail = &c->pending;
+    c->gpu_device = -1;
     ucp_config_t *cfg;
     if (ucp_config_read(NULL, NULL, &cfg) != UCS_OK) goto fail;
     /* UCP's adaptive progress leaves a receiver's shared-memory interface
@@ -220,6 +314,9 @@ cm_status_t kvx_ctx_new(kvx_notice_fn on_notice, void *ud, kvx_ctx_t **out) {
     ucs_status_t st = ucp_init(&p, cfg, &c->ucp);
     ucp_config_release(cfg);
     if (st != UCS_OK) goto fail;
+    ucp_context_attr_t ca = {.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES};
+    c->ucx_cuda = ucp_context_query(c->ucp, &ca) == UCS_OK &&
+                  (ca.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA));
     ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
                               .thread_mode = UCS_THREAD_MODE_SINGLE};
     if (ucp_worker_create(c->ucp, &wp, &c->worker) != UCS_OK) goto fail;
@@ -255,6 +352,11 @@ static void drive(kvx_ctx_t *c, bool arm) {
     } else {
         while (ucp_worker_progress(c->worker)) {
         }
+    }
+    if (c->gpu) {
+        for (kvx_send_t *s = c->sends; s; s = s->next)
+            if (s->tickets) advance_staged(s);
+        deliver_staged(c);
     }
     uint64_t now = cm_time_mono_ns();
     for (kvx_send_t *s = c->sends; s; s = s->next) {
@@ -310,10 +412,19 @@ void kvx_ctx_free(kvx_ctx_t *c) {
     }
     for (kvx_send_t *s = c->sends, *n; s; s = n) {
         n = s->next;
+        cm_free(s->runs);
+        cm_free(s->pairs);
+        cm_free(s->tickets);
         cm_free(s);
     }
+    for (kvx_pending_t *q = c->pending, *n; q; q = n) {
+        n = q->next;
+        cm_free(q);
+    }
+    kvx_gpu_close(c->gpu); /* waits for queued copies into the pools */
     for (kvx_pool_t *p = c->pools, *n; p; p = n) {
         n = p->next;
+        if (p->pinned) kvx_gpu_unpin(p->base);
         ucp_rkey_buffer_release(p->rkey_buf);
         ucp_mem_unmap(c->ucp, p->memh);
         cm_free(p);
@@ -323,8 +434,8 @@ void kvx_ctx_free(kvx_ctx_t *c) {
     cm_free(c);
 }
 
-cm_status_t kvx_pool_register(kvx_ctx_t *c, const eng_kv_geom_t *g, void *mem, uint64_t fingerprint,
-                              uint64_t incarnation, kvx_pool_t **out) {
+static cm_status_t pool_new(kvx_ctx_t *c, const eng_kv_geom_t *g, void *mem, bool cuda,
+                            uint64_t fingerprint, uint64_t incarnation, kvx_pool_t **out) {
     if (eng_kv_geom_check(g) != CM_OK) return CM_ERR_INVALID_ARG;
     kvx_pool_t *p = cm_calloc(1, sizeof *p);
     if (!p) return CM_ERR_NO_MEMORY;
@@ -340,6 +451,12 @@ cm_status_t kvx_pool_register(kvx_ctx_t *c, const eng_kv_geom_t *g, void *mem, u
                                .address = mem,
                                .length = p->bytes,
                                .flags = mem ? 0 : UCP_MEM_MAP_ALLOCATE};
+    if (cuda) {
+        mp.field_mask |= UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
+        mp.memory_type = UCS_MEMORY_TYPE_CUDA;
+        p->mode = MEM_CUDA_DIRECT;
+        p->dev = mem;
+    }
     if (ucp_mem_map(c->ucp, &mp, &p->memh) != UCS_OK) {
         cm_log_error("kvx", "cannot register a KV pool of %zu bytes", p->bytes);
         cm_free(p);
@@ -347,7 +464,7 @@ cm_status_t kvx_pool_register(kvx_ctx_t *c, const eng_kv_geom_t *g, void *mem, u
     }
     ucp_mem_attr_t attr = {.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS};
     ucp_mem_query(p->memh, &attr);
-    p->base = attr.address;
+    p->base = cuda ? mem : attr.address;
     if (!mem) memset(p->base, 0, p->bytes); /* pre-fault: first-touch writes are slow */
     if (ucp_rkey_pack(c->ucp, p->memh, &p->rkey_buf, &p->rkey_len) != UCS_OK) {
         ucp_mem_unmap(c->ucp, p->memh);
@@ -358,6 +475,63 @@ cm_status_t kvx_pool_register(kvx_ctx_t *c, const eng_kv_geom_t *g, void *mem, u
     c->pools = p;
     *out = p;
     return CM_OK;
+}
+
+cm_status_t kvx_pool_register(kvx_ctx_t *c, const eng_kv_geom_t *g, void *mem, uint64_t fingerprint,
+                              uint64_t incarnation, kvx_pool_t **out) {
+    return pool_new(c, g, mem, false, fingerprint, incarnation, out);
+}
+
+cm_status_t kvx_pool_register_cuda(kvx_ctx_t *c, const eng_kv_geom_t *g, void *dev, int device,
+                                   uint64_t fingerprint, uint64_t incarnation, kvx_pool_t **out) {
+    *out = NULL;
+    if (!dev || eng_kv_geom_check(g) != CM_OK) return CM_ERR_INVALID_ARG;
+    if (!c->gpu) {
+        cm_status_t st = kvx_gpu_open(device, &c->gpu);
+        if (st != CM_OK) return st;
+        c->gpu_device = device;
+    } else if (c->gpu_device != device) {
+        cm_log_error("kvx", "CUDA pools of one context must share a device (%d, not %d)",
+                     c->gpu_device, device);
+        return CM_ERR_INVALID_ARG;
+    }
+    if (!kvx_gpu_is_device(dev)) {
+        cm_log_error("kvx", "kvx_pool_register_cuda: %p is not CUDA device memory", dev);
+        return CM_ERR_INVALID_ARG;
+    }
+    const char *want = getenv("TANDEM_KVX_CUDA");
+    bool direct = c->ucx_cuda, forced = want && *want && strcmp(want, "auto") != 0;
+    if (forced) {
+        if (strcmp(want, "direct") != 0 && strcmp(want, "stage") != 0) {
+            cm_log_error("kvx", "TANDEM_KVX_CUDA=%s: want auto, direct or stage", want);
+            return CM_ERR_INVALID_ARG;
+        }
+        direct = strcmp(want, "direct") == 0;
+        if (direct && !c->ucx_cuda) {
+            cm_log_error("kvx", "TANDEM_KVX_CUDA=direct, but this UCX cannot register CUDA "
+                                "memory (built without CUDA support)");
+            return CM_ERR_UNSUPPORTED;
+        }
+    }
+    if (direct) return pool_new(c, g, dev, true, fingerprint, incarnation, out);
+    /* Staged: a host mirror of the same layout, allocated by UCX (the
+     * fastest shared-memory target) and pinned for asynchronous copies. */
+    kvx_pool_t *p;
+    cm_status_t st = pool_new(c, g, NULL, false, fingerprint, incarnation, &p);
+    if (st != CM_OK) return st;
+    if (kvx_gpu_pin(p->base, p->bytes) == CM_OK) p->pinned = true;
+    /* Unpinned still works (the copies become synchronous): say so. */
+    if (!p->pinned) cm_log_warn("kvx", "KV staging buffer not pinned: copies will be slower");
+    p->mode = MEM_CUDA_STAGED;
+    p->dev = dev;
+    *out = p;
+    return CM_OK;
+}
+
+const char *kvx_pool_mode(const kvx_pool_t *p) {
+    return p->mode == MEM_CUDA_DIRECT   ? "cuda"
+           : p->mode == MEM_CUDA_STAGED ? "cuda-staged"
+                                        : "host";
 }
 
 void *kvx_pool_base(const kvx_pool_t *p) { return p->base; }
@@ -457,67 +631,51 @@ cm_status_t kvx_peer_connect(kvx_ctx_t *c, const uint8_t *desc, size_t len, uint
 uint64_t kvx_peer_incarnation(const kvx_peer_t *p) { return p->incarnation; }
 bool kvx_peer_alive(const kvx_peer_t *p) { return !p->dead; }
 
-cm_status_t kvx_send(kvx_peer_t *peer, const kvx_pool_t *src, uint64_t req_id, uint32_t lo,
-                     uint32_t hi, const kvx_pair_t *pairs, size_t n, bool crc, uint64_t deadline_ms,
-                     kvx_done_fn done, void *ud) {
-    kvx_ctx_t *c = peer->c;
-    if (peer->dead) return CM_ERR_PEER_DEAD;
-    if (lo >= hi || hi > src->g.n_layers || hi > peer->g.n_layers ||
-        src->block_bytes != peer->block_bytes || !done)
-        return CM_ERR_INVALID_ARG;
-    for (size_t i = 0; i < n; i++)
-        if (pairs[i].src < 0 || (uint32_t)pairs[i].src >= src->g.n_blocks || pairs[i].dst < 0 ||
-            (uint32_t)pairs[i].dst >= peer->g.n_blocks)
-            return CM_ERR_OUT_OF_RANGE;
-    kvx_send_t *s = cm_calloc(1, sizeof *s);
-    if (!s) return CM_ERR_NO_MEMORY;
-    s->c = c;
-    s->peer = peer;
-    s->req_id = req_id;
-    s->lo = lo;
-    s->hi = hi;
-    s->deadline_ns = cm_time_mono_ns() + deadline_ms * 1000000ull;
-    s->done = done;
-    s->ud = ud;
-    s->has_crc = crc;
-    s->next = c->sends;
-    c->sends = s;
+/* Posts the puts of layer @l: one per run of consecutive source and
+ * destination blocks, from the pool's host memory (the mirror when staged,
+ * the device memory when UCX registers it directly). */
+static void post_layer(kvx_send_t *s, uint32_t l, const kvx_pair_t *pairs, size_t n) {
+    const kvx_pool_t *src = s->src;
+    kvx_peer_t *peer = s->peer;
+    kvx_ctx_t *c = s->c;
     ucp_request_param_t prm = {.op_attr_mask =
                                    UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
                                .cb.send = on_op_done,
                                .user_data = s};
-    for (uint32_t l = lo; l < hi && s->st == CM_OK; l++) {
-        for (size_t i = 0; i < n && s->st == CM_OK;) {
-            size_t j = i + 1; /* extend the run while both sides stay contiguous */
-            while (j < n && pairs[j].src == pairs[j - 1].src + 1 &&
-                   pairs[j].dst == pairs[j - 1].dst + 1)
-                j++;
-            size_t soff, doff;
-            eng_kv_geom_offset(&src->g, l, pairs[i].src, &soff);
-            eng_kv_geom_offset(&peer->g, l, pairs[i].dst, &doff);
-            size_t bytes = (j - i) * src->block_bytes;
-            const char *sp = (const char *)src->base + soff;
-            if (crc) s->crc = cm_crc32c(s->crc, sp, bytes);
-            ucs_status_ptr_t r =
-                ucp_put_nbx(peer->ep, sp, bytes, peer->remote_base + doff, peer->rkey, &prm);
-            c->stats.puts++;
-            c->stats.bytes += bytes;
-            if (UCS_PTR_IS_ERR(r))
-                s->st = status_of(UCS_PTR_STATUS(r));
-            else if (r)
-                s->outstanding++;
-            i = j;
-        }
+    for (size_t i = 0; i < n && s->st == CM_OK;) {
+        size_t j = i + 1; /* extend the run while both sides stay contiguous */
+        while (j < n && pairs[j].src == pairs[j - 1].src + 1 &&
+               pairs[j].dst == pairs[j - 1].dst + 1)
+            j++;
+        size_t soff, doff;
+        eng_kv_geom_offset(&src->g, l, pairs[i].src, &soff);
+        eng_kv_geom_offset(&peer->g, l, pairs[i].dst, &doff);
+        size_t bytes = (j - i) * src->block_bytes;
+        const char *sp = (const char *)src->base + soff;
+        if (s->has_crc) s->crc = cm_crc32c(s->crc, sp, bytes);
+        ucs_status_ptr_t r =
+            ucp_put_nbx(peer->ep, sp, bytes, peer->remote_base + doff, peer->rkey, &prm);
+        c->stats.puts++;
+        c->stats.bytes += bytes;
+        if (UCS_PTR_IS_ERR(r))
+            s->st = status_of(UCS_PTR_STATUS(r));
+        else if (r)
+            s->outstanding++;
+        i = j;
     }
+}
+
+/* All puts posted: flush, then the notice. */
+static void post_flush(kvx_send_t *s) {
     if (s->st != CM_OK) {
         finish(s, s->st);
-        return CM_OK; /* done was called */
+        return;
     }
     ucp_request_param_t fp = {.op_attr_mask =
                                   UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
                               .cb.send = on_flush_done,
                               .user_data = s};
-    ucs_status_ptr_t r = ucp_ep_flush_nbx(peer->ep, &fp);
+    ucs_status_ptr_t r = ucp_ep_flush_nbx(s->peer->ep, &fp);
     if (r == NULL) {
         s->flushed = true;
         post_notice(s);
@@ -526,10 +684,125 @@ cm_status_t kvx_send(kvx_peer_t *peer, const kvx_pool_t *src, uint64_t req_id, u
     } else {
         s->outstanding++;
     }
+}
+
+/* Staged source: posts the layers whose device -> mirror copies are done;
+ * the flush once all are. */
+static void advance_staged(kvx_send_t *s) {
+    if (s->finished || s->next_layer >= s->hi) return;
+    uint64_t done = 0;
+    if (kvx_gpu_poll(s->c->gpu, &done) != CM_OK) {
+        finish(s, CM_ERR_IO);
+        return;
+    }
+    while (s->next_layer < s->hi && s->st == CM_OK && s->tickets[s->next_layer - s->lo] <= done)
+        post_layer(s, s->next_layer++, s->pairs, s->n_pairs);
+    if (s->st != CM_OK)
+        finish(s, s->st);
+    else if (s->next_layer == s->hi)
+        post_flush(s);
+}
+
+/* The notice payload: destination pool base, run count, then (first
+ * destination block, blocks) per run of the puts. */
+static uint8_t *make_runs(const kvx_peer_t *peer, const kvx_pair_t *pairs, size_t n, size_t *len) {
+    size_t nr = 0;
+    for (size_t i = 0; i < n; i++)
+        if (i == 0 || pairs[i].src != pairs[i - 1].src + 1 || pairs[i].dst != pairs[i - 1].dst + 1)
+            nr++;
+    uint8_t *d = cm_malloc(12 + nr * 8);
+    if (!d) return NULL;
+    put_u64(d, peer->remote_base);
+    put_u32(d + 8, (uint32_t)nr);
+    uint8_t *q = d + 12;
+    for (size_t i = 0; i < n;) {
+        size_t j = i + 1;
+        while (j < n && pairs[j].src == pairs[j - 1].src + 1 &&
+               pairs[j].dst == pairs[j - 1].dst + 1)
+            j++;
+        put_u32(q, (uint32_t)pairs[i].dst);
+        put_u32(q + 4, (uint32_t)(j - i));
+        q += 8;
+        i = j;
+    }
+    *len = 12 + nr * 8;
+    return d;
+}
+
+cm_status_t kvx_send(kvx_peer_t *peer, const kvx_pool_t *src, uint64_t req_id, uint32_t lo,
+                     uint32_t hi, const kvx_pair_t *pairs, size_t n, bool crc, uint64_t deadline_ms,
+                     kvx_done_fn done, void *ud) {
+    kvx_ctx_t *c = peer->c;
+    if (peer->dead) return CM_ERR_PEER_DEAD;
+    if (lo >= hi || hi > src->g.n_layers || hi > peer->g.n_layers ||
+        src->block_bytes != peer->block_bytes || !done || (n > 0 && !pairs) || n > UINT32_MAX)
+        return CM_ERR_INVALID_ARG;
+    for (size_t i = 0; i < n; i++)
+        if (pairs[i].src < 0 || (uint32_t)pairs[i].src >= src->g.n_blocks || pairs[i].dst < 0 ||
+            (uint32_t)pairs[i].dst >= peer->g.n_blocks)
+            return CM_ERR_OUT_OF_RANGE;
+    kvx_send_t *s = cm_calloc(1, sizeof *s);
+    if (!s) return CM_ERR_NO_MEMORY;
+    s->runs = make_runs(peer, pairs, n, &s->runs_len);
+    bool staged = src->mode == MEM_CUDA_STAGED;
+    if (staged) {
+        s->pairs = cm_malloc_array(n ? n : 1, sizeof *pairs);
+        s->tickets = cm_malloc_array(hi - lo, sizeof *s->tickets);
+    }
+    if (!s->runs || (staged && (!s->pairs || !s->tickets))) {
+        cm_free(s->runs);
+        cm_free(s->pairs);
+        cm_free(s->tickets);
+        cm_free(s);
+        return CM_ERR_NO_MEMORY;
+    }
+    s->c = c;
+    s->peer = peer;
+    s->src = src;
+    s->req_id = req_id;
+    s->lo = lo;
+    s->hi = hi;
+    s->deadline_ns = cm_time_mono_ns() + deadline_ms * 1000000ull;
+    s->done = done;
+    s->ud = ud;
+    /* Device memory cannot be summed from here; a staged pool's mirror can. */
+    s->has_crc = crc && src->mode != MEM_CUDA_DIRECT;
+    s->next = c->sends;
+    c->sends = s;
+    if (staged) {
+        /* Every layer's device -> mirror copies go on the copy stream now;
+         * each layer's puts follow as soon as its copies are done, while
+         * later layers still copy. */
+        if (n) memcpy(s->pairs, pairs, n * sizeof *pairs);
+        s->n_pairs = n;
+        s->next_layer = lo;
+        for (uint32_t l = lo; l < hi && s->st == CM_OK; l++) {
+            for (size_t i = 0; i < n && s->st == CM_OK; i++) {
+                size_t off;
+                eng_kv_geom_offset(&src->g, l, pairs[i].src, &off);
+                size_t j = i + 1, run = 1;
+                while (j < n && pairs[j].src == pairs[j - 1].src + 1) j++, run++;
+                if (kvx_gpu_copy(c->gpu, (char *)src->base + off, (const char *)src->dev + off,
+                                 run * src->block_bytes) != CM_OK)
+                    s->st = CM_ERR_IO;
+                i = j - 1;
+            }
+            if (s->st == CM_OK && kvx_gpu_mark(c->gpu, &s->tickets[l - lo]) != CM_OK)
+                s->st = CM_ERR_IO;
+        }
+        if (s->st != CM_OK)
+            finish(s, s->st);
+        else
+            advance_staged(s);
+        return CM_OK;
+    }
+    for (uint32_t l = lo; l < hi && s->st == CM_OK; l++) post_layer(s, l, pairs, n);
+    post_flush(s);
     return CM_OK;
 }
 
 bool kvx_ctx_busy(const kvx_ctx_t *c) {
+    if (c->pending) return true;
     for (const kvx_send_t *s = c->sends; s; s = s->next)
         if (!s->finished) return true;
     return false;

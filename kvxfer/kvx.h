@@ -93,6 +93,33 @@ const char *kvx_ctx_transports(const kvx_ctx_t *c);
  */
 cm_status_t kvx_pool_register(kvx_ctx_t *c, const eng_kv_geom_t *g, void *mem, uint64_t fingerprint,
                               uint64_t incarnation, kvx_pool_t **out);
+/*
+ * Registers a KV pool of geometry @g in CUDA device memory @dev (on
+ * @device, at least the pool size). When this UCX can register CUDA memory
+ * (ucp_context_query lists UCS_MEMORY_TYPE_CUDA) it is registered directly
+ * and puts read and write the device. Otherwise (Debian's UCX is built
+ * without CUDA) the pool gets a host mirror of the same layout, allocated
+ * by UCX and pinned: a send queues every layer's device -> mirror copies on
+ * kvx's copy stream at once and posts each layer's puts as soon as that
+ * layer's copies are done (later layers copy while earlier ones travel); a
+ * receiver queues mirror -> device copies of the blocks each notice names
+ * and calls on_notice only once they are done (a failed copy: status
+ * CM_ERR_IO). Copies are polled in kvx_ctx_progress, and kvx_ctx_busy() is
+ * true while any is pending, so keep progressing then (the workers' 1 ms
+ * timer). TANDEM_KVX_CUDA=direct|stage forces a path (direct without UCX
+ * CUDA support: CM_ERR_UNSUPPORTED). The caller must have finished writing
+ * blocks (its stream synchronized) before sending them. CRC-32C is computed
+ * from the mirror when staged and not at all when direct. One device per
+ * context. CM_ERR_UNSUPPORTED in a build without CUDA, CM_ERR_NO_DEVICE
+ * without a usable device, CM_ERR_INVALID_ARG when @dev is not device
+ * memory.
+ */
+cm_status_t kvx_pool_register_cuda(kvx_ctx_t *c, const eng_kv_geom_t *g, void *dev, int device,
+                                   uint64_t fingerprint, uint64_t incarnation, kvx_pool_t **out);
+/* "host", "cuda" (registered directly) or "cuda-staged". */
+const char *kvx_pool_mode(const kvx_pool_t *p);
+/* Host pools: the memory. CUDA pools: the device memory when direct, the
+ * host mirror when staged. */
 void *kvx_pool_base(const kvx_pool_t *p);
 size_t kvx_pool_bytes(const kvx_pool_t *p);
 

@@ -12,7 +12,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cm_gpu.h"
 #include "kvx.h"
+#include "kvx_gpu.h"
 #include "tt.h"
 
 static const eng_kv_geom_t k_geom = {.n_layers = 3,
@@ -51,6 +53,7 @@ typedef struct {
     int notices, bad;
     uint8_t *base;
     uint64_t seed;
+    void *dev; /* CUDA receiver: the device pool, copied to base per notice */
 } recv_t;
 
 static void on_notice(void *ud, const kvx_notice_t *n) {
@@ -373,3 +376,128 @@ TT_TEST_T(kvx, restarted_receiver_stale_descriptor_refused, 60) {
     free(d1);
     free(d2);
 }
+
+/* ---- CUDA pools (staged through pinned host mirrors on Debian's UCX) ---- */
+
+TT_TEST(kvx, cuda_pool_needs_a_cuda_build_and_a_device) {
+    cm_gpu_info_t gi;
+    cm_status_t q = cm_gpu_query(&gi);
+    if (q == CM_OK) TT_SKIP("a GPU is present: kvx.cuda_staged_pools_bit_exact covers it");
+    kvx_ctx_t *c;
+    TT_ASSERT_EQ_INT(kvx_ctx_new(NULL, NULL, &c), CM_OK);
+    kvx_pool_t *p = (kvx_pool_t *)&q;
+    uint8_t host[64];
+    /* Without CUDA: CM_ERR_UNSUPPORTED; CUDA without a device: NO_DEVICE. */
+    TT_ASSERT_EQ_INT(kvx_pool_register_cuda(c, &k_geom, host, 0, FP, 1, &p), q);
+    TT_ASSERT(p == NULL);
+    kvx_ctx_free(c);
+}
+
+static void on_cuda_notice(void *ud, const kvx_notice_t *n) {
+    recv_t *r = ud;
+    /* The notice comes only after the blocks reached the device: read the
+     * device pool back and check it as the host receiver does. */
+    if (kvx_gpu_memcpy(r->base, r->dev, eng_kv_geom_pool_bytes(&k_geom)) != CM_OK) {
+        r->bad++;
+        r->notices++;
+        return;
+    }
+    on_notice(ud, n);
+}
+
+static int receiver_cuda(const char *path, uint64_t seed, int want) {
+    size_t bytes = eng_kv_geom_pool_bytes(&k_geom);
+    recv_t r = {.seed = seed, .base = malloc(bytes)};
+    if (!r.base || kvx_gpu_alloc(0, bytes, &r.dev) != CM_OK) return 14;
+    kvx_ctx_t *c;
+    if (kvx_ctx_new(on_cuda_notice, &r, &c) != CM_OK) return 10;
+    kvx_pool_t *p;
+    if (kvx_pool_register_cuda(c, &k_geom, r.dev, 0, FP, (uint64_t)getpid(), &p) != CM_OK)
+        return 11;
+    if (strcmp(kvx_pool_mode(p), "cuda-staged") != 0) return 15;
+    uint8_t *d;
+    size_t dl;
+    if (kvx_pool_export(p, &d, &dl) != CM_OK) return 12;
+    char tmp[1024];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f || fwrite(d, 1, dl, f) != dl || fclose(f) != 0 || rename(tmp, path) != 0) return 13;
+    cm_free(d);
+    cm_deadline_t dl2 = cm_deadline_in_ms(30000);
+    while (r.notices < want && !cm_deadline_expired(dl2)) {
+        kvx_ctx_progress(c);
+        struct pollfd pf = {kvx_ctx_fd(c), POLLIN, 0};
+        poll(&pf, 1, kvx_ctx_busy(c) ? 1 : 20);
+    }
+    int rc = r.notices == want && r.bad == 0 ? 0 : 20 + (r.bad ? 1 : 0);
+    kvx_ctx_free(c);
+    kvx_gpu_free(r.dev);
+    free(r.base);
+    return rc;
+}
+
+TT_CHILD(kvx_receiver_cuda) {
+    return argc == 3 ? receiver_cuda(argv[0], strtoull(argv[1], 0, 10), atoi(argv[2])) : 99;
+}
+
+/* Device pool to device pool in another process, staged both ways: layer
+ * 0, then layers 1-2, bit-exact on the receiving device, CRC-32C of the
+ * bytes sent matching. */
+static void run_cuda_staged(const char *tls) {
+    cm_gpu_info_t gi;
+    if (cm_gpu_query(&gi) != CM_OK) TT_SKIP("no CUDA device (or a build without CUDA)");
+    setenv("UCX_TLS", tls, 1);
+    setenv("TANDEM_KVX_CUDA", "stage", 1);
+    char path[1024], seed[32];
+    snprintf(path, sizeof path, "%s/desc-cuda-%s", tt_tmpdir(), tls);
+    uint64_t sd = 0xc0da0000u + (uint64_t)tls[0];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)sd);
+    pid_t pid = tt_spawn("kvx_receiver_cuda", (const char *[]){path, seed, "2", NULL});
+    size_t dl;
+    uint8_t *desc = read_desc(path, &dl, 20000);
+    TT_ASSERT_MSG(desc, "receiver did not publish its descriptor");
+    size_t bytes = eng_kv_geom_pool_bytes(&k_geom), bb = eng_kv_geom_block_bytes(&k_geom);
+    uint8_t *host = cm_aligned_alloc(4096, bytes);
+    TT_ASSERT(host != NULL);
+    for (uint32_t l = 0; l < k_geom.n_layers; l++)
+        for (int32_t b = 0; b < (int32_t)k_geom.n_blocks; b++) {
+            size_t off;
+            eng_kv_geom_offset(&k_geom, l, b, &off);
+            pattern(host + off, bb, sd, l, b);
+        }
+    void *dev;
+    TT_ASSERT_EQ_INT(kvx_gpu_alloc(0, bytes, &dev), CM_OK);
+    TT_ASSERT_EQ_INT(kvx_gpu_memcpy(dev, host, bytes), CM_OK);
+    kvx_ctx_t *c;
+    TT_ASSERT_EQ_INT(kvx_ctx_new(NULL, NULL, &c), CM_OK);
+    kvx_peer_t *peer;
+    TT_ASSERT_EQ_INT(kvx_peer_connect(c, desc, dl, FP, &peer), CM_OK);
+    kvx_pool_t *src;
+    TT_ASSERT_EQ_INT(kvx_pool_register_cuda(c, &k_geom, dev, 0, FP, 1, &src), CM_OK);
+    TT_ASSERT_STR_EQ(kvx_pool_mode(src), "cuda-staged");
+    kvx_pair_t pairs[32];
+    size_t np = make_pairs(sd, pairs);
+    sent_t s = {0};
+    TT_ASSERT_EQ_INT(kvx_send(peer, src, 7, 0, 1, pairs, np, true, 10000, on_done, &s), CM_OK);
+    TT_ASSERT_EQ_INT(kvx_send(peer, src, 7, 1, 3, pairs, np, true, 10000, on_done, &s), CM_OK);
+    cm_deadline_t d = cm_deadline_in_ms(20000);
+    while (s.done < 2 && !cm_deadline_expired(d)) {
+        kvx_ctx_progress(c);
+        struct pollfd pf = {kvx_ctx_fd(c), POLLIN, 0};
+        poll(&pf, 1, 1);
+    }
+    TT_ASSERT_EQ_INT(s.done, 2);
+    TT_ASSERT_EQ_INT(s.st[0], CM_OK);
+    TT_ASSERT_EQ_INT(s.st[1], CM_OK);
+    int status;
+    waitpid(pid, &status, 0);
+    TT_ASSERT_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "CUDA receiver status %d",
+                  WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status));
+    kvx_ctx_free(c);
+    kvx_gpu_free(dev);
+    cm_aligned_free(host);
+    free(desc);
+}
+
+TT_TEST_T(kvx, cuda_staged_pools_bit_exact_over_shm, 90) { run_cuda_staged("shm,self"); }
+TT_TEST_T(kvx, cuda_staged_pools_bit_exact_over_tcp, 90) { run_cuda_staged("tcp,self"); }
