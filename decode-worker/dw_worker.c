@@ -1114,8 +1114,10 @@ static void on_signal(uv_signal_t *s, int signum) {
 }
 
 /* How often the kvx timer progresses: every millisecond while KV is
- * expected (reservations waiting) or being sent, every 20 ms otherwise;
- * shared memory does not wake the kvx fd (kvx.h, "Wakeups"). */
+ * expected (reservations waiting) or being sent or staged through a GPU
+ * mirror (kvx_ctx_busy: copies are polled, not waited on), every 20 ms
+ * otherwise. Notices wake the fd (kvx.h, "Wakeups"); the timer is for
+ * deadlines, copies and a backstop. */
 static void on_kvx_timer(uv_timer_t *t);
 static void kvx_cadence(wk_t *w) {
     if (!w->kvx || uv_is_closing((uv_handle_t *)&w->kvx_timer)) return;
