@@ -144,7 +144,15 @@ static int receiver(void) {
     cm_free(d);
     /* Serve until the sender is done (it kills us) or 30 minutes pass. */
     cm_deadline_t end = cm_deadline_in_ms(30 * 60 * 1000);
-    while (!cm_deadline_expired(end) && getppid() != 1) {
+    /* --receiver-poll 0: spin like perftest's server (no arming: a sender
+     * would send a wakeup datagram per notice to an armed fd). */
+    for (uint64_t i = 0; !cm_deadline_expired(end); i++) {
+        if (g_rpoll_ms == 0) {
+            kvx_ctx_poll(c);
+            if (i % 4096 == 0 && getppid() == 1) break;
+            continue;
+        }
+        if (getppid() == 1) break;
         kvx_ctx_progress(c);
         struct pollfd pf = {kvx_ctx_fd(c), POLLIN, 0};
         poll(&pf, 1, (int)g_rpoll_ms);
@@ -300,7 +308,10 @@ int bench_kvxfer_main(int argc, char **argv) {
         goto out;
     }
     memset(mem, 0x5a, g_pool);
-    printf("transport %s, pool %llu MiB per side\n\n", g_tls, (unsigned long long)(g_pool >> 20));
+    printf(
+        "transport %s, pool %llu MiB per side, %s\n\n", g_tls, (unsigned long long)(g_pool >> 20),
+        kvx_peer_mapped(peer) ? "receiver's pool mapped here: kvx copies (kvx.h, \"Mapped peers\")"
+                              : "UCX puts");
     printf("%-8s %-7s %-10s %8s %11s %9s %9s %7s %9s %6s %-13s %s\n", "block", "blocks", "mode",
            "GB/s", "us/xfer", "recv p50", "recv p99", "puts", "perftest", "ratio", "[min-max]",
            "vs bytes");
@@ -387,11 +398,11 @@ int bench_kvxfer_main(int argc, char **argv) {
                             "\"recv_latency_p99_us\":%.2f,\"puts_per_transfer\":%llu,"
                             "\"put_bytes\":%llu,\"perftest_gbps\":%.4f,\"ratio\":%.4f,"
                             "\"ratio_min\":%.4f,\"ratio_max\":%.4f,\"ratio_same_bytes\":%.4f,"
-                            "\"rounds\":%d}\n",
+                            "\"rounds\":%d,\"mapped\":%s}\n",
                             g_tls, (unsigned long long)S, (unsigned long long)N,
                             mode ? "per-block" : "coalesced", gbps, us, lat50, lat99,
                             (unsigned long long)puts, (unsigned long long)put_size, pt, ratio, rmin,
-                            rmax, ratio_bytes, R);
+                            rmax, ratio_bytes, R, kvx_peer_mapped(peer) ? "true" : "false");
             }
             cm_free(pairs);
         }

@@ -5,7 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <ucp/api/ucp.h>
+#include <unistd.h>
 
+#include "cm_flags.h"
+
+#include "kvx_copy.h"
 #include "kvx_gpu.h"
 
 #define KVX_AM_NOTICE 0x7a
@@ -33,6 +37,8 @@ struct kvx_ctx {
     int gpu_device;
     kvx_pending_t *pending; /* staged notices waiting for their copies, in order */
     kvx_pending_t **pending_tail;
+    bool map_peers; /* copy into pools UCX maps here (TANDEM_KVX_MAPPED, on by default) */
+    size_t nt_min;  /* sends of at least this many bytes copy with streaming stores */
 };
 
 /* A notice for a staged pool: delivered once its mirror -> device copies
@@ -67,6 +73,7 @@ struct kvx_peer {
     eng_kv_geom_t g;
     size_t block_bytes;
     uint64_t addr_hash;
+    char *mapped; /* the pool at remote_base, mapped here by UCX (shared memory), or NULL */
     bool dead;
     kvx_peer_t *next;
 };
@@ -84,6 +91,8 @@ struct kvx_send {
     cm_status_t st;
     uint32_t crc;
     bool has_crc;
+    bool direct; /* copies into the peer's mapped pool instead of puts */
+    bool stream; /* ... with streaming stores */
     kvx_done_fn done;
     void *ud;
     uint8_t header[40];
@@ -285,6 +294,26 @@ static void deliver_staged(kvx_ctx_t *c) {
     }
 }
 
+/* TANDEM_KVX_MAPPED (bool, default on) and TANDEM_KVX_STREAM_MIN (size;
+ * default: this core's L2, 2 MiB when unknown; kvx.h, "Mapped peers"). */
+static bool copy_settings(kvx_ctx_t *c) {
+    c->map_peers = true;
+    const char *m = getenv("TANDEM_KVX_MAPPED");
+    if (m && cm_parse_bool(m, &c->map_peers) != CM_OK) {
+        cm_log_error("kvx", "TANDEM_KVX_MAPPED=%s: want a boolean (on/off)", m);
+        return false;
+    }
+    long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    uint64_t v = l2 > 0 ? (uint64_t)l2 : 2u << 20;
+    const char *n = getenv("TANDEM_KVX_STREAM_MIN");
+    if (n && cm_parse_size(n, &v) != CM_OK) {
+        cm_log_error("kvx", "TANDEM_KVX_STREAM_MIN=%s: want a size (4M, 0 = always)", n);
+        return false;
+    }
+    c->nt_min = (size_t)v;
+    return true;
+}
+
 cm_status_t kvx_ctx_new(kvx_notice_fn on_notice, void *ud, kvx_ctx_t **out) {
     /* Shared memory keeps working with error mode PEER, and peer death on
      * shared memory is noticed within about a second (PITFALLS.md). */
@@ -297,6 +326,10 @@ cm_status_t kvx_ctx_new(kvx_notice_fn on_notice, void *ud, kvx_ctx_t **out) {
     c->ud = ud;
     c->pending_tail = &c->pending;
     c->gpu_device = -1;
+    if (!copy_settings(c)) {
+        cm_free(c);
+        return CM_ERR_INVALID_ARG;
+    }
     ucp_config_t *cfg;
     if (ucp_config_read(NULL, NULL, &cfg) != UCS_OK) goto fail;
     /* UCP's adaptive progress leaves a receiver's shared-memory interface
@@ -622,6 +655,8 @@ cm_status_t kvx_peer_connect(kvx_ctx_t *c, const uint8_t *desc, size_t len, uint
         cm_free(p);
         return CM_ERR_PROTOCOL;
     }
+    void *local;
+    if (c->map_peers && ucp_rkey_ptr(p->rkey, base, &local) == UCS_OK) p->mapped = local;
     p->next = c->peers;
     c->peers = p;
     *out = p;
@@ -629,6 +664,7 @@ cm_status_t kvx_peer_connect(kvx_ctx_t *c, const uint8_t *desc, size_t len, uint
 }
 
 uint64_t kvx_peer_incarnation(const kvx_peer_t *p) { return p->incarnation; }
+bool kvx_peer_mapped(const kvx_peer_t *p) { return p->mapped != NULL; }
 bool kvx_peer_alive(const kvx_peer_t *p) { return !p->dead; }
 
 /* Posts the puts of layer @l: one per run of consecutive source and
@@ -653,15 +689,22 @@ static void post_layer(kvx_send_t *s, uint32_t l, const kvx_pair_t *pairs, size_
         size_t bytes = (j - i) * src->block_bytes;
         const char *sp = (const char *)src->base + soff;
         if (s->has_crc) s->crc = cm_crc32c(s->crc, sp, bytes);
-        ucs_status_ptr_t r =
-            ucp_put_nbx(peer->ep, sp, bytes, peer->remote_base + doff, peer->rkey, &prm);
         c->stats.puts++;
         c->stats.bytes += bytes;
+        i = j;
+        if (s->direct) {
+            if (s->stream)
+                kvx_copy_stream(peer->mapped + doff, sp, bytes);
+            else
+                memcpy(peer->mapped + doff, sp, bytes);
+            continue;
+        }
+        ucs_status_ptr_t r =
+            ucp_put_nbx(peer->ep, sp, bytes, peer->remote_base + doff, peer->rkey, &prm);
         if (UCS_PTR_IS_ERR(r))
             s->st = status_of(UCS_PTR_STATUS(r));
         else if (r)
             s->outstanding++;
-        i = j;
     }
 }
 
@@ -669,6 +712,12 @@ static void post_layer(kvx_send_t *s, uint32_t l, const kvx_pair_t *pairs, size_
 static void post_flush(kvx_send_t *s) {
     if (s->st != CM_OK) {
         finish(s, s->st);
+        return;
+    }
+    if (s->direct) { /* no puts: the copies only have to be visible first */
+        kvx_copy_fence();
+        s->flushed = true;
+        post_notice(s);
         return;
     }
     ucp_request_param_t fp = {.op_attr_mask =
@@ -767,6 +816,8 @@ cm_status_t kvx_send(kvx_peer_t *peer, const kvx_pool_t *src, uint64_t req_id, u
     s->ud = ud;
     /* Device memory cannot be summed from here; a staged pool's mirror can. */
     s->has_crc = crc && src->mode != MEM_CUDA_DIRECT;
+    s->direct = peer->mapped && src->mode != MEM_CUDA_DIRECT;
+    s->stream = (uint64_t)n * src->block_bytes * (hi - lo) >= c->nt_min;
     s->next = c->sends;
     c->sends = s;
     if (staged) {

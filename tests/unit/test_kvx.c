@@ -14,6 +14,7 @@
 
 #include "cm_gpu.h"
 #include "kvx.h"
+#include "kvx_copy.h"
 #include "kvx_gpu.h"
 #include "tt.h"
 
@@ -143,8 +144,13 @@ static void on_done(void *ud, cm_status_t st) {
     s->st[s->done++] = st;
 }
 
-static void run_exact(const char *tls) {
+/* @how: "copy" (default settings: a shared-memory peer is mapped and
+ * these small sends copy with memcpy), "stream" (every copy with
+ * streaming stores), "puts" (TANDEM_KVX_MAPPED=off). */
+static void run_exact(const char *tls, const char *how) {
     setenv("UCX_TLS", tls, 1);
+    if (!strcmp(how, "stream")) setenv("TANDEM_KVX_STREAM_MIN", "0", 1);
+    if (!strcmp(how, "puts")) setenv("TANDEM_KVX_MAPPED", "off", 1);
     char path[1024], seed[32];
     snprintf(path, sizeof path, "%s/desc-%s", tt_tmpdir(), tls);
     uint64_t sd = 0x5eed0000u + (uint64_t)tls[0];
@@ -159,6 +165,9 @@ static void run_exact(const char *tls) {
     TT_ASSERT_EQ_INT(kvx_peer_connect(c, desc, dl, FP + 1, &peer), CM_ERR_FINGERPRINT);
     TT_ASSERT_EQ_INT(kvx_peer_connect(c, desc, dl - 1, FP, &peer), CM_ERR_PROTOCOL);
     TT_ASSERT_EQ_INT(kvx_peer_connect(c, desc, dl, FP, &peer), CM_OK);
+    /* Only a shared-memory peer can be mapped, and only when allowed. */
+    bool shm = strncmp(tls, "shm", 3) == 0;
+    TT_ASSERT_EQ_INT(kvx_peer_mapped(peer), shm && strcmp(how, "puts") != 0);
     kvx_pool_t *src;
     size_t bytes = eng_kv_geom_pool_bytes(&k_geom);
     uint8_t *mem = cm_aligned_alloc(4096, bytes);
@@ -198,8 +207,51 @@ static void run_exact(const char *tls) {
     free(desc);
 }
 
-TT_TEST_T(kvx, bit_exact_over_shm, 60) { run_exact("shm,self"); }
-TT_TEST_T(kvx, bit_exact_over_tcp, 60) { run_exact("tcp,self"); }
+TT_TEST_T(kvx, bit_exact_over_shm, 60) { run_exact("shm,self", "copy"); }
+TT_TEST_T(kvx, bit_exact_over_shm_streaming_stores, 60) { run_exact("shm,self", "stream"); }
+TT_TEST_T(kvx, bit_exact_over_shm_with_puts, 60) { run_exact("shm,self", "puts"); }
+TT_TEST_T(kvx, bit_exact_over_tcp, 60) { run_exact("tcp,self", "copy"); }
+
+TT_TEST_T(kvx, bad_copy_settings_refused, 10) {
+    kvx_ctx_t *c = NULL;
+    setenv("TANDEM_KVX_MAPPED", "maybe", 1);
+    TT_ASSERT_EQ_INT(kvx_ctx_new(NULL, NULL, &c), CM_ERR_INVALID_ARG);
+    unsetenv("TANDEM_KVX_MAPPED");
+    setenv("TANDEM_KVX_STREAM_MIN", "lots", 1);
+    TT_ASSERT_EQ_INT(kvx_ctx_new(NULL, NULL, &c), CM_ERR_INVALID_ARG);
+    TT_ASSERT_MSG(c == NULL, "no context on bad settings");
+}
+
+/* Streaming-store copies equal memcpy for every alignment of both ends
+ * and lengths around the 64-byte line and the 128-byte loop step, and
+ * write nothing outside [dst, dst + n). */
+TT_TEST_T(kvx, streaming_copy_equals_memcpy, 30) {
+    enum { CAP = 3 * 4096 };
+    uint8_t *src = malloc(CAP), *got = malloc(CAP + 256), *want = malloc(CAP + 256);
+    uint64_t x = 0x1234567;
+    for (size_t i = 0; i < CAP; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        src[i] = (uint8_t)(x >> 56);
+    }
+    static const size_t lens[] = {0,   1,   63,  64,   65,   127,  128,  129,      191,
+                                  255, 256, 257, 1000, 4096, 4097, 8191, CAP - 200};
+    int checked = 0;
+    for (size_t so = 0; so < 70; so += 3)
+        for (size_t dof = 0; dof < 70; dof += 5)
+            for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
+                size_t n = lens[li];
+                memset(got, 0xa5, CAP + 256);
+                memset(want, 0xa5, CAP + 256);
+                kvx_copy_stream(got + dof, src + so, n);
+                kvx_copy_fence();
+                memcpy(want + dof, src + so, n);
+                TT_ASSERT_MSG(memcmp(got, want, CAP + 256) == 0, "src+%zu dst+%zu n=%zu", so, dof,
+                              n);
+                checked++;
+            }
+    TT_ASSERT(checked > 1000);
+    free(src), free(got), free(want);
+}
 
 /* 200 lone transfers (13 puts and a CRC each), one after another, to a
  * receiver that only wakes when its fd says so (sleeps of 4 s): each
