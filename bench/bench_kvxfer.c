@@ -31,7 +31,7 @@
 
 static const char *g_tls, *g_sizes, *g_counts, *g_receiver, *g_out;
 static uint64_t g_min_ms, g_pool, g_rpoll_ms;
-static int64_t g_rounds;
+static int64_t g_rounds, g_window;
 static bool g_perftest;
 
 static const cm_flag_t k_flags[] = {
@@ -66,6 +66,12 @@ static const cm_flag_t k_flags[] = {
      .dst = &g_rounds,
      .def = "3",
      .help = "rounds per row, ours and perftest alternating; medians are reported"},
+    {.name = "window",
+     .type = CM_FLAG_INT,
+     .dst = &g_window,
+     .def = "8",
+     .help = "transfers in flight for the bandwidth column (as perftest keeps puts in "
+             "flight); us/xfer and the receiver latency come from one at a time"},
     {.name = "pool",
      .type = CM_FLAG_SIZE,
      .dst = &g_pool,
@@ -256,6 +262,10 @@ int bench_kvxfer_main(int argc, char **argv) {
         fprintf(stderr, "tandem bench kvxfer: bad --sizes or --counts\n");
         return CM_EXIT_USAGE;
     }
+    if (g_window < 1 || g_window > 1024) {
+        fprintf(stderr, "tandem bench kvxfer: --window must be 1..1024\n");
+        return CM_EXIT_USAGE;
+    }
     if (g_rounds < 1 || g_rounds > 16) {
         fprintf(stderr, "tandem bench kvxfer: --rounds must be 1..16\n");
         return CM_EXIT_USAGE;
@@ -312,9 +322,15 @@ int bench_kvxfer_main(int argc, char **argv) {
         "transport %s, pool %llu MiB per side, %s\n\n", g_tls, (unsigned long long)(g_pool >> 20),
         kvx_peer_mapped(peer) ? "receiver's pool mapped here: kvx copies (kvx.h, \"Mapped peers\")"
                               : "UCX puts");
-    printf("%-8s %-7s %-10s %8s %11s %9s %9s %7s %9s %6s %-13s %s\n", "block", "blocks", "mode",
-           "GB/s", "us/xfer", "recv p50", "recv p99", "puts", "perftest", "ratio", "[min-max]",
-           "vs bytes");
+    printf(
+        "GB/s: --window %lld transfers in flight; GB/s 1, us/xfer, recv p50/p99 (one-way, us): one "
+        "at a time; ratio: GB/s / perftest at the put size (median [min-max] of %lld rounds), "
+        "ratio 1 the same for GB/s 1; vs bytes: GB/s / perftest moving the row's bytes in one "
+        "put\n\n",
+        (long long)g_window, (long long)g_rounds);
+    printf("%-8s %-7s %-10s %8s %8s %10s %9s %9s %6s %9s %6s %-13s %7s %s\n", "block", "blocks",
+           "mode", "GB/s", "GB/s 1", "us/xfer", "recv p50", "recv p99", "puts", "perftest", "ratio",
+           "[min-max]", "ratio 1", "vs bytes");
     for (int si = 0; si < ns; si++) {
         for (int ci = 0; ci < nc; ci++) {
             uint64_t S = sizes[si], N = counts[ci];
@@ -333,14 +349,44 @@ int bench_kvxfer_main(int argc, char **argv) {
                             (kvx_pair_t){(int32_t)(b * units + u), (int32_t)(db * units + u)};
                 }
                 if (mode == 1 && N == 1) continue;
-                double gb[16], usv[16], ptv[16], rt[16];
+                double gb[16], gb1[16], usv[16], ptv[16], rt[16], rt1[16], l50[16], l99[16];
                 uint64_t puts = 0, put_size = S * N;
                 int R = (int)g_rounds;
                 done_st = CM_OK;
                 for (int r = 0; r < R; r++) {
+                    /* Bandwidth with --window transfers in flight ... */
+                    double dt = 0;
+                    uint64_t iters = 0;
+                    if (g_window > 1) {
+                        done_count = 0;
+                        uint64_t t0 = cm_time_mono_ns();
+                        while (cm_time_mono_ns() - t0 < g_min_ms * 1000000ull && done_st == CM_OK) {
+                            while ((int64_t)(iters - (uint64_t)done_count) < g_window &&
+                                   done_st == CM_OK) {
+                                if (kvx_send(peer, src, cm_time_mono_ns(), 0, 1, pairs, np, false,
+                                             10000, on_done, NULL) != CM_OK) {
+                                    done_st = CM_ERR_IO;
+                                    break;
+                                }
+                                iters++;
+                            }
+                            kvx_ctx_poll(c);
+                        }
+                        cm_deadline_t dd2 = cm_deadline_in_ms(20000);
+                        while ((uint64_t)done_count < iters && !cm_deadline_expired(dd2))
+                            kvx_ctx_poll(c);
+                        if ((uint64_t)done_count < iters) done_st = CM_ERR_TIMEOUT;
+                        dt = (double)(cm_time_mono_ns() - t0) * 1e-9;
+                        gb[r] = (double)(S * N) * (double)iters / dt / 1e9;
+                    }
+                    /* ... then one at a time: latency, and the receiver's
+                     * one-way latency of these notices only. */
+                    double unused;
+                    receiver_latency(c, peer, src, path, true, &unused, &unused);
                     kvx_stats_t s0, s1;
                     kvx_ctx_stats(c, &s0);
-                    uint64_t t0 = cm_time_mono_ns(), iters = 0;
+                    uint64_t t0 = cm_time_mono_ns();
+                    iters = 0;
                     while (cm_time_mono_ns() - t0 < g_min_ms * 1000000ull && done_st == CM_OK) {
                         done_count = 0;
                         kvx_send(peer, src, cm_time_mono_ns(), 0, 1, pairs, np, false, 10000,
@@ -348,26 +394,35 @@ int bench_kvxfer_main(int argc, char **argv) {
                         while (done_count == 0) kvx_ctx_poll(c);
                         iters++;
                     }
-                    double dt = (double)(cm_time_mono_ns() - t0) * 1e-9;
+                    dt = (double)(cm_time_mono_ns() - t0) * 1e-9;
                     kvx_ctx_stats(c, &s1);
-                    gb[r] = (double)(S * N) * (double)iters / dt / 1e9;
+                    gb1[r] = (double)(S * N) * (double)iters / dt / 1e9;
+                    if (g_window == 1) gb[r] = gb1[r];
                     usv[r] = dt / (double)(iters ? iters : 1) * 1e6;
                     puts = (s1.puts - s0.puts) / (iters ? iters : 1);
                     put_size = S * N / (puts ? puts : 1);
+                    l50[r] = l99[r] = 0;
+                    if (!receiver_latency(c, peer, src, path, true, &l50[r], &l99[r]))
+                        fprintf(stderr,
+                                "tandem bench kvxfer: the receiver did not report latencies\n");
                     /* Our receiver stops while perftest runs (a spinning one
                      * would take a core from it), once it has seen every
-                     * notice (else their latency would include perftest). */
-                    double unused;
-                    if (g_perftest) receiver_latency(c, peer, src, path, false, &unused, &unused);
+                     * notice. */
                     kill(pid, SIGSTOP);
                     ptv[r] = g_perftest ? perftest(put_size) / 1e3 : 0; /* GB/s */
                     kill(pid, SIGCONT);
                     rt[r] = ptv[r] > 0 ? gb[r] / ptv[r] : 0;
+                    rt1[r] = ptv[r] > 0 ? gb1[r] / ptv[r] : 0;
                 }
-                double lat50 = 0, lat99 = 0;
-                if (!receiver_latency(c, peer, src, path, true, &lat50, &lat99))
-                    fprintf(stderr, "tandem bench kvxfer: the receiver did not report latencies\n");
                 bench_summary_t m;
+                bench_summarize(l50, (size_t)R, &m);
+                double lat50 = m.p50;
+                bench_summarize(l99, (size_t)R, &m);
+                double lat99 = m.p50;
+                bench_summarize(gb1, (size_t)R, &m);
+                double gbps1 = m.p50;
+                bench_summarize(rt1, (size_t)R, &m);
+                double ratio1 = m.p50;
                 bench_summarize(gb, (size_t)R, &m);
                 double gbps = m.p50;
                 bench_summarize(usv, (size_t)R, &m);
@@ -385,11 +440,11 @@ int bench_kvxfer_main(int argc, char **argv) {
                 snprintf(sz, sizeof sz, "%lluK", (unsigned long long)(S >> 10));
                 char span[32];
                 snprintf(span, sizeof span, "[%.2f-%.2f]", rmin, rmax);
-                printf(
-                    "%-8s %-7llu %-10s %8.2f %11.1f %9.1f %9.1f %7llu %9.2f %6.3f %-13s %.3f%s\n",
-                    sz, (unsigned long long)N, mode ? "per-block" : "coalesced", gbps, us, lat50,
-                    lat99, (unsigned long long)puts, pt, ratio, span, ratio_bytes,
-                    done_st != CM_OK ? " (error)" : "");
+                printf("%-8s %-7llu %-10s %8.2f %8.2f %10.1f %9.1f %9.1f %6llu %9.2f %6.3f %-13s "
+                       "%7.3f %.3f%s\n",
+                       sz, (unsigned long long)N, mode ? "per-block" : "coalesced", gbps, gbps1, us,
+                       lat50, lat99, (unsigned long long)puts, pt, ratio, span, ratio1, ratio_bytes,
+                       done_st != CM_OK ? " (error)" : "");
                 fflush(stdout);
                 if (out)
                     fprintf(out,
@@ -398,11 +453,13 @@ int bench_kvxfer_main(int argc, char **argv) {
                             "\"recv_latency_p99_us\":%.2f,\"puts_per_transfer\":%llu,"
                             "\"put_bytes\":%llu,\"perftest_gbps\":%.4f,\"ratio\":%.4f,"
                             "\"ratio_min\":%.4f,\"ratio_max\":%.4f,\"ratio_same_bytes\":%.4f,"
-                            "\"rounds\":%d,\"mapped\":%s}\n",
+                            "\"rounds\":%d,\"mapped\":%s,\"window\":%lld,\"gbps_serial\":%.4f,"
+                            "\"ratio_serial\":%.4f}\n",
                             g_tls, (unsigned long long)S, (unsigned long long)N,
                             mode ? "per-block" : "coalesced", gbps, us, lat50, lat99,
                             (unsigned long long)puts, (unsigned long long)put_size, pt, ratio, rmin,
-                            rmax, ratio_bytes, R, kvx_peer_mapped(peer) ? "true" : "false");
+                            rmax, ratio_bytes, R, kvx_peer_mapped(peer) ? "true" : "false",
+                            (long long)g_window, gbps1, ratio1);
             }
             cm_free(pairs);
         }
