@@ -148,8 +148,10 @@ static int receiver(void) {
     FILE *f = fopen(tmp, "wb");
     if (!f || fwrite(d, 1, dl, f) != dl || fclose(f) || rename(tmp, g_receiver)) return 13;
     cm_free(d);
-    /* Serve until the sender is done (it kills us) or 30 minutes pass. */
-    cm_deadline_t end = cm_deadline_in_ms(30 * 60 * 1000);
+    /* Serve until the sender is done (it kills us) or goes away (we are
+     * re-parented), at most 12 hours: a full table takes far longer than
+     * the 30 minutes this once allowed, which failed every later row. */
+    cm_deadline_t end = cm_deadline_in_ms(12 * 3600 * 1000);
     /* --receiver-poll 0: spin like perftest's server (no arming: a sender
      * would send a wakeup datagram per notice to an armed fd). */
     for (uint64_t i = 0; !cm_deadline_expired(end); i++) {
@@ -322,6 +324,14 @@ int bench_kvxfer_main(int argc, char **argv) {
         "transport %s, pool %llu MiB per side, %s\n\n", g_tls, (unsigned long long)(g_pool >> 20),
         kvx_peer_mapped(peer) ? "receiver's pool mapped here: kvx copies (kvx.h, \"Mapped peers\")"
                               : "UCX puts");
+    if (kvx_peer_mapped(peer)) {
+        const char *e = getenv("TANDEM_KVX_STREAM_MIN");
+        if (e)
+            printf("streaming stores for sends of at least %s (TANDEM_KVX_STREAM_MIN)\n\n", e);
+        else
+            printf("streaming stores for sends of at least %llu KiB (default)\n\n",
+                   (unsigned long long)(kvx_stream_min_default() >> 10));
+    }
     printf(
         "GB/s: --window %lld transfers in flight; GB/s 1, us/xfer, recv p50/p99 (one-way, us): one "
         "at a time; ratio: GB/s / perftest at the put size (median [min-max] of %lld rounds), "
@@ -359,10 +369,13 @@ int bench_kvxfer_main(int argc, char **argv) {
                     uint64_t iters = 0;
                     if (g_window > 1) {
                         done_count = 0;
-                        uint64_t t0 = cm_time_mono_ns();
-                        while (cm_time_mono_ns() - t0 < g_min_ms * 1000000ull && done_st == CM_OK) {
+                        uint64_t t0 = cm_time_mono_ns(), span = g_min_ms * 1000000ull;
+                        while (cm_time_mono_ns() - t0 < span && done_st == CM_OK) {
+                            /* The clock is read per send too: a send may
+                             * complete inside kvx_send (mapped peers), and
+                             * the window would never fill. */
                             while ((int64_t)(iters - (uint64_t)done_count) < g_window &&
-                                   done_st == CM_OK) {
+                                   done_st == CM_OK && cm_time_mono_ns() - t0 < span) {
                                 if (kvx_send(peer, src, cm_time_mono_ns(), 0, 1, pairs, np, false,
                                              10000, on_done, NULL) != CM_OK) {
                                     done_st = CM_ERR_IO;
@@ -462,6 +475,12 @@ int bench_kvxfer_main(int argc, char **argv) {
                             (long long)g_window, gbps1, ratio1);
             }
             cm_free(pairs);
+            int wst;
+            if (waitpid(pid, &wst, WNOHANG) == pid) {
+                fprintf(stderr, "tandem bench kvxfer: the receiver exited (status %d)\n", wst);
+                pid = -1;
+                goto out;
+            }
         }
     }
     rc = CM_EXIT_OK;
@@ -470,7 +489,9 @@ out:
     if (out) fclose(out);
     kvx_ctx_free(c);
     cm_aligned_free(mem);
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
+    if (pid > 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
     return rc;
 }

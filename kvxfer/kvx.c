@@ -294,8 +294,35 @@ static void deliver_staged(kvx_ctx_t *c) {
     }
 }
 
+/* This core's last-level cache as the kernel describes it (sysfs; the
+ * CPUID-derived sysconf value can be a whole host's on a VM), 0 unknown. */
+static uint64_t l3_bytes(void) {
+    FILE *f = fopen("/sys/devices/system/cpu/cpu0/cache/index3/size", "r");
+    char buf[64] = "";
+    if (f) {
+        if (!fgets(buf, sizeof buf, f)) buf[0] = '\0';
+        fclose(f);
+    }
+    buf[strcspn(buf, "\n")] = '\0';
+    uint64_t v = 0;
+    if (buf[0] && cm_parse_size(buf, &v) == CM_OK) return v;
+    long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    return l3 > 0 ? (uint64_t)l3 : 0;
+}
+
+/* The default TANDEM_KVX_STREAM_MIN: a quarter of the L3, within
+ * [1 MiB, 8 MiB]. Below it a send's source and destination stay in cache
+ * and ordinary stores are faster; at and above it streaming stores are
+ * (kvx.h, "Mapped peers", has the measurements). */
+uint64_t kvx_stream_min_default(void) {
+    uint64_t v = l3_bytes() / 4;
+    if (v < (1u << 20)) v = 1u << 20;
+    if (v > (8u << 20)) v = 8u << 20;
+    return v;
+}
+
 /* TANDEM_KVX_MAPPED (bool, default on) and TANDEM_KVX_STREAM_MIN (size;
- * default: this core's L2, 2 MiB when unknown; kvx.h, "Mapped peers"). */
+ * default kvx_stream_min_default(); kvx.h, "Mapped peers"). */
 static bool copy_settings(kvx_ctx_t *c) {
     c->map_peers = true;
     const char *m = getenv("TANDEM_KVX_MAPPED");
@@ -303,8 +330,7 @@ static bool copy_settings(kvx_ctx_t *c) {
         cm_log_error("kvx", "TANDEM_KVX_MAPPED=%s: want a boolean (on/off)", m);
         return false;
     }
-    long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    uint64_t v = l2 > 0 ? (uint64_t)l2 : 2u << 20;
+    uint64_t v = kvx_stream_min_default();
     const char *n = getenv("TANDEM_KVX_STREAM_MIN");
     if (n && cm_parse_size(n, &v) != CM_OK) {
         cm_log_error("kvx", "TANDEM_KVX_STREAM_MIN=%s: want a size (4M, 0 = always)", n);

@@ -38,8 +38,10 @@
  * the receiver's latency). The workers still progress kvx every
  * millisecond while KV is expected or kvx_ctx_busy() (deadlines, and a
  * backstop should a transport not wake the fd), rarely otherwise.
- * Callbacks run inside kvx_ctx_progress (or kvx_send when the send fails at
- * once).
+ * Callbacks run inside kvx_ctx_progress, or inside kvx_send when the send
+ * ends there: a failure while posting, or (mapped peers, below) a success
+ * whose notice UCX sent at once. Callers must not touch what @done frees
+ * after kvx_send returns.
  *
  * Mapped peers: when UCX can map a peer's pool into this process (shared
  * memory on one host: ucp_rkey_ptr succeeds; never over tcp), kvx copies
@@ -48,10 +50,14 @@
  * own shared-memory put is the same copy, but with ordinary stores (`rep
  * movsb` from 1 KiB to 8 MiB): every destination line is read before it is
  * written, and a transfer of many blocks moves at about half the speed of
- * one large copy (256 MiB in 256 KiB blocks: 5.3 vs 9.5 GB/s here). kvx
- * uses streaming stores (AVX-512/AVX/SSE2) once a send moves at least
- * TANDEM_KVX_STREAM_MIN bytes (default: the L2 size, 2 MiB: below it
- * ordinary stores into cache are faster) and ordinary memcpy below.
+ * one large copy (256 MiB in 256 KiB blocks: 5.3 vs 9.5 GB/s on a Xeon).
+ * kvx uses streaming stores (AVX-512/AVX/SSE2) once a send moves at least
+ * TANDEM_KVX_STREAM_MIN bytes and ordinary memcpy below. The default,
+ * kvx_stream_min_default(), is a quarter of the L3 within [1 MiB, 8 MiB]:
+ * while a send's source and destination fit in cache, ordinary stores win
+ * (an EPYC with a 32 MiB L3: 4 MiB sends 36-39 GB/s vs 20-23 streaming),
+ * beyond they lose (16-64 MiB sends: 8-10 vs 13-19 GB/s; the Xeon, whose
+ * per-core L3 bandwidth is lower, crossed over near 2-4 MiB).
  * TANDEM_KVX_MAPPED=off restores puts. Sources in CUDA device memory
  * (registered directly) always go as puts.
  */
@@ -154,6 +160,8 @@ uint64_t kvx_peer_incarnation(const kvx_peer_t *p);
 /* True when the peer's pool is mapped here and sends copy into it (kvx.h,
  * "Mapped peers"). */
 bool kvx_peer_mapped(const kvx_peer_t *p);
+/* The default TANDEM_KVX_STREAM_MIN on this machine (see "Mapped peers"). */
+uint64_t kvx_stream_min_default(void);
 /* False once the peer failed (its sends fail with CM_ERR_PEER_DEAD). */
 bool kvx_peer_alive(const kvx_peer_t *p);
 
@@ -164,8 +172,9 @@ typedef struct {
 /*
  * Sends layers [lo, hi) of the @n block pairs from @src (a pool of the
  * same geometry) to @peer, then notifies it with @req_id. The pairs are
- * copied. @done is called exactly once. Returns CM_OK when posted (done
- * follows), or an error with no callback (bad arguments, dead peer).
+ * copied. @done is called exactly once, possibly before kvx_send returns
+ * (see "Callbacks" above). Returns CM_OK when posted (done follows or has
+ * run), or an error with no callback (bad arguments, dead peer).
  */
 cm_status_t kvx_send(kvx_peer_t *peer, const kvx_pool_t *src, uint64_t req_id, uint32_t lo,
                      uint32_t hi, const kvx_pair_t *pairs, size_t n, bool crc, uint64_t deadline_ms,
