@@ -19,6 +19,16 @@ grep -q "coalesced" <<<"$out" || fail "bench kvxfer table missing: $out"
 grep -q '"puts_per_transfer":1,' "$TT_TMPDIR/k.jsonl" || fail "coalesced row is not one put"
 grep -q '"puts_per_transfer":4,' "$TT_TMPDIR/k.jsonl" || fail "per-block row is not 4 puts"
 
+# Shared memory: the receiver's pool is mapped and kvx copies (streaming
+# stores); such sends can complete inside kvx_send, which once left the
+# windowed loop spinning forever.
+out=$(TANDEM_KVX_STREAM_MIN=0 "$bin" bench kvxfer --tls shm,self --sizes 256K --counts 64 \
+      --min-time 20ms --rounds 1 --pool 32M --receiver-poll 0ms --perftest=false \
+      --out "$TT_TMPDIR/m.jsonl" 2>&1) || fail "bench kvxfer shm exited $?: $out"
+[ "$(wc -l < "$TT_TMPDIR/m.jsonl")" -eq 2 ] || fail "bench kvxfer shm rows: $(cat "$TT_TMPDIR/m.jsonl")"
+grep -q '"mapped":true' "$TT_TMPDIR/m.jsonl" || fail "shm peer not mapped: $(cat "$TT_TMPDIR/m.jsonl")"
+! grep -q "(error)" <<<"$out" || fail "bench kvxfer shm reported an error: $out"
+
 err=$("$bin" bench engine --model /nonexistent 2>&1); rc=$?
 [ "$rc" -ne 0 ] && grep -q "config.json" <<<"$err" || fail "bad model: rc=$rc $err"
 echo "bench tools ok"
