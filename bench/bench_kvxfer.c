@@ -184,6 +184,12 @@ static void on_done(void *ud, cm_status_t st) {
     if (st != CM_OK) done_st = st;
 }
 
+static double median(double *v, int n) { /* sorts @v */
+    bench_summary_t m;
+    bench_summarize(v, (size_t)n, &m);
+    return m.p50;
+}
+
 /* Parses "16K,1M" into sizes; returns the count. */
 static int parse_list(const char *s, uint64_t *out, int cap, bool sizes) {
     int n = 0;
@@ -427,21 +433,10 @@ int bench_kvxfer_main(int argc, char **argv) {
                     rt[r] = ptv[r] > 0 ? gb[r] / ptv[r] : 0;
                     rt1[r] = ptv[r] > 0 ? gb1[r] / ptv[r] : 0;
                 }
+                double lat50 = median(l50, R), lat99 = median(l99, R), gbps1 = median(gb1, R),
+                       ratio1 = median(rt1, R), gbps = median(gb, R), us = median(usv, R),
+                       pt = median(ptv, R);
                 bench_summary_t m;
-                bench_summarize(l50, (size_t)R, &m);
-                double lat50 = m.p50;
-                bench_summarize(l99, (size_t)R, &m);
-                double lat99 = m.p50;
-                bench_summarize(gb1, (size_t)R, &m);
-                double gbps1 = m.p50;
-                bench_summarize(rt1, (size_t)R, &m);
-                double ratio1 = m.p50;
-                bench_summarize(gb, (size_t)R, &m);
-                double gbps = m.p50;
-                bench_summarize(usv, (size_t)R, &m);
-                double us = m.p50;
-                bench_summarize(ptv, (size_t)R, &m);
-                double pt = m.p50;
                 bench_summarize(rt, (size_t)R, &m);
                 double ratio = m.p50, rmin = m.min, rmax = m.max;
                 /* Per-block rows also against perftest moving the same bytes
