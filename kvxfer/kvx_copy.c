@@ -41,30 +41,47 @@ static void stream_sse2(char *d, const char *s, size_t n) {
     }
 }
 
-void kvx_copy_stream(void *dst, const void *src, size_t n) {
+static bool has_level(int level) {
+    if (level == 2) return __builtin_cpu_supports("avx512f");
+    if (level == 1) return __builtin_cpu_supports("avx");
+    return level == 0;
+}
+
+bool kvx_copy_stream_level(int level, void *dst, const void *src, size_t n) {
+    if (!has_level(level)) return false;
     char *d = dst;
     const char *s = src;
     size_t head = (64 - ((uintptr_t)d & 63)) & 63;
     if (n < head + 128) {
         memcpy(d, s, n);
-        return;
+        return true;
     }
     memcpy(d, s, head);
     d += head, s += head, n -= head;
     size_t body = n & ~(size_t)127;
-    if (__builtin_cpu_supports("avx512f"))
+    if (level == 2)
         stream_avx512(d, s, body);
-    else if (__builtin_cpu_supports("avx"))
+    else if (level == 1)
         stream_avx(d, s, body);
     else
         stream_sse2(d, s, body);
     memcpy(d + body, s + body, n - body);
+    return true;
+}
+
+void kvx_copy_stream(void *dst, const void *src, size_t n) {
+    kvx_copy_stream_level(has_level(2) ? 2 : has_level(1) ? 1 : 0, dst, src, n);
 }
 
 void kvx_copy_fence(void) { _mm_sfence(); }
 
 #else
 
+bool kvx_copy_stream_level(int level, void *dst, const void *src, size_t n) {
+    if (level != 0) return false;
+    memcpy(dst, src, n);
+    return true;
+}
 void kvx_copy_stream(void *dst, const void *src, size_t n) { memcpy(dst, src, n); }
 void kvx_copy_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
