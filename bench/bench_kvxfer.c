@@ -408,9 +408,12 @@ int bench_kvxfer_main(int argc, char **argv) {
                     iters = 0;
                     while (cm_time_mono_ns() - t0 < g_min_ms * 1000000ull && done_st == CM_OK) {
                         done_count = 0;
-                        kvx_send(peer, src, cm_time_mono_ns(), 0, 1, pairs, np, false, 10000,
-                                 on_done, NULL);
-                        while (done_count == 0) kvx_ctx_poll(c);
+                        if (kvx_send(peer, src, cm_time_mono_ns(), 0, 1, pairs, np, false, 10000,
+                                     on_done, NULL) != CM_OK) {
+                            done_st = CM_ERR_IO; /* no callback will come */
+                            break;
+                        }
+                        while (done_count == 0) kvx_ctx_poll(c); /* the send's 10 s deadline */
                         iters++;
                     }
                     dt = (double)(cm_time_mono_ns() - t0) * 1e-9;
