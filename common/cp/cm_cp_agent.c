@@ -211,7 +211,11 @@ void cm_cp_agent_set_draining(cm_cp_agent_t *a) {
 
 void cm_cp_agent_stop(cm_cp_agent_t *a, const char *reason) {
     if (!a || a->stopping) return;
-    if (a->registered) {
+    /* A Register is always in flight or answered (sent at start): a
+     * worker stopped before the reply must still deregister, or the
+     * router counts it until its heartbeats expire. The router ignores a
+     * Deregister from a worker it does not know. */
+    if (!a->refused) {
         Tandem__Cp__Deregister d = TANDEM__CP__DEREGISTER__INIT;
         d.incarnation = a->incarnation;
         d.reason = (char *)(reason ? reason : "stopping");

@@ -161,6 +161,31 @@ TT_TEST_T(rt_workers, sigterm_deregisters_immediately, 30) {
     TT_ASSERT_EQ_INT(uv_loop_close(&loop), 0);
 }
 
+/* A worker stopped before the router answered its Register (here: the
+ * router's loop does not run until the worker has exited) deregisters
+ * anyway: the router drops it at once, not after 50 missed heartbeats. */
+TT_TEST_T(rt_workers, sigterm_before_register_reply_deregisters, 30) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    rt_core_t *core = make_core(&loop, "tcp://127.0.0.1:*", 50);
+    TT_ASSERT(core);
+    pid_t pid = spawn_worker(rt_core_cp_address(core), "tiny", "w2");
+    cm_time_sleep_ns(500000000ull); /* its Register waits in the router's socket */
+    kill(pid, SIGTERM);
+    TT_ASSERT_EQ_INT(reap(pid, 5000), 0);
+    uint64_t t0 = cm_time_mono_ms();
+    bool seen = false;
+    while (cm_time_mono_ms() - t0 < 1000) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        seen = seen || rt_core_ready(core);
+        cm_time_sleep_ns(2000000);
+    }
+    TT_ASSERT_MSG(!rt_core_ready(core), "worker stopped before its reply still counted after 1 s");
+    printf("register seen by the router: %s\n", seen ? "yes" : "no");
+    free_core(&loop, core);
+    TT_ASSERT_EQ_INT(uv_loop_close(&loop), 0);
+}
+
 TT_TEST_T(rt_workers, wrong_model_is_refused_with_reason, 30) {
     uv_loop_t loop;
     uv_loop_init(&loop);
