@@ -18,7 +18,7 @@
 #include "eng_cuda.h"
 
 static const char *g_model, *g_backend, *g_batches;
-static int64_t g_prompt, g_steps;
+static int64_t g_prompt, g_steps, g_rounds;
 
 static const cm_flag_t k_flags[] = {
     {.name = "model",
@@ -51,6 +51,14 @@ static const cm_flag_t k_flags[] = {
      .help = "decode steps timed per batch size",
      .min = 1,
      .max = 1 << 16},
+    {.name = "rounds",
+     .type = CM_FLAG_INT,
+     .dst = &g_rounds,
+     .def = "1",
+     .help = "decode rounds per batch size, each right after its own bandwidth probes "
+             "(host); medians reported",
+     .min = 1,
+     .max = 99},
     {0},
 };
 
@@ -163,6 +171,16 @@ static double copy_gbps(int threads) {
     return 2.0 * (double)total * 4 / dt / 1e9; /* bytes read + written */
 }
 
+static int dbl_cmp(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, dbl_cmp);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
 /* The backend's matmul on a prefill-sized product: GFLOP/s. */
 static double matmul_gflops(eng_backend_kind_t kind, mdl_dtype_t dt) {
     eng_backend_t be;
@@ -225,8 +243,10 @@ int bench_engine_main(int argc, char **argv) {
     mdl_dtype_t wdt = MDL_BF16;
     double peak = dev ? eng_cuda_gemm_tflops(8192) * 1e3 : matmul_gflops(kind, wdt);
     size_t wbytes = eng_model_weight_bytes(m);
-    printf("model %s (%s, %u layers, hidden %u, %u experts), backend %s, %d threads\n", g_model,
-           c->arch_name, c->n_layers, c->hidden, c->n_experts, g_backend, threads);
+    const char *prec = eng_model_cpu_precision(m);
+    printf("model %s (%s, %u layers, hidden %u, %u experts), backend %s%s%s, %d threads\n", g_model,
+           c->arch_name, c->n_layers, c->hidden, c->n_experts, g_backend,
+           prec ? ", matmul inputs " : "", prec ? prec : "", threads);
     printf("weights read per decode step (dense path, top-k experts): %.1f MB\n",
            (double)wbytes / 1e6);
     if (dev)
@@ -239,6 +259,11 @@ int bench_engine_main(int argc, char **argv) {
                bw, threads, rbw, peak);
     /* "of bw": weight bytes per decode step / step time / copy bandwidth;
      * "of read": the same against the read-only stream (host only). */
+    int R = (int)g_rounds;
+    if (R > 1)
+        printf("decode: median of %d rounds of %lld steps; on the host each round's fractions "
+               "are against copy and read probes run just before it\n",
+               R, (long long)g_steps);
     printf("%6s %14s %10s %14s %12s %10s %10s\n", "batch", "prefill tok/s", "of peak",
            "decode tok/s", "step ms", "of bw", "of read");
     uint64_t bs[16];
@@ -249,11 +274,11 @@ int bench_engine_main(int argc, char **argv) {
         bs[nb++] = (uint64_t)atoll(t);
     for (int bi = 0; bi < nb; bi++) {
         uint32_t B = (uint32_t)bs[bi], P = (uint32_t)g_prompt;
-        eng_kv_config_t kc = {.geom =
-                                  eng_model_kv_geom(m, B * ((P + (uint32_t)g_steps) / 16 + 2), 16),
-                              .fingerprint = 1,
-                              .mem_mode = ENG_KV_MEM_ALLOC,
-                              .prefault = true};
+        eng_kv_config_t kc = {
+            .geom = eng_model_kv_geom(m, B * ((P + (uint32_t)(g_steps * R)) / 16 + 2), 16),
+            .fingerprint = 1,
+            .mem_mode = ENG_KV_MEM_ALLOC,
+            .prefault = true};
         void *pool = NULL;
         if (dev) {
             kc.mem_bytes = eng_kv_geom_pool_bytes(&kc.geom);
@@ -289,25 +314,37 @@ int bench_engine_main(int argc, char **argv) {
         double body = (double)(wbytes - eng_model_lm_head_bytes(m)) / mdl_dtype_size(wdt);
         double head = (double)eng_model_lm_head_bytes(m) / mdl_dtype_size(wdt);
         double pre_flops = 2.0 * body * B * P + 2.0 * head * B;
-        /* Step 0 is the untimed warm-up of the decode shape. */
-        for (int s = 0; s <= g_steps; s++) {
-            if (s == 1) t0 = cm_time_mono_ns();
-            for (uint32_t b = 0; b < B; b++) {
-                int32_t tok = (int32_t)((s * 31 + b) % c->vocab);
-                uint32_t len = eng_kv_seq_len(seqs[b]);
-                eng_kv_seq_append(kv, seqs[b], &tok, 1);
-                items[b] = (eng_item_t){seqs[b], len, 1, true};
+        /* Step 0 of each round is untimed (the first round's warms up
+         * the decode shape; the others follow a probe that evicted it). */
+        double tps[99], fbw[99], frd[99], steps[99];
+        for (int r = 0; r < R; r++) {
+            double rbw_r = rbw, bw_r = bw;
+            if (R > 1 && !dev) {
+                bw_r = copy_gbps(threads);
+                rbw_r = read_gbps(threads);
             }
-            eng_forward(m, kv, items, B, logits);
-            for (uint32_t b = 0; b < B; b++)
-                eng_kv_seq_set_computed(kv, seqs[b], eng_kv_seq_len(seqs[b]));
+            for (int s = 0; s <= g_steps; s++) {
+                if (s == 1) t0 = cm_time_mono_ns();
+                for (uint32_t b = 0; b < B; b++) {
+                    int32_t tok = (int32_t)((s * 31 + b) % c->vocab);
+                    uint32_t len = eng_kv_seq_len(seqs[b]);
+                    eng_kv_seq_append(kv, seqs[b], &tok, 1);
+                    items[b] = (eng_item_t){seqs[b], len, 1, true};
+                }
+                eng_forward(m, kv, items, B, logits);
+                for (uint32_t b = 0; b < B; b++)
+                    eng_kv_seq_set_computed(kv, seqs[b], eng_kv_seq_len(seqs[b]));
+            }
+            double dec_s = (double)(cm_time_mono_ns() - t0) * 1e-9;
+            double step = dec_s / (double)g_steps;
+            tps[r] = (double)B * g_steps / dec_s;
+            steps[r] = step * 1e3;
+            fbw[r] = 100.0 * (double)wbytes / step / 1e9 / bw_r;
+            frd[r] = rbw_r > 0 ? 100.0 * (double)wbytes / step / 1e9 / rbw_r : 0.0;
         }
-        double dec_s = (double)(cm_time_mono_ns() - t0) * 1e-9;
-        double step = dec_s / (double)g_steps;
         printf("%6u %14.0f %9.1f%% %14.1f %12.2f %9.1f%% %9.1f%%\n", B, pre_tps,
-               100.0 * pre_flops / pre_s / 1e9 / peak, (double)B * g_steps / dec_s, step * 1e3,
-               100.0 * (double)wbytes / step / 1e9 / bw,
-               rbw > 0 ? 100.0 * (double)wbytes / step / 1e9 / rbw : 0.0);
+               100.0 * pre_flops / pre_s / 1e9 / peak, median(tps, R), median(steps, R),
+               median(fbw, R), median(frd, R));
         fflush(stdout);
         for (uint32_t b = 0; b < B; b++) eng_kv_seq_free(kv, seqs[b]);
         cm_free(seqs);

@@ -70,6 +70,11 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out);
 bool eng_cpu_isa_available(const char *isa);
 /* The path a cpu backend uses (NULL for other backends). */
 const char *eng_cpu_isa(const eng_backend_t *b);
+/* The precision of a cpu backend's matmul inputs (NULL for other
+ * backends): "f32" (exact, the default) or "bf16" (the env
+ * TANDEM_CPU_PRECISION=bf16 on a CPU with AVX512_BF16: inputs rounded to
+ * bf16, products summed in f32; matrices marked exact stay f32). */
+const char *eng_cpu_precision(const eng_backend_t *b);
 
 /* One (token @t, head @h) of @a in plain loops (the ref backend's
  * attention); @sc holds a->ctx[t] floats of scratch. */

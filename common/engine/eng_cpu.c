@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "eng_backend.h"
+#include "eng_cpu_dp.h"
 
 typedef float (*dot_fn)(const float *x, const void *w, size_t n);
 /* y[r][o] for r < rows, o_lo <= o < o_hi (see eng_backend_i.matmul). */
@@ -869,6 +870,7 @@ typedef struct {
     swiglu_fn swiglu;
     rms_fn rms;
     bool bf16_pairs; /* bf16 weights go through mm512_bf16_pairs */
+    bool dp;         /* TANDEM_CPU_PRECISION=bf16: eng_dp_mm for packed, non-exact bf16 */
     float *xp;       /* x in pair-split order for it, xp_cap floats, 64-byte aligned */
     size_t xp_cap;
     uint32_t head_w; /* floats per vector of head: head_dim must be a multiple */
@@ -959,10 +961,20 @@ typedef struct {
     dot_fn dot;
     mm_fn mm;    /* blocked kernel, or NULL: one dot per (row, output) */
     bool panels; /* w->packed holds mm512_panels' panels */
+    bool dp;     /* w->packed holds eng_dp_mm's panels, x is in bf16 pairs */
 } job_t;
 
 static void run_slice(const void *arg, int part, int parts) {
     const job_t *j = arg;
+    if (j->dp) { /* whole panels per part */
+        size_t np = eng_dp_panels(j->out);
+        size_t plo = np * (size_t)part / (size_t)parts,
+               phi = np * (size_t)(part + 1) / (size_t)parts;
+        if (phi > plo)
+            eng_dp_mm((const uint32_t *)j->x, j->rows, j->in, j->w->packed, plo, phi, j->bias,
+                      j->out, j->y);
+        return;
+    }
 #if defined(__x86_64__)
     if (j->panels) { /* whole panels per part */
         size_t np = pk_panels(j->out);
@@ -1001,6 +1013,12 @@ static void perm_slice(const void *arg, int part, int parts) {
                 j->rows * (size_t)(part + 1) / (size_t)parts, j->in, j->xp);
 }
 
+static void xconv_slice(const void *arg, int part, int parts) {
+    const perm_job_t *j = arg;
+    eng_dp_xconv(j->x, j->rows * (size_t)part / (size_t)parts,
+                 j->rows * (size_t)(part + 1) / (size_t)parts, j->in, (uint32_t *)j->xp);
+}
+
 /* Room for @n floats of pair-split x; false when memory ran out. */
 static bool xp_reserve(cpu_t *p, size_t n) {
     if (n <= p->xp_cap) return true;
@@ -1018,10 +1036,36 @@ static bool xp_reserve(cpu_t *p, size_t n) {
 static void cpu_matmul(void *ctx, const float *x, size_t rows, size_t in, const mdl_tensor_t *w,
                        const float *bias, size_t out, float *y) {
     cpu_t *p = ctx;
-    job_t j = {x, rows, in, out, w, bias, y, p->dots[w->dtype], p->mms[w->dtype], false};
+    job_t j = {x, rows, in, out, w, bias, y, p->dots[w->dtype], p->mms[w->dtype], false, false};
 #if defined(__x86_64__)
     size_t nxp;
-    if (w->packed && p->bf16_pairs) {
+    if (w->packed && p->dp && !w->exact) {
+        /* x rounded to bf16 pairs, all rows at once or, short of memory
+         * for that, a tile or a row at a time (same bits per row). */
+        const size_t np = eng_dp_pairs(in);
+        size_t ch = rows;
+        while (ch > 0 && !(cm_mul_ok(ch, np, &nxp) && xp_reserve(p, nxp)))
+            ch = ch > DP_TILE ? DP_TILE : ch > 1 ? 1 : 0;
+        if (!ch) {
+            CM_LOG(CM_LOG_ERROR, "engine", "cpu backend: no memory for %zu bf16 inputs", in);
+            memset(y, 0, rows * out * sizeof *y);
+            return;
+        }
+        for (size_t r = 0; r < rows; r += ch) {
+            size_t n = rows - r < ch ? rows - r : ch;
+            perm_job_t pj = {x + r * in, n, in, p->xp};
+            if (p->n == 0 || n * in < (1u << 16))
+                xconv_slice(&pj, 0, 1);
+            else
+                pool_run(p, xconv_slice, &pj);
+            job_t jr = {p->xp, n, in, out, w, bias, y + r * out, NULL, NULL, false, true};
+            if (p->n == 0 || n * in * out < (1u << 16))
+                run_slice(&jr, 0, 1);
+            else
+                pool_run(p, run_slice, &jr);
+        }
+        return;
+    } else if (w->packed && p->bf16_pairs) {
         j.panels = true;
     } else if (w->dtype == MDL_BF16 && p->bf16_pairs) {
         if (cm_mul_ok(rows, in_pairs32(in), &nxp) && xp_reserve(p, nxp)) {
@@ -1160,28 +1204,40 @@ static void pack_slice(const void *arg, int part, int parts) {
     pk_fill(j->w->data, j->w->shape[1], out, np * (size_t)part / (size_t)parts,
             np * (size_t)(part + 1) / (size_t)parts, j->P);
 }
+
+static void dp_pack_slice(const void *arg, int part, int parts) {
+    const pack_job_t *j = arg;
+    size_t out = j->w->shape[0], np = eng_dp_panels(out);
+    eng_dp_fill(j->w->data, j->w->shape[1], out, np * (size_t)part / (size_t)parts,
+                np * (size_t)(part + 1) / (size_t)parts, (uint32_t *)j->P);
+}
 #endif
 
 /* bf16 matrices of 32 outputs or more go into mm512_panels' layout on the
- * AVX-512 path; everything else stays as it is (w->packed NULL). */
+ * AVX-512 path, or of 16 or more into eng_dp_mm's with
+ * TANDEM_CPU_PRECISION=bf16 (not w->exact ones); everything else stays as
+ * it is (w->packed NULL). */
 static cm_status_t cpu_pack(void *ctx, mdl_tensor_t *w) {
     cpu_t *p = ctx;
     w->packed = NULL;
 #if defined(__x86_64__)
-    if (!p->bf16_pairs || w->dtype != MDL_BF16 || w->ndim != 2 || w->shape[0] < PK_W ||
-        !w->shape[1])
-        return CM_OK;
+    if (!p->bf16_pairs || w->dtype != MDL_BF16 || w->ndim != 2 || !w->shape[1]) return CM_OK;
+    const bool dp = p->dp && !w->exact;
+    if (w->shape[0] < (dp ? DP_W : PK_W)) return CM_OK;
     size_t n, bytes;
-    if (!cm_mul_ok(pk_panels(w->shape[0]), w->shape[1], &n) || !cm_mul_ok(n, PK_W, &n) ||
-        !cm_mul_ok(n, sizeof(uint16_t), &bytes))
+    if (dp ? !cm_mul_ok(eng_dp_panels(w->shape[0]), eng_dp_pairs(w->shape[1]), &n) ||
+                 !cm_mul_ok(n, DP_W * sizeof(uint32_t), &bytes)
+           : !cm_mul_ok(pk_panels(w->shape[0]), w->shape[1], &n) || !cm_mul_ok(n, PK_W, &n) ||
+                 !cm_mul_ok(n, sizeof(uint16_t), &bytes))
         return CM_ERR_NO_MEMORY;
     uint16_t *P = cm_aligned_alloc(64, bytes);
     if (!P) return CM_ERR_NO_MEMORY;
     pack_job_t j = {w, P};
-    if (p->n == 0 || pk_panels(w->shape[0]) < 4)
-        pack_slice(&j, 0, 1);
+    part_fn fill = dp ? dp_pack_slice : pack_slice;
+    if (p->n == 0 || w->shape[0] < 4 * PK_W)
+        fill(&j, 0, 1);
     else
-        pool_run(p, pack_slice, &j);
+        pool_run(p, fill, &j);
     w->packed = P;
 #else
     (void)p;
@@ -1236,6 +1292,10 @@ const char *eng_cpu_isa(const eng_backend_t *b) {
     return b->iface == &k_cpu ? ((const cpu_t *)b->ctx)->isa : NULL;
 }
 
+const char *eng_cpu_precision(const eng_backend_t *b) {
+    return b->iface != &k_cpu ? NULL : ((const cpu_t *)b->ctx)->dp ? "bf16" : "f32";
+}
+
 cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
     cpu_t *p = cm_calloc(1, sizeof *p);
     if (!p) return CM_ERR_NO_MEMORY;
@@ -1272,6 +1332,20 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
         p->rms = rmsnorm512;
         p->head_w = 16;
         p->isa = "avx512";
+    }
+    /* TANDEM_CPU_PRECISION=bf16: matmuls with bf16 weights round their
+     * inputs to bf16 (VDPBF16PS, as llama.cpp); f32 (default) keeps them
+     * exact. */
+    const char *prec = getenv("TANDEM_CPU_PRECISION");
+    if (prec && *prec && strcmp(prec, "f32") != 0) {
+        if (strcmp(prec, "bf16") != 0)
+            CM_LOG(CM_LOG_WARN, "engine", "TANDEM_CPU_PRECISION=%s: not f32 or bf16, using f32",
+                   prec);
+        else if (!p->bf16_pairs || !eng_dp_available())
+            CM_LOG(CM_LOG_WARN, "engine",
+                   "TANDEM_CPU_PRECISION=bf16 needs AVX-512 with AVX512_BF16: using f32");
+        else
+            p->dp = true;
     }
 #endif
     long cores = sysconf(_SC_NPROCESSORS_ONLN);

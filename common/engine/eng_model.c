@@ -112,6 +112,7 @@ static cm_status_t load_layer(eng_model_t *m, uint32_t l, char *err, size_t errl
     snprintf(p, sizeof p, "model.layers.%u.%s", l, mixtral ? "block_sparse_moe" : "mlp");
     if ((st = mat(m->w, NAME("gate.weight"), c->n_experts, c->hidden, &L->router, b, err, errlen)))
         return st;
+    L->router.exact = true;
     L->experts = cm_calloc(c->n_experts, sizeof *L->experts);
     if (!L->experts) return CM_ERR_NO_MEMORY;
     for (uint32_t e = 0; e < c->n_experts; e++) {
@@ -298,6 +299,10 @@ void eng_model_free(eng_model_t *m) {
 const mdl_config_t *eng_model_config(const eng_model_t *m) { return &m->c; }
 const char *eng_model_backend_name(const eng_model_t *m) {
     return m->cuda ? "cuda" : m->be.iface->name;
+}
+
+const char *eng_model_cpu_precision(const eng_model_t *m) {
+    return m->cuda ? NULL : eng_cpu_precision(&m->be);
 }
 
 void *eng_model_kv_alloc(eng_model_t *m, size_t bytes) {
@@ -576,16 +581,18 @@ cm_status_t eng_forward_hooked(eng_model_t *m, eng_kv_t *kv, const eng_item_t *i
         }
         for (size_t i = 0; i < T * H; i++) x[i] += o[i];
     }
-    /* Final norm + LM head on the last token of items that want logits. */
+    /* Final norm on the last token of items that want logits, gathered
+     * into h, then one LM head matmul for all of them (it streams the
+     * whole head once per call, not once per sequence). */
     size_t row = 0;
     t = 0;
     for (size_t i = 0; i < n; i++) {
         t += items[i].n;
         if (!items[i].logits) continue;
-        be->rmsnorm(m->be.ctx, x + (t - 1) * H, 1, H, m->final_norm, c->rms_eps, h);
-        be->matmul(m->be.ctx, h, 1, H, &m->lm_head, NULL, c->vocab, logits + row * c->vocab);
+        be->rmsnorm(m->be.ctx, x + (t - 1) * H, 1, H, m->final_norm, c->rms_eps, h + row * H);
         row++;
     }
+    if (row) be->matmul(m->be.ctx, h, row, H, &m->lm_head, NULL, c->vocab, logits);
 out:
     cm_free(krow);
     cm_free(vrow);

@@ -68,6 +68,9 @@ typedef struct {
     /* A backend's own layout of the same values (eng_backend_i.pack), or
      * NULL; owned by whoever asked for it. */
     void *packed;
+    /* Matmuls with it keep exact f32 inputs in every compute mode (MoE
+     * routers: a rounded logit can change the experts chosen). */
+    bool exact;
 } mdl_tensor_t;
 
 typedef struct mdl_weights mdl_weights_t;

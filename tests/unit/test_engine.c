@@ -11,6 +11,7 @@
 
 #include "eng.h"
 #include "eng_backend.h"
+#include "eng_cpu_dp.h"
 #include "tt.h"
 
 static const char *const k_models[] = {"qwen3", "qwen3moe", "llama",
@@ -139,14 +140,30 @@ TT_TEST(engine, qwen2moe_shared_expert_matches_transformers) {
     check_model("qwen2moe", ENG_BACKEND_REF);
 }
 
+/* The cpu backend's bf16 mode (TANDEM_CPU_PRECISION=bf16: matmul inputs
+ * rounded to bf16) on the bf16 fixture: logits within 1% of the logits'
+ * scale of transformers' f32 compute, the same greedy tokens. */
+TT_TEST(engine, qwen3moe_cpu_bf16_precision_close_to_transformers) {
+    if (!eng_dp_available()) TT_SKIP("no AVX512_BF16 on this CPU");
+    setenv("TANDEM_CPU_PRECISION", "bf16", 1);
+    check_model_tol("qwen3moe", ENG_BACKEND_CPU, 1e-2);
+    unsetenv("TANDEM_CPU_PRECISION");
+}
+
 /* A sequence alone and inside a batch with another's prompt chunk and a
- * third's decode token gives bit-identical logits. */
+ * third's decode token gives bit-identical logits: on the ref backend, the
+ * cpu backend's best path, and (the bf16 fixture) its bf16 mode. */
 TT_TEST(engine, batch_invariance) {
-    for (size_t bi = 0; bi < 2 * (sizeof k_models / sizeof k_models[0]); bi++) {
-        size_t mi = bi % (sizeof k_models / sizeof k_models[0]);
-        rig_t r; /* ref, then cpu (its best path) */
-        rig_open(&r, k_models[mi],
-                 bi < sizeof k_models / sizeof k_models[0] ? ENG_BACKEND_REF : ENG_BACKEND_CPU);
+    const size_t nm = sizeof k_models / sizeof k_models[0];
+    for (size_t bi = 0; bi < 2 * nm + 1; bi++) {
+        size_t mi = bi < 2 * nm ? bi % nm : 1; /* k_models[1]: qwen3moe, bf16 */
+        rig_t r; /* ref, then cpu (its best path), then cpu in bf16 mode */
+        if (bi == 2 * nm) {
+            if (!eng_dp_available()) break;
+            setenv("TANDEM_CPU_PRECISION", "bf16", 1);
+        }
+        rig_open(&r, k_models[mi], bi < nm ? ENG_BACKEND_REF : ENG_BACKEND_CPU);
+        unsetenv("TANDEM_CPU_PRECISION");
         int32_t a[7] = {5, 9, 11, 3, 200, 17, 42}, b[12], cc[4] = {7, 8, 9, 10};
         for (int i = 0; i < 12; i++) b[i] = (i * 37 + 3) % 250;
         float *alone = malloc(r.vocab * sizeof(float)), *mixed = malloc(3 * r.vocab * 4);
@@ -267,7 +284,7 @@ TT_TEST(engine, cpu_matmul_matches_ref_on_every_isa) {
                             else
                                 ((uint16_t *)wd)[i] = to_f16(v);
                         }
-                        mdl_tensor_t w = {"w", dts[d], 2, {out, in}, wd, 0, NULL};
+                        mdl_tensor_t w = {"w", dts[d], 2, {out, in}, wd, 0, NULL, false};
                         bool with_bias = (a + b + c) % 2;
                         ref.iface->matmul(ref.ctx, x, nr, in, &w, with_bias ? bias : NULL, out, y0);
                         /* As given, then in the backend's packed layout

@@ -1,0 +1,217 @@
+/*
+ * eng_cpu_dp.c - the cpu backend's bf16 dot-product matmul (AVX512_BF16
+ * VDPBF16PS), the opt-in TANDEM_CPU_PRECISION=bf16 mode: activations
+ * rounded to bf16 (round to nearest even), products summed in f32, as
+ * llama.cpp and oneDNN do for bf16 weights. Twice the multiply-adds per
+ * instruction of the exact mode's f32 FMAs and no widening of weights.
+ *
+ * Layout (filled once at load, eng_dp_fill): panels of 16 outputs; panel
+ * p holds, for each pair of inputs kk in order, one 64-byte line whose
+ * dword j is the bf16 pair (W[16p + j][2kk], W[16p + j][2kk + 1]) (even
+ * input in the low half; the last pair and the last panel zero-padded).
+ * x is rounded once per matmul into the same pairs (eng_dp_xconv). Lane j
+ * of an accumulator is output 16p + j: one chain over kk in order from 0
+ * whatever the block shape, batch or thread split, so a row gives the same
+ * bits alone or in any batch.
+ */
+#include <immintrin.h>
+#include <string.h>
+
+#include "eng_cpu_dp.h"
+
+size_t eng_dp_panels(size_t out) { return (out + DP_W - 1) / DP_W; }
+
+size_t eng_dp_pairs(size_t in) { return (in + 1) / 2; }
+
+void eng_dp_fill(const uint16_t *w, size_t in, size_t out, size_t p_lo, size_t p_hi, uint32_t *P) {
+    const size_t np = eng_dp_pairs(in);
+    for (size_t p = p_lo; p < p_hi; p++) {
+        uint32_t *d = P + p * np * DP_W;
+        for (size_t j = 0; j < DP_W; j++) {
+            size_t o = p * DP_W + j;
+            const uint16_t *src = o < out ? w + o * in : NULL;
+            for (size_t kk = 0; kk < np; kk++) {
+                uint32_t lo = src ? src[2 * kk] : 0;
+                uint32_t hi = src && 2 * kk + 1 < in ? src[2 * kk + 1] : 0;
+                d[kk * DP_W + j] = lo | hi << 16;
+            }
+        }
+    }
+}
+
+/* bf16 of @f, rounded to nearest even (NaN kept quiet), as VCVTNE2PS2BF16. */
+uint16_t eng_dp_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7FFFu + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+void eng_dp_xconv_ref(const float *x, size_t r0, size_t r1, size_t in, uint32_t *xb) {
+    const size_t np = eng_dp_pairs(in);
+    for (size_t r = r0; r < r1; r++) {
+        const float *xr = x + r * in;
+        uint32_t *o = xb + r * np;
+        for (size_t kk = 0; kk < np; kk++) {
+            uint32_t lo = eng_dp_bf16(xr[2 * kk]);
+            uint32_t hi = 2 * kk + 1 < in ? eng_dp_bf16(xr[2 * kk + 1]) : 0;
+            o[kk] = lo | hi << 16;
+        }
+    }
+}
+
+#if defined(__x86_64__)
+#define DP512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#ifndef DP_PF
+#define DP_PF 8 /* pairs of a panel prefetched ahead at one row */
+#endif
+
+/* Rows [r, r + R) of xb against panels p .. p + NP - 1 (indexes past
+ * @p_hi clamped to its last panel: computed, not stored). */
+DP512 __attribute__((always_inline)) static inline void
+dp_block(const uint32_t *xb, size_t np, const uint32_t *P, size_t r, size_t p, size_t p_hi,
+         const float *bias, size_t out, float *y, const int R, const int NP) {
+    const uint32_t *pp[8];
+#pragma GCC unroll 8
+    for (int q = 0; q < NP; q++)
+        pp[q] = P + (p + (size_t)q < p_hi ? p + (size_t)q : p_hi - 1) * np * DP_W;
+    __m512 acc[8][8];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 8
+        for (int q = 0; q < NP; q++) acc[i][q] = _mm512_setzero_ps();
+    const uint32_t *xr = xb + r * np;
+    for (size_t kk = 0; kk < np; kk++) {
+        __m512bh wv[8];
+        /* One row (decode): the weights stream from memory, 8 panels at
+         * once; fetch ahead of the hardware prefetcher (never faults). */
+        if (R == 1)
+#pragma GCC unroll 8
+            for (int q = 0; q < NP; q++) _mm_prefetch(pp[q] + (kk + DP_PF) * DP_W, _MM_HINT_T0);
+#pragma GCC unroll 8
+        for (int q = 0; q < NP; q++) wv[q] = (__m512bh)_mm512_load_si512(pp[q] + kk * DP_W);
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++) {
+            __m512bh xv = (__m512bh)_mm512_set1_epi32((int)xr[(size_t)i * np + kk]);
+#pragma GCC unroll 8
+            for (int q = 0; q < NP; q++) acc[i][q] = _mm512_dpbf16_ps(acc[i][q], xv, wv[q]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int q = 0; q < NP; q++) {
+        if (p + (size_t)q >= p_hi) break;
+        size_t o0 = (p + (size_t)q) * DP_W, n = out - o0 < DP_W ? out - o0 : DP_W;
+        __mmask16 m = (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1);
+        __m512 b = bias ? _mm512_maskz_loadu_ps(m, bias + o0) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++) {
+            float *yr = y + (r + (size_t)i) * out + o0;
+            _mm512_mask_storeu_ps(yr, m, bias ? _mm512_add_ps(acc[i][q], b) : acc[i][q]);
+        }
+    }
+}
+
+#define DP_SHAPE(R, NP)                                                                         \
+    DP512 static void dp_##R##x##NP(const uint32_t *xb, size_t np, const uint32_t *P, size_t r, \
+                                    size_t p, size_t p_hi, const float *bias, size_t out,       \
+                                    float *y) {                                                 \
+        dp_block(xb, np, P, r, p, p_hi, bias, out, y, R, NP);                                   \
+    }
+DP_SHAPE(8, 3)
+DP_SHAPE(4, 6)
+DP_SHAPE(2, 8)
+DP_SHAPE(1, 8)
+
+/* The pairs are x's bf16 values in order, low half first: 32 at a time. */
+DP512 static void xconv512(const float *x, size_t r0, size_t r1, size_t in, uint32_t *xb) {
+    const size_t n2 = 2 * eng_dp_pairs(in);
+    for (size_t r = r0; r < r1; r++) {
+        const float *xr = x + r * in;
+        uint16_t *o = (uint16_t *)(xb + r * (n2 / 2));
+        for (size_t c = 0; c < n2; c += 32) {
+            size_t left = in - c < 32 ? in - c : 32, sl = n2 - c < 32 ? n2 - c : 32;
+            __mmask16 m0 = (__mmask16)(left >= 16 ? 0xFFFF : (1u << left) - 1);
+            __mmask16 m1 = (__mmask16)(left >= 32  ? 0xFFFF
+                                       : left > 16 ? (1u << (left - 16)) - 1
+                                                   : 0);
+            __m512 lo = _mm512_maskz_loadu_ps(m0, xr + c),
+                   hi = _mm512_maskz_loadu_ps(m1, xr + c + 16);
+            __m512i v = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+            _mm512_mask_storeu_epi16(o + c, (__mmask32)(sl >= 32 ? ~0u : (1u << sl) - 1), v);
+        }
+    }
+}
+
+void eng_dp_xconv(const float *x, size_t r0, size_t r1, size_t in, uint32_t *xb) {
+    if (eng_dp_available())
+        xconv512(x, r0, r1, in, xb);
+    else
+        eng_dp_xconv_ref(x, r0, r1, in, xb);
+}
+
+void eng_dp_mm(const uint32_t *xb, size_t rows, size_t in, const uint32_t *P, size_t p_lo,
+               size_t p_hi, const float *bias, size_t out, float *y) {
+    const size_t np = eng_dp_pairs(in);
+    for (size_t r0 = 0; r0 < rows; r0 += DP_TILE) {
+        size_t r1 = r0 + DP_TILE < rows ? r0 + DP_TILE : rows, r8 = r0 + (r1 - r0) / 8 * 8;
+        size_t r4 = r8 + (r1 - r8) / 4 * 4, r2 = r4 + (r1 - r4) / 2 * 2;
+        for (size_t p = p_lo; r0 < r8 && p < p_hi; p += 3)
+            for (size_t r = r0; r < r8; r += 8) dp_8x3(xb, np, P, r, p, p_hi, bias, out, y);
+        for (size_t p = p_lo; r8 < r4 && p < p_hi; p += 6)
+            dp_4x6(xb, np, P, r8, p, p_hi, bias, out, y);
+        for (size_t p = p_lo; r4 < r2 && p < p_hi; p += 8)
+            dp_2x8(xb, np, P, r4, p, p_hi, bias, out, y);
+        for (size_t p = p_lo; r2 < r1 && p < p_hi; p += 8)
+            dp_1x8(xb, np, P, r2, p, p_hi, bias, out, y);
+    }
+}
+
+bool eng_dp_available(void) {
+    static _Atomic int have = -1; /* first calls may race: all store the same value */
+    if (have < 0) {
+        __builtin_cpu_init();
+        have = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512bf16");
+    }
+    return have;
+}
+#else
+void eng_dp_mm(const uint32_t *xb, size_t rows, size_t in, const uint32_t *P, size_t p_lo,
+               size_t p_hi, const float *bias, size_t out, float *y) {
+    (void)xb, (void)rows, (void)in, (void)P, (void)p_lo, (void)p_hi, (void)bias, (void)out, (void)y;
+}
+
+bool eng_dp_available(void) { return false; }
+
+void eng_dp_xconv(const float *x, size_t r0, size_t r1, size_t in, uint32_t *xb) {
+    eng_dp_xconv_ref(x, r0, r1, in, xb);
+}
+#endif
+
+/* The kernel's arithmetic in plain C, for tests: y[r][o] for one (row,
+ * output), products of bf16 pairs exact in f32, each added in turn (odd
+ * input first, as the instruction's reference pseudocode), denormal inputs
+ * and results flushed to zero. */
+float eng_dp_ref_dot(const uint32_t *xr, const uint32_t *P, size_t in, size_t o) {
+    const size_t np = eng_dp_pairs(in);
+    const uint32_t *pan = P + o / DP_W * np * DP_W;
+    float acc = 0.0f;
+    for (size_t kk = 0; kk < np; kk++) {
+        uint32_t xw = xr[kk], ww = pan[kk * DP_W + o % DP_W];
+        for (int h = 1; h >= 0; h--) {
+            uint32_t xa = (xw >> (16 * h)) << 16, wa = (ww >> (16 * h)) << 16;
+            if (!(xa & 0x7F800000u)) xa &= 0x80000000u; /* DAZ */
+            if (!(wa & 0x7F800000u)) wa &= 0x80000000u;
+            float xf, wf;
+            memcpy(&xf, &xa, sizeof xf);
+            memcpy(&wf, &wa, sizeof wf);
+            acc += xf * wf;
+            uint32_t u;
+            memcpy(&u, &acc, sizeof u);
+            if (!(u & 0x7F800000u)) acc = 0.0f * acc; /* FTZ, sign kept */
+        }
+    }
+    return acc;
+}

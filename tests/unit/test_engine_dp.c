@@ -1,0 +1,246 @@
+/*
+ * test_engine_dp.c - the cpu backend's TANDEM_CPU_PRECISION=bf16 mode
+ * (eng_cpu_dp.c): the bf16 rounding against its definition (nearest, ties
+ * to even), the hardware conversion and matmul against plain C and against
+ * an f64 sum of the same rounded products on awkward shapes, rows
+ * bit-identical alone or in a batch, MoE routers kept exact, and the bf16
+ * fixture model close to transformers and batch invariant in this mode.
+ * The hardware parts run on CPUs with AVX512_BF16 and are skipped
+ * elsewhere (the plain-C parts always run).
+ */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdlib.h>
+
+#include "eng.h"
+#include "eng_backend.h"
+#include "eng_cpu_dp.h"
+#include "eng_internal.h"
+#include "tt.h"
+
+/* Uniform in [0, 1) (xorshift64*). */
+static double rnd(uint64_t *s) {
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return (double)((*s * 2685821657736338717ull) >> 11) / 9007199254740992.0;
+}
+
+static float bits_f(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static uint32_t f_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static double bf16_val(uint16_t h) { return (double)bits_f((uint32_t)h << 16); }
+
+/* A random float of any exponent, sign and mantissa (NaNs excluded). */
+static float rnd_float(uint64_t *s) {
+    uint32_t u;
+    do u = (uint32_t)(rnd(s) * 4294967296.0);
+    while ((u & 0x7F800000u) == 0x7F800000u && (u & 0x7FFFFFu));
+    return bits_f(u);
+}
+
+/* The two bf16 values around @f (truncated, and one step away from zero)
+ * and the rounding the definition asks for: the nearer, the even one on a
+ * tie, compared in f64 (exact for these). */
+static uint16_t nearest_even(float f) {
+    uint32_t u = f_bits(f);
+    uint16_t lo = (uint16_t)(u >> 16), hi = (uint16_t)(lo + 1);
+    if (!(u & 0xFFFF)) return lo;
+    double dl = fabs((double)f - bf16_val(lo));
+    double dh = isinf(bf16_val(hi)) ? INFINITY : fabs(bf16_val(hi) - (double)f);
+    /* Overflow: a value past the largest bf16 by half a step or more
+     * rounds to infinity, which is hi's bit pattern. */
+    if ((hi & 0x7F80) == 0x7F80) return (lo & 1) || (u & 0xFFFF) >= 0x8000 ? hi : lo;
+    if (dl < dh) return lo;
+    if (dh < dl) return hi;
+    return (lo & 1) ? hi : lo;
+}
+
+TT_TEST(engine_dp, bf16_rounding_is_nearest_even) {
+    uint64_t rng = 42;
+    static const float special[] = {
+        0.0f,     -0.0f,  1.0f,    -1.0f,           1.00390625f, 1.01171875f, 3.4e38f,
+        -3.4e38f, 1e-40f, -1e-40f, 1.17549435e-38f, INFINITY,    -INFINITY};
+    for (size_t i = 0; i < sizeof special / sizeof special[0]; i++)
+        TT_ASSERT_MSG(eng_dp_bf16(special[i]) == nearest_even(special[i]), "%a: %04x vs %04x",
+                      (double)special[i], eng_dp_bf16(special[i]), nearest_even(special[i]));
+    for (int i = 0; i < 200000; i++) {
+        float f = rnd_float(&rng);
+        /* Every 4th value exactly halfway between two bf16 values. */
+        if (i % 4 == 0) f = bits_f((f_bits(f) & 0xFFFF0000u) | 0x8000u);
+        if (isinf(f) || isnan(f)) continue;
+        TT_ASSERT_MSG(eng_dp_bf16(f) == nearest_even(f), "%a: %04x vs %04x", (double)f,
+                      eng_dp_bf16(f), nearest_even(f));
+    }
+    /* NaN stays NaN. */
+    uint16_t n = eng_dp_bf16(bits_f(0x7F800001u));
+    TT_ASSERT((n & 0x7F80) == 0x7F80 && (n & 0x7F));
+
+    /* The row conversion: pairs in order, an odd count padded with zero;
+     * the hardware one (when present) gives the same bits. Normal values
+     * only: the instruction treats denormal inputs as zero. */
+    static const size_t ins[] = {1, 2, 15, 16, 17, 31, 32, 33, 64, 100, 1025};
+    for (size_t ii = 0; ii < sizeof ins / sizeof ins[0]; ii++) {
+        size_t in = ins[ii], np = eng_dp_pairs(in), rows = 3;
+        float *x = malloc(rows * in * 4);
+        uint32_t *a = malloc(rows * np * 4), *b = malloc(rows * np * 4);
+        for (size_t i = 0; i < rows * in; i++) {
+            x[i] = (float)((rnd(&rng) - 0.5) * pow(2.0, (int)(rnd(&rng) * 40) - 20));
+            if (i % 7 == 0) x[i] = bits_f((f_bits(x[i]) & 0xFFFF0000u) | 0x8000u);
+        }
+        memset(a, 0xAB, rows * np * 4);
+        memset(b, 0xCD, rows * np * 4);
+        eng_dp_xconv_ref(x, 0, rows, in, a);
+        eng_dp_xconv(x, 0, rows, in, b);
+        for (size_t r = 0; r < rows; r++)
+            for (size_t k = 0; k < 2 * np; k++) {
+                uint16_t h = ((const uint16_t *)(a + r * np))[k];
+                TT_ASSERT_EQ_INT(h, k < in ? nearest_even(x[r * in + k]) : 0);
+            }
+        TT_ASSERT_MSG(memcmp(a, b, rows * np * 4) == 0, "in %zu: hardware conversion differs", in);
+        free(x), free(a), free(b);
+    }
+}
+
+/* A bf16 [out][in] matrix (random, |w| < 0.5) as uint16 bits. */
+static uint16_t *rnd_bf16_matrix(size_t out, size_t in, uint64_t *rng) {
+    uint16_t *w = malloc(out * in * 2);
+    for (size_t i = 0; i < out * in; i++) w[i] = eng_dp_bf16((float)(rnd(rng) - 0.5));
+    return w;
+}
+
+/* sum_k bf16(x[k]) * w[o][k] + bias in f64, and sum_k |..| for the bound. */
+static double ref_f64(const float *x, const uint16_t *w, size_t in, size_t o, double *mag) {
+    double s = 0;
+    *mag = 0;
+    for (size_t k = 0; k < in; k++) {
+        double p = bf16_val(eng_dp_bf16(x[k])) * bf16_val(w[o * in + k]);
+        s += p;
+        *mag += fabs(p);
+    }
+    return s;
+}
+
+/* The panel layout and the plain-C kernel on every machine: against the
+ * f64 sum of the same rounded products. */
+TT_TEST(engine_dp, panels_and_plain_c_kernel_sum_the_rounded_products) {
+    uint64_t rng = 7;
+    static const size_t ins[] = {1, 2, 3, 64, 129}, outs[] = {1, 16, 17, 40};
+    for (size_t a = 0; a < 5; a++)
+        for (size_t b = 0; b < 4; b++) {
+            size_t in = ins[a], out = outs[b], np = eng_dp_pairs(in);
+            uint16_t *w = rnd_bf16_matrix(out, in, &rng);
+            uint32_t *P = malloc(eng_dp_panels(out) * np * DP_W * 4), *xb = malloc(np * 4);
+            float *x = malloc(in * 4);
+            for (size_t k = 0; k < in; k++) x[k] = (float)(rnd(&rng) * 4 - 2);
+            eng_dp_fill(w, in, out, 0, eng_dp_panels(out), P);
+            eng_dp_xconv_ref(x, 0, 1, in, xb);
+            for (size_t o = 0; o < out; o++) {
+                double mag, want = ref_f64(x, w, in, o, &mag);
+                float got = eng_dp_ref_dot(xb, P, in, o);
+                TT_ASSERT_MSG(fabs(got - want) <= 1e-6 * mag + 1e-30, "in %zu o %zu: %g vs %g", in,
+                              o, (double)got, want);
+            }
+            free(w), free(P), free(xb), free(x);
+        }
+}
+
+static cm_status_t bf16_backend(eng_backend_t *out) {
+    setenv("TANDEM_CPU_PRECISION", "bf16", 1);
+    cm_status_t st = eng_backend_cpu_new(out);
+    unsetenv("TANDEM_CPU_PRECISION");
+    return st;
+}
+
+/* The backend's matmul in bf16 mode on awkward shapes (odd inputs, outputs
+ * not a multiple of 16 or of the 3- and 6-panel blocks, row counts hitting
+ * every block shape and the tile edge): against plain C (same rounding and
+ * order), the f64 sum, rows alone bit-identical; exact matrices against
+ * the ref backend. */
+TT_TEST(engine_dp, cpu_matmul_bf16_matches_plain_c_and_is_batch_invariant) {
+    if (!eng_dp_available()) TT_SKIP("no AVX512_BF16 on this CPU");
+    eng_backend_t cpu, ref;
+    TT_ASSERT_EQ_INT(bf16_backend(&cpu), CM_OK);
+    TT_ASSERT_STR_EQ(eng_cpu_precision(&cpu), "bf16");
+    TT_ASSERT_EQ_INT(eng_backend_ref_new(&ref), CM_OK);
+    uint64_t rng = 99;
+    static const size_t ins[] = {1, 7, 64, 333, 1024}, outs[] = {16, 17, 100, 250};
+    static const size_t rows_[] = {1, 2, 3, 4, 5, 8, 13, 49, 97};
+    for (size_t a = 0; a < 5; a++)
+        for (size_t b = 0; b < 4; b++)
+            for (size_t c = 0; c < 9; c++) {
+                size_t in = ins[a], out = outs[b], nr = rows_[c], np = eng_dp_pairs(in);
+                if (in * out * nr > 4000000) continue;
+                uint16_t *wd = rnd_bf16_matrix(out, in, &rng);
+                float *x = malloc(nr * in * 4), *bias = malloc(out * 4), *y = malloc(nr * out * 4);
+                float *y1 = malloc(out * 4), *y0 = malloc(nr * out * 4);
+                uint32_t *xb = malloc(nr * np * 4);
+                for (size_t i = 0; i < nr * in; i++) x[i] = (float)(rnd(&rng) * 2 - 1);
+                for (size_t i = 0; i < out; i++) bias[i] = (float)rnd(&rng);
+                const float *bs = (a + b + c) % 2 ? bias : NULL;
+                mdl_tensor_t w = {"w", MDL_BF16, 2, {out, in}, wd, out * in * 2, NULL, false};
+                TT_ASSERT_EQ_INT(cpu.iface->pack(cpu.ctx, &w), CM_OK);
+                TT_ASSERT(w.packed);
+                cpu.iface->matmul(cpu.ctx, x, nr, in, &w, bs, out, y);
+                eng_dp_xconv_ref(x, 0, nr, in, xb);
+                for (size_t r = 0; r < nr; r++)
+                    for (size_t o = 0; o < out; o++) {
+                        float pc = eng_dp_ref_dot(xb + r * np, w.packed, in, o) + (bs ? bs[o] : 0);
+                        double mag, want = ref_f64(x + r * in, wd, in, o, &mag) + (bs ? bs[o] : 0);
+                        float got = y[r * out + o];
+                        TT_ASSERT_MSG(fabs(got - pc) <= 1e-6 * (mag + 1),
+                                      "in %zu out %zu rows %zu [%zu][%zu]: %g vs plain C %g", in,
+                                      out, nr, r, o, (double)got, (double)pc);
+                        TT_ASSERT_MSG(fabs(got - want) <= 1e-5 * (mag + 1),
+                                      "in %zu out %zu rows %zu [%zu][%zu]: %g vs f64 %g", in, out,
+                                      nr, r, o, (double)got, want);
+                    }
+                for (size_t r = 0; r < nr; r += 1 + nr / 4) {
+                    cpu.iface->matmul(cpu.ctx, x + r * in, 1, in, &w, bs, out, y1);
+                    TT_ASSERT_MSG(memcmp(y1, y + r * out, out * 4) == 0,
+                                  "row %zu of %zu differs alone (in %zu out %zu)", r, nr, in, out);
+                }
+                cm_aligned_free(w.packed);
+                /* Marked exact: f32 inputs, the ref backend's result up to
+                 * summation order. */
+                w.packed = NULL;
+                w.exact = true;
+                TT_ASSERT_EQ_INT(cpu.iface->pack(cpu.ctx, &w), CM_OK);
+                cpu.iface->matmul(cpu.ctx, x, nr, in, &w, bs, out, y);
+                ref.iface->matmul(ref.ctx, x, nr, in, &w, bs, out, y0);
+                for (size_t i = 0; i < nr * out; i++)
+                    TT_ASSERT_MSG(fabs(y[i] - y0[i]) <= 1e-5 * sqrt((double)in),
+                                  "exact in %zu out %zu: [%zu] %g vs %g", in, out, i, (double)y[i],
+                                  (double)y0[i]);
+                cm_aligned_free(w.packed);
+                free(wd), free(x), free(bias), free(y), free(y1), free(y0), free(xb);
+            }
+    cpu.iface->free(cpu.ctx);
+    ref.iface->free(ref.ctx);
+}
+
+/* Unknown values and CPUs without the instruction fall back to f32. */
+TT_TEST(engine_dp, precision_setting_falls_back_to_f32) {
+    eng_backend_t cpu;
+    setenv("TANDEM_CPU_PRECISION", "fp8", 1);
+    TT_ASSERT_EQ_INT(eng_backend_cpu_new(&cpu), CM_OK);
+    TT_ASSERT_STR_EQ(eng_cpu_precision(&cpu), "f32");
+    cpu.iface->free(cpu.ctx);
+    setenv("TANDEM_CPU_ISA", "avx2", 1);
+    TT_ASSERT_EQ_INT(bf16_backend(&cpu), CM_OK);
+    TT_ASSERT_STR_EQ(eng_cpu_precision(&cpu), "f32");
+    cpu.iface->free(cpu.ctx);
+    unsetenv("TANDEM_CPU_ISA");
+    TT_ASSERT_EQ_INT(bf16_backend(&cpu), CM_OK);
+    TT_ASSERT_STR_EQ(eng_cpu_precision(&cpu), eng_dp_available() ? "bf16" : "f32");
+    cpu.iface->free(cpu.ctx);
+}
