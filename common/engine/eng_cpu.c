@@ -959,32 +959,42 @@ typedef struct {
     const float *bias;
     float *y;
     dot_fn dot;
-    mm_fn mm;    /* blocked kernel, or NULL: one dot per (row, output) */
-    bool panels; /* w->packed holds mm512_panels' panels */
-    bool dp;     /* w->packed holds eng_dp_mm's panels, x is in bf16 pairs */
+    mm_fn mm;             /* blocked kernel, or NULL: one dot per (row, output) */
+    bool panels;          /* w->packed holds mm512_panels' panels */
+    bool dp;              /* w->packed holds eng_dp_mm's panels, x is in bf16 pairs */
+    _Atomic size_t *next; /* panel jobs: the next chunk of panels to hand out */
+    size_t chunk;         /* panels per chunk */
 } job_t;
+
+/* Panels per chunk of a panel job over @np panels and @parts threads:
+ * about 8 chunks per thread, whole blocks of every kernel shape (3, 4, 6
+ * and 8 panels). */
+static size_t panel_chunk(size_t np, int parts) {
+    size_t c = (np + (size_t)parts * 8 - 1) / ((size_t)parts * 8);
+    return (c + 23) / 24 * 24;
+}
 
 static void run_slice(const void *arg, int part, int parts) {
     const job_t *j = arg;
-    if (j->dp) { /* whole panels per part */
-        size_t np = eng_dp_panels(j->out);
-        size_t plo = np * (size_t)part / (size_t)parts,
-               phi = np * (size_t)(part + 1) / (size_t)parts;
-        if (phi > plo)
-            eng_dp_mm((const uint32_t *)j->x, j->rows, j->in, j->w->packed, plo, phi, j->bias,
-                      j->out, j->y);
-        return;
-    }
+    if (j->dp || j->panels) {
+        /* Chunks of panels from a shared counter: a thread the host slows
+         * down (a busy neighbour, preemption) takes fewer and the others
+         * more. Each output is computed whole by one thread in a fixed
+         * order: results do not depend on who takes what. */
+        size_t np = j->dp ? eng_dp_panels(j->out) : pk_panels(j->out);
+        for (;;) {
+            size_t lo = atomic_fetch_add_explicit(j->next, 1, memory_order_relaxed) * j->chunk;
+            if (lo >= np) return;
+            size_t hi = np - lo < j->chunk ? np : lo + j->chunk;
+            if (j->dp)
+                eng_dp_mm((const uint32_t *)j->x, j->rows, j->in, j->w->packed, lo, hi, j->bias,
+                          j->out, j->y);
 #if defined(__x86_64__)
-    if (j->panels) { /* whole panels per part */
-        size_t np = pk_panels(j->out);
-        size_t plo = np * (size_t)part / (size_t)parts,
-               phi = np * (size_t)(part + 1) / (size_t)parts;
-        if (phi > plo)
-            mm512_panels(j->x, j->rows, j->in, j->w->packed, plo, phi, j->bias, j->out, j->y);
-        return;
-    }
+            else
+                mm512_panels(j->x, j->rows, j->in, j->w->packed, lo, hi, j->bias, j->out, j->y);
 #endif
+        }
+    }
     size_t lo = j->out * (size_t)part / (size_t)parts,
            hi = j->out * (size_t)(part + 1) / (size_t)parts;
     if (j->mm) {
@@ -1036,7 +1046,9 @@ static bool xp_reserve(cpu_t *p, size_t n) {
 static void cpu_matmul(void *ctx, const float *x, size_t rows, size_t in, const mdl_tensor_t *w,
                        const float *bias, size_t out, float *y) {
     cpu_t *p = ctx;
-    job_t j = {x, rows, in, out, w, bias, y, p->dots[w->dtype], p->mms[w->dtype], false, false};
+    _Atomic size_t next = 0;
+    job_t j = {x,     rows,  in,    out, w, bias, y, p->dots[w->dtype], p->mms[w->dtype],
+               false, false, &next, 0};
 #if defined(__x86_64__)
     size_t nxp;
     if (w->packed && p->dp && !w->exact) {
@@ -1058,7 +1070,20 @@ static void cpu_matmul(void *ctx, const float *x, size_t rows, size_t in, const 
                 xconv_slice(&pj, 0, 1);
             else
                 pool_run(p, xconv_slice, &pj);
-            job_t jr = {p->xp, n, in, out, w, bias, y + r * out, NULL, NULL, false, true};
+            atomic_store_explicit(&next, 0, memory_order_relaxed);
+            job_t jr = {p->xp,
+                        n,
+                        in,
+                        out,
+                        w,
+                        bias,
+                        y + r * out,
+                        NULL,
+                        NULL,
+                        false,
+                        true,
+                        &next,
+                        panel_chunk(eng_dp_panels(out), p->n + 1)};
             if (p->n == 0 || n * in * out < (1u << 16))
                 run_slice(&jr, 0, 1);
             else
@@ -1067,6 +1092,7 @@ static void cpu_matmul(void *ctx, const float *x, size_t rows, size_t in, const 
         return;
     } else if (w->packed && p->bf16_pairs) {
         j.panels = true;
+        j.chunk = panel_chunk(pk_panels(out), p->n + 1);
     } else if (w->dtype == MDL_BF16 && p->bf16_pairs) {
         if (cm_mul_ok(rows, in_pairs32(in), &nxp) && xp_reserve(p, nxp)) {
             perm_job_t pj = {x, rows, in, p->xp};
