@@ -966,10 +966,14 @@ typedef struct {
     size_t chunk;         /* panels per chunk */
 } job_t;
 
-/* Panels per chunk of a panel job over @np panels and @parts threads:
- * about 8 chunks per thread, whole blocks of every kernel shape (3, 4, 6
- * and 8 panels). */
-static size_t panel_chunk(size_t np, int parts) {
+/* Panels per chunk of a panel job over @np panels, @rows rows and @parts
+ * threads. Decode (a few rows, memory-bound): about 16 chunks per thread,
+ * at least one block of 8 panels, so the last chunk of a small matrix
+ * leaves the other threads waiting for 8 panels at most while a large one
+ * (the LM head) still streams long runs. Else about 8 chunks per thread,
+ * whole blocks of every kernel shape (3, 4, 6 and 8 panels). */
+static size_t panel_chunk(size_t np, size_t rows, int parts) {
+    if (rows <= 4) return (np + (size_t)parts * 16 * 8 - 1) / ((size_t)parts * 16 * 8) * 8;
     size_t c = (np + (size_t)parts * 8 - 1) / ((size_t)parts * 8);
     return (c + 23) / 24 * 24;
 }
@@ -1083,7 +1087,7 @@ static void cpu_matmul(void *ctx, const float *x, size_t rows, size_t in, const 
                         false,
                         true,
                         &next,
-                        panel_chunk(eng_dp_panels(out), p->n + 1)};
+                        panel_chunk(eng_dp_panels(out), n, p->n + 1)};
             if (p->n == 0 || n * in * out < (1u << 16))
                 run_slice(&jr, 0, 1);
             else
@@ -1092,7 +1096,7 @@ static void cpu_matmul(void *ctx, const float *x, size_t rows, size_t in, const 
         return;
     } else if (w->packed && p->bf16_pairs) {
         j.panels = true;
-        j.chunk = panel_chunk(pk_panels(out), p->n + 1);
+        j.chunk = panel_chunk(pk_panels(out), rows, p->n + 1);
     } else if (w->dtype == MDL_BF16 && p->bf16_pairs) {
         if (cm_mul_ok(rows, in_pairs32(in), &nxp) && xp_reserve(p, nxp)) {
             perm_job_t pj = {x, rows, in, p->xp};
