@@ -14,6 +14,7 @@
 
 #include "eng_backend.h"
 #include "eng_cpu_dp.h"
+#include "eng_cpu_tiles.h"
 
 typedef float (*dot_fn)(const float *x, const void *w, size_t n);
 /* y[r][o] for r < rows, o_lo <= o < o_hi (see eng_backend_i.matmul). */
@@ -412,33 +413,24 @@ pk_block(const float *x, size_t in, const uint16_t *P, size_t r, size_t p, size_
     }
 }
 
-#define PK_SHAPE(R, NP)                                                                      \
-    AVX512 static void pk_##R##x##NP(const float *x, size_t in, const uint16_t *P, size_t r, \
-                                     size_t p, size_t p_hi, const float *bias, size_t out,   \
-                                     float *y) {                                             \
-        pk_block(x, in, P, r, p, p_hi, bias, out, y, R, NP);                                 \
+#define PK_SHAPE(R, NP)                                                                           \
+    AVX512 static void pk_##R##x##NP(const void *x, size_t in, const void *P, size_t r, size_t p, \
+                                     size_t p_hi, const float *bias, size_t out, float *y) {      \
+        pk_block(x, in, P, r, p, p_hi, bias, out, y, R, NP);                                      \
     }
 PK_SHAPE(12, 1)
 PK_SHAPE(4, 3)
 PK_SHAPE(2, 4)
 PK_SHAPE(1, 8)
 
+static const eng_blk_shape_t k_pk_shapes[] = {
+    {12, 1, pk_12x1}, {4, 3, pk_4x3}, {2, 4, pk_2x4}, {1, 8, pk_1x8}};
+
 /* y[r][o] for r < rows and the outputs of panels [p_lo, p_hi); @P the
  * panels of a [out][in] bf16 matrix. */
-AVX512 static void mm512_panels(const float *x, size_t rows, size_t in, const uint16_t *P,
-                                size_t p_lo, size_t p_hi, const float *bias, size_t out, float *y) {
-    for (size_t r0 = 0; r0 < rows; r0 += PK_TILE) {
-        size_t r1 = r0 + PK_TILE < rows ? r0 + PK_TILE : rows, r12 = r0 + (r1 - r0) / 12 * 12;
-        size_t r4 = r12 + (r1 - r12) / 4 * 4, r2 = r4 + (r1 - r4) / 2 * 2;
-        for (size_t p = p_lo; r0 < r12 && p < p_hi; p++)
-            for (size_t r = r0; r < r12; r += 12) pk_12x1(x, in, P, r, p, p_hi, bias, out, y);
-        for (size_t p = p_lo; r12 < r4 && p < p_hi; p += 3)
-            for (size_t r = r12; r < r4; r += 4) pk_4x3(x, in, P, r, p, p_hi, bias, out, y);
-        for (size_t p = p_lo; r4 < r2 && p < p_hi; p += 4)
-            pk_2x4(x, in, P, r4, p, p_hi, bias, out, y);
-        for (size_t p = p_lo; r2 < r1 && p < p_hi; p += 8)
-            pk_1x8(x, in, P, r2, p, p_hi, bias, out, y);
-    }
+static void mm512_panels(const float *x, size_t rows, size_t in, const uint16_t *P, size_t p_lo,
+                         size_t p_hi, const float *bias, size_t out, float *y) {
+    eng_panel_tiles(k_pk_shapes, 4, PK_TILE, x, rows, in, P, p_lo, p_hi, bias, out, y);
 }
 
 /* Panels [p_lo, p_hi) of bf16 @w ([out][in]) into @P. */

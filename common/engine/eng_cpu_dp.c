@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "eng_cpu_dp.h"
+#include "eng_cpu_tiles.h"
 
 size_t eng_dp_panels(size_t out) { return (out + DP_W - 1) / DP_W; }
 
@@ -112,16 +113,18 @@ dp_block(const uint32_t *xb, size_t np, const uint32_t *P, size_t r, size_t p, s
     }
 }
 
-#define DP_SHAPE(R, NP)                                                                         \
-    DP512 static void dp_##R##x##NP(const uint32_t *xb, size_t np, const uint32_t *P, size_t r, \
-                                    size_t p, size_t p_hi, const float *bias, size_t out,       \
-                                    float *y) {                                                 \
-        dp_block(xb, np, P, r, p, p_hi, bias, out, y, R, NP);                                   \
+#define DP_SHAPE(R, NP)                                                                           \
+    DP512 static void dp_##R##x##NP(const void *xb, size_t np, const void *P, size_t r, size_t p, \
+                                    size_t p_hi, const float *bias, size_t out, float *y) {       \
+        dp_block(xb, np, P, r, p, p_hi, bias, out, y, R, NP);                                     \
     }
 DP_SHAPE(8, 3)
 DP_SHAPE(4, 6)
 DP_SHAPE(2, 8)
 DP_SHAPE(1, 8)
+
+static const eng_blk_shape_t k_dp_shapes[] = {
+    {8, 3, dp_8x3}, {4, 6, dp_4x6}, {2, 8, dp_2x8}, {1, 8, dp_1x8}};
 
 /* The pairs are x's bf16 values in order, low half first: 32 at a time. */
 DP512 static void xconv512(const float *x, size_t r0, size_t r1, size_t in, uint32_t *xb) {
@@ -152,19 +155,8 @@ void eng_dp_xconv(const float *x, size_t r0, size_t r1, size_t in, uint32_t *xb)
 
 void eng_dp_mm(const uint32_t *xb, size_t rows, size_t in, const uint32_t *P, size_t p_lo,
                size_t p_hi, const float *bias, size_t out, float *y) {
-    const size_t np = eng_dp_pairs(in);
-    for (size_t r0 = 0; r0 < rows; r0 += DP_TILE) {
-        size_t r1 = r0 + DP_TILE < rows ? r0 + DP_TILE : rows, r8 = r0 + (r1 - r0) / 8 * 8;
-        size_t r4 = r8 + (r1 - r8) / 4 * 4, r2 = r4 + (r1 - r4) / 2 * 2;
-        for (size_t p = p_lo; r0 < r8 && p < p_hi; p += 3)
-            for (size_t r = r0; r < r8; r += 8) dp_8x3(xb, np, P, r, p, p_hi, bias, out, y);
-        for (size_t p = p_lo; r8 < r4 && p < p_hi; p += 6)
-            dp_4x6(xb, np, P, r8, p, p_hi, bias, out, y);
-        for (size_t p = p_lo; r4 < r2 && p < p_hi; p += 8)
-            dp_2x8(xb, np, P, r4, p, p_hi, bias, out, y);
-        for (size_t p = p_lo; r2 < r1 && p < p_hi; p += 8)
-            dp_1x8(xb, np, P, r2, p, p_hi, bias, out, y);
-    }
+    eng_panel_tiles(k_dp_shapes, 4, DP_TILE, xb, rows, eng_dp_pairs(in), P, p_lo, p_hi, bias, out,
+                    y);
 }
 
 bool eng_dp_available(void) {
