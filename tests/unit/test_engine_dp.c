@@ -168,6 +168,8 @@ static cm_status_t bf16_backend(eng_backend_t *out) {
  * the ref backend. */
 TT_TEST(engine_dp, cpu_matmul_bf16_matches_plain_c_and_is_batch_invariant) {
     if (!eng_dp_available()) TT_SKIP("no AVX512_BF16 on this CPU");
+    const char *cap = getenv("TANDEM_CPU_ISA");
+    if (cap && *cap && strcmp(cap, "avx512") != 0) TT_SKIP("TANDEM_CPU_ISA caps below avx512");
     eng_backend_t cpu, ref;
     TT_ASSERT_EQ_INT(bf16_backend(&cpu), CM_OK);
     TT_ASSERT_STR_EQ(eng_cpu_precision(&cpu), "bf16");
