@@ -1039,12 +1039,29 @@ static bool xp_reserve(cpu_t *p, size_t n) {
 }
 #endif
 
+/* fn over the pool, or on the caller alone for less than 64K elements
+ * of @work: small jobs are not worth waking the pool. */
+static void run_parts(cpu_t *p, part_fn fn, const void *arg, size_t work) {
+    if (p->n == 0 || work < (1u << 16))
+        fn(arg, 0, 1);
+    else
+        pool_run(p, fn, arg);
+}
+
 static void cpu_matmul(void *ctx, const float *x, size_t rows, size_t in, const mdl_tensor_t *w,
                        const float *bias, size_t out, float *y) {
     cpu_t *p = ctx;
     _Atomic size_t next = 0;
-    job_t j = {x,     rows,  in,    out, w, bias, y, p->dots[w->dtype], p->mms[w->dtype],
-               false, false, &next, 0};
+    job_t j = {.x = x,
+               .rows = rows,
+               .in = in,
+               .out = out,
+               .w = w,
+               .bias = bias,
+               .y = y,
+               .dot = p->dots[w->dtype],
+               .mm = p->mms[w->dtype],
+               .next = &next};
 #if defined(__x86_64__)
     size_t nxp;
     if (w->packed && p->dp && !w->exact) {
@@ -1059,31 +1076,16 @@ static void cpu_matmul(void *ctx, const float *x, size_t rows, size_t in, const 
             memset(y, 0, rows * out * sizeof *y);
             return;
         }
+        j.x = p->xp;
+        j.dp = true;
         for (size_t r = 0; r < rows; r += ch) {
-            size_t n = rows - r < ch ? rows - r : ch;
-            perm_job_t pj = {x + r * in, n, in, p->xp};
-            if (p->n == 0 || n * in < (1u << 16))
-                xconv_slice(&pj, 0, 1);
-            else
-                pool_run(p, xconv_slice, &pj);
+            j.rows = rows - r < ch ? rows - r : ch;
+            j.y = y + r * out;
+            j.chunk = panel_chunk(eng_dp_panels(out), j.rows, p->n + 1);
             atomic_store_explicit(&next, 0, memory_order_relaxed);
-            job_t jr = {p->xp,
-                        n,
-                        in,
-                        out,
-                        w,
-                        bias,
-                        y + r * out,
-                        NULL,
-                        NULL,
-                        false,
-                        true,
-                        &next,
-                        panel_chunk(eng_dp_panels(out), n, p->n + 1)};
-            if (p->n == 0 || n * in * out < (1u << 16))
-                run_slice(&jr, 0, 1);
-            else
-                pool_run(p, run_slice, &jr);
+            perm_job_t pj = {x + r * in, j.rows, in, p->xp};
+            run_parts(p, xconv_slice, &pj, j.rows * in);
+            run_parts(p, run_slice, &j, j.rows * in * out);
         }
         return;
     } else if (w->packed && p->bf16_pairs) {
@@ -1092,10 +1094,7 @@ static void cpu_matmul(void *ctx, const float *x, size_t rows, size_t in, const 
     } else if (w->dtype == MDL_BF16 && p->bf16_pairs) {
         if (cm_mul_ok(rows, in_pairs32(in), &nxp) && xp_reserve(p, nxp)) {
             perm_job_t pj = {x, rows, in, p->xp};
-            if (p->n == 0 || nxp < (1u << 16))
-                perm_slice(&pj, 0, 1);
-            else
-                pool_run(p, perm_slice, &pj);
+            run_parts(p, perm_slice, &pj, nxp);
             j.x = p->xp;
             j.mm = mm512_bf16_pairs;
         } else {
@@ -1106,12 +1105,7 @@ static void cpu_matmul(void *ctx, const float *x, size_t rows, size_t in, const 
         }
     }
 #endif
-    /* Small products are not worth waking the pool. */
-    if (p->n == 0 || rows * in * out < (1u << 16)) {
-        run_slice(&j, 0, 1);
-        return;
-    }
-    pool_run(p, run_slice, &j);
+    run_parts(p, run_slice, &j, rows * in * out);
 }
 
 typedef struct {
