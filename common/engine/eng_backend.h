@@ -48,7 +48,8 @@ typedef struct {
      * backend's faster layout: sets w->packed (cm_aligned_alloc'ed; the
      * caller frees it with cm_aligned_free) or leaves it NULL when the
      * backend has none for this tensor. matmul then reads w->packed; a
-     * tensor gives the same results packed or not up to summation order,
+     * tensor gives the same results packed or not up to summation order
+     * (and the cpu backend's bf16 input rounding, TANDEM_CPU_PRECISION),
      * and each row the same alone or in any batch. */
     cm_status_t (*pack)(void *ctx, mdl_tensor_t *w);
     /* Frees the context. */

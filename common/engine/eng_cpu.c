@@ -1,8 +1,10 @@
 /*
  * eng_cpu.c - the fast CPU backend: blocked AVX-512 or AVX2/FMA/F16C matmul
  * kernels chosen at run time (scalar fallback), split over a persistent
- * thread pool by output rows. Same interface and layouts as eng_ref.c; results differ from
- * it only by summation order.
+ * thread pool by output rows (bf16 weights repacked into panels handed out
+ * in chunks). Same interface and layouts as eng_ref.c; results differ from
+ * it only by summation order, except in the opt-in TANDEM_CPU_PRECISION=bf16
+ * mode (eng_cpu_dp.c), which rounds matmul inputs to bf16.
  */
 #include <immintrin.h>
 #include <math.h>
