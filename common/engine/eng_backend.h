@@ -29,12 +29,28 @@ typedef struct {
     const float *const *const *v;
 } eng_attn_t;
 
+/* One matmul of several over the same x (eng_backend_i.matmul_n). */
+typedef struct {
+    const mdl_tensor_t *w;
+    const float *bias; /* or NULL */
+    size_t out;
+    float *y;
+} eng_mm_t;
+
+#define ENG_MM_MAX 4 /* matmuls one matmul_n call takes */
+
 typedef struct {
     const char *name;
     /* y[r][o] = sum_i x[r][i] * W[o][i] (+ bias[o]) for r < rows; W is
      * [out][in] in its checkpoint dtype, x and y f32 row-major. */
     void (*matmul)(void *ctx, const float *x, size_t rows, size_t in, const mdl_tensor_t *w,
                    const float *bias, size_t out, float *y);
+    /* Optional (NULL: matmul once per entry). @n <= ENG_MM_MAX matmuls
+     * of the same x ([rows][in]), mm[i].y = x W_i^T (+ bias_i): the same
+     * bits as separate matmul calls, run as one job (one wait for all,
+     * as Q/K/V or gate/up projections). */
+    void (*matmul_n)(void *ctx, const float *x, size_t rows, size_t in, size_t n,
+                     const eng_mm_t *mm);
     /* y[r] = x[r] / rms(x[r]) * weight, per row of @dim; y may equal x. */
     void (*rmsnorm)(void *ctx, const float *x, size_t rows, size_t dim, const float *weight,
                     float eps, float *y);

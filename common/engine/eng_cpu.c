@@ -16,6 +16,7 @@
 
 #include "eng_backend.h"
 #include "eng_cpu_dp.h"
+#include "eng_cpu_ops.h"
 #include "eng_cpu_tiles.h"
 
 typedef float (*dot_fn)(const float *x, const void *w, size_t n);
@@ -54,14 +55,6 @@ static float dot_f16_scalar(const float *x, const void *w, size_t n) {
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx2,fma"))) static inline float hsum(__m256 v) {
-    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-    lo = _mm_add_ps(lo, hi);
-    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-    return _mm_cvtss_f32(lo);
-}
-
 /* ---- blocked matmul kernels ------------------------------------------
  * A block of R input rows x 4 output rows: each weight chunk is loaded and
  * widened once for R rows, 4 weight rows stream at once. Every (row,
@@ -80,9 +73,6 @@ static inline void block_rows(const void *w, size_t in, size_t es, size_t o, siz
         wr[k] = (const char *)w + oo[k] * in * es;
     }
 }
-
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c,fma")))
-#define AVX2   __attribute__((target("avx2,fma,f16c")))
 
 AVX512 static inline __m512 w16(const void *w, size_t i, mdl_dtype_t t, __mmask16 m) {
     if (t == MDL_F32) return _mm512_maskz_loadu_ps(m, (const float *)w + i);
@@ -424,14 +414,23 @@ PK_SHAPE(12, 1)
 PK_SHAPE(4, 3)
 PK_SHAPE(2, 4)
 PK_SHAPE(1, 8)
+PK_SHAPE(1, 4)
+PK_SHAPE(1, 2)
+PK_SHAPE(1, 1)
 
 static const eng_blk_shape_t k_pk_shapes[] = {
     {12, 1, pk_12x1}, {4, 3, pk_4x3}, {2, 4, pk_2x4}, {1, 8, pk_1x8}};
+static const eng_blk_shape_t k_pk_row[] = {
+    {1, 8, pk_1x8}, {1, 4, pk_1x4}, {1, 2, pk_1x2}, {1, 1, pk_1x1}};
 
 /* y[r][o] for r < rows and the outputs of panels [p_lo, p_hi); @P the
  * panels of a [out][in] bf16 matrix. */
 static void mm512_panels(const float *x, size_t rows, size_t in, const uint16_t *P, size_t p_lo,
                          size_t p_hi, const float *bias, size_t out, float *y) {
+    if (rows == 1) { /* decode: blocks of 8 panels, the tail in 4, 2 and 1 */
+        eng_panel_row(k_pk_row, 4, x, in, P, p_lo, p_hi, bias, out, y);
+        return;
+    }
     eng_panel_tiles(k_pk_shapes, 4, PK_TILE, x, rows, in, P, p_lo, p_hi, bias, out, y);
 }
 
@@ -561,271 +560,6 @@ MM_VARIANT(mm256, AVX2, MDL_BF16, bf16)
 MM_VARIANT(mm256, AVX2, MDL_F16, f16)
 #endif
 
-/* ---- attention heads --------------------------------------------------
- * One (token, head) at a time, the same steps as eng_attn_head_ref with
- * SIMD dot products and accumulation (order differs only inside a dot). */
-#define ATTN_QB 4 /* tokens per attention block, see ATTN_HEAD */
-typedef void (*head_fn)(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *sc,
-                        size_t stride);
-
-#if defined(__x86_64__)
-/* exp(x) for x <= 0 in vectors (Cephes' expf: x = n ln2 + r, a degree-5
- * polynomial in r, about 1 ulp; inputs below -87 give exp(-87)), and an
- * in-place softmax of a score row with it. A row's result depends on its
- * own length only, never on what shares the block. */
-#define EXP_POLY(vec, set1, fmadd, mul, add, x, n, y)    \
-    do {                                                 \
-        vec r_ = fmadd(n, set1(-0.693359375f), x);       \
-        r_ = fmadd(n, set1(2.12194440e-4f), r_);         \
-        vec p_ = set1(1.9875691500e-4f);                 \
-        p_ = fmadd(p_, r_, set1(1.3981999507e-3f));      \
-        p_ = fmadd(p_, r_, set1(8.3334519073e-3f));      \
-        p_ = fmadd(p_, r_, set1(4.1665795894e-2f));      \
-        p_ = fmadd(p_, r_, set1(1.6666665459e-1f));      \
-        p_ = fmadd(p_, r_, set1(5.0000001201e-1f));      \
-        y = fmadd(p_, mul(r_, r_), add(r_, set1(1.0f))); \
-    } while (0)
-
-AVX512 static inline __m512 exp512(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 y;
-    EXP_POLY(__m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_add_ps, x, n, y);
-    return _mm512_scalef_ps(y, n);
-}
-
-AVX512 static void softmax512(float *sc, uint32_t n) {
-    __m512 mv = _mm512_set1_ps(-INFINITY);
-    uint32_t p = 0;
-    for (; p + 16 <= n; p += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(sc + p));
-    const __mmask16 tm = (__mmask16)((1u << (n - p)) - 1);
-    mv = _mm512_mask_max_ps(mv, tm, mv, _mm512_maskz_loadu_ps(tm, sc + p));
-    const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
-    __m512 sv = _mm512_setzero_ps();
-    for (p = 0; p + 16 <= n; p += 16) {
-        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(sc + p), mx));
-        _mm512_storeu_ps(sc + p, e);
-        sv = _mm512_add_ps(sv, e);
-    }
-    if (p < n) {
-        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tm, sc + p), mx));
-        _mm512_mask_storeu_ps(sc + p, tm, e);
-        sv = _mm512_mask_add_ps(sv, tm, sv, e);
-    }
-    const __m512 sum = _mm512_set1_ps(_mm512_reduce_add_ps(sv));
-    for (p = 0; p + 16 <= n; p += 16)
-        _mm512_storeu_ps(sc + p, _mm512_div_ps(_mm512_loadu_ps(sc + p), sum));
-    if (p < n)
-        _mm512_mask_storeu_ps(sc + p, tm, _mm512_div_ps(_mm512_maskz_loadu_ps(tm, sc + p), sum));
-}
-
-AVX2 static inline __m256 exp256(__m256 x) {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 y;
-    EXP_POLY(__m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_mul_ps, _mm256_add_ps, x, n, y);
-    __m256i e =
-        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
-
-AVX2 static void softmax256(float *sc, uint32_t n) {
-    float mx = -INFINITY, tail[8];
-    uint32_t p = 0;
-    for (; p < n; p++) mx = sc[p] > mx ? sc[p] : mx;
-    __m256 sv = _mm256_setzero_ps(), m8 = _mm256_set1_ps(mx);
-    for (p = 0; p + 8 <= n; p += 8) {
-        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(sc + p), m8));
-        _mm256_storeu_ps(sc + p, e);
-        sv = _mm256_add_ps(sv, e);
-    }
-    if (p < n) { /* the tail padded with -inf: exp gives 0 */
-        for (uint32_t i = 0; i < 8; i++) tail[i] = p + i < n ? sc[p + i] : -INFINITY;
-        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(tail), m8));
-        e = _mm256_and_ps(
-            e, _mm256_cmp_ps(_mm256_loadu_ps(tail), _mm256_set1_ps(-INFINITY), _CMP_NEQ_OQ));
-        _mm256_storeu_ps(tail, e);
-        for (uint32_t i = 0; p + i < n; i++) sc[p + i] = tail[i];
-        sv = _mm256_add_ps(sv, e);
-    }
-    const float sum = hsum(sv);
-    for (p = 0; p < n; p++) sc[p] /= sum;
-}
-
-/* Scores of QN queries qv[0..QN) against keys [p, p + 4) (full tiles) then
- * one key at a time up to nmax: QN x 4 independent FMA chains. */
-#define ATTN_QK(QN, vec, W, load, fmadd, zero, reduce)                                             \
-    do {                                                                                           \
-        for (p = 0; p + 4 <= nmax; p += 4) {                                                       \
-            const float *kr[4] = {K[p] + kvo, K[p + 1] + kvo, K[p + 2] + kvo, K[p + 3] + kvo};     \
-            vec acc[QN][4];                                                                        \
-            _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++)                                 \
-                _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) acc[i][j] = zero();            \
-            for (uint32_t c = 0; c < nv; c++) {                                                    \
-                vec kc[4];                                                                         \
-                _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) kc[j] = load(kr[j] + c * (W)); \
-                _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++) {                           \
-                    vec qc = load(qv[i] + c * (W));                                                \
-                    _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) acc[i][j] =                \
-                        fmadd(qc, kc[j], acc[i][j]);                                               \
-                }                                                                                  \
-            }                                                                                      \
-            for (uint32_t i = 0; i < nq; i++)                                                      \
-                for (int j = 0; j < 4; j++)                                                        \
-                    scb[i * stride + p + (uint32_t)j] = reduce(acc[i][j]) * a->scale;              \
-        }                                                                                          \
-        for (; p < nmax; p++) {                                                                    \
-            const float *kk = K[p] + kvo;                                                          \
-            vec acc[QN];                                                                           \
-            _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++) acc[i] = zero();                \
-            for (uint32_t c = 0; c < nv; c++) {                                                    \
-                vec kc = load(kk + c * (W));                                                       \
-                _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++) acc[i] =                    \
-                    fmadd(load(qv[i] + c * (W)), kc, acc[i]);                                      \
-            }                                                                                      \
-            for (uint32_t i = 0; i < nq; i++) scb[i * stride + p] = reduce(acc[i]) * a->scale;     \
-        }                                                                                          \
-    } while (0)
-
-/* Outputs of QN queries, columns [c0, c0 + G) at a time: sum over p in
- * order of weight x V row (weights past a query's context are 0, which
- * leaves its sums unchanged). */
-#define ATTN_PV(QN, G, vec, W, load, fmadd, set1, zero, store)                                \
-    do {                                                                                      \
-        vec o_[QN][G];                                                                        \
-        _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++)                                \
-            _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) o_[i][c] = zero();          \
-        for (p = 0; p < nmax; p++) {                                                          \
-            const float *vv = V[p] + kvo + (size_t)c0 * (W);                                  \
-            vec vc[G];                                                                        \
-            _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) vc[c] = load(vv + c * (W)); \
-            _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++) {                          \
-                vec w_ = set1(scb[(size_t)i * stride + p]);                                   \
-                _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) o_[i][c] =              \
-                    fmadd(w_, vc[c], o_[i][c]);                                               \
-            }                                                                                 \
-        }                                                                                     \
-        for (uint32_t i = 0; i < nq; i++)                                                     \
-            _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++)                             \
-                store(ov[i] + (size_t)(c0 + (uint32_t)c) * (W), o_[i][c]);                    \
-    } while (0)
-
-/* Up to ATTN_QB consecutive tokens t0.. of one sequence (the same K/V
- * rows) and head h: each K/V row chunk is loaded once for all of them.
- * Every score, softmax and output element sums in the same order whether
- * a token is alone (nq 1) or in a block: the result of a (token, head)
- * does not depend on its neighbours. @scb holds ATTN_QB * @stride floats. */
-#define ATTN_HEAD(isa, attr, vec, W, load, fmadd, set1, zero, store, reduce, softmax)            \
-    attr static void head_##isa(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h,         \
-                                float *scb, size_t stride) {                                     \
-        const uint32_t hd = a->head_dim, nv = hd / (W);                                          \
-        const size_t qd = (size_t)a->n_heads * hd;                                               \
-        const size_t kvo = (size_t)(h / (a->n_heads / a->kv_heads)) * hd;                        \
-        const float *const *K = a->k[t0], *const *V = a->v[t0];                                  \
-        const float *qv[ATTN_QB];                                                                \
-        float *ov[ATTN_QB];                                                                      \
-        uint32_t nmax = 0, p;                                                                    \
-        for (uint32_t i = 0; i < ATTN_QB; i++) { /* short blocks repeat their last token */      \
-            size_t ti = t0 + (i < nq ? i : nq - 1);                                              \
-            qv[i] = a->q + ti * qd + (size_t)h * hd;                                             \
-            ov[i] = a->out + ti * qd + (size_t)h * hd;                                           \
-            nmax = a->ctx[ti] > nmax ? a->ctx[ti] : nmax;                                        \
-        }                                                                                        \
-        if (nq == 1)                                                                             \
-            ATTN_QK(1, vec, W, load, fmadd, zero, reduce);                                       \
-        else                                                                                     \
-            ATTN_QK(ATTN_QB, vec, W, load, fmadd, zero, reduce);                                 \
-        for (uint32_t i = 0; i < nq; i++) {                                                      \
-            const uint32_t n = a->ctx[t0 + i];                                                   \
-            float *sc = scb + i * stride;                                                        \
-            softmax(sc, n);                                                                      \
-            for (p = n; p < nmax; p++) sc[p] = 0.0f;                                             \
-        }                                                                                        \
-        for (uint32_t i = nq; nq > 1 && i < ATTN_QB; i++) /* rows of the repeated token */       \
-            memset(scb + i * stride, 0, nmax * sizeof *scb);                                     \
-        uint32_t c0 = 0;                                                                         \
-        if (nq == 1) { /* 8 or 4 accumulators with fixed bounds stay in registers */             \
-            for (; c0 + 8 <= nv; c0 += 8) ATTN_PV(1, 8, vec, W, load, fmadd, set1, zero, store); \
-            for (; c0 + 4 <= nv; c0 += 4) ATTN_PV(1, 4, vec, W, load, fmadd, set1, zero, store); \
-        } else {                                                                                 \
-            for (; c0 + 4 <= nv; c0 += 4)                                                        \
-                ATTN_PV(ATTN_QB, 4, vec, W, load, fmadd, set1, zero, store);                     \
-        }                                                                                        \
-        for (; nq == 1 && c0 < nv; c0++) ATTN_PV(1, 1, vec, W, load, fmadd, set1, zero, store);  \
-        for (; c0 < nv; c0++) ATTN_PV(ATTN_QB, 1, vec, W, load, fmadd, set1, zero, store);       \
-    }
-ATTN_HEAD(avx512, AVX512, __m512, 16, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_set1_ps,
-          _mm512_setzero_ps, _mm512_storeu_ps, _mm512_reduce_add_ps, softmax512)
-ATTN_HEAD(avx2, AVX2, __m256, 8, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_set1_ps,
-          _mm256_setzero_ps, _mm256_storeu_ps, hsum, softmax256)
-
-/* ---- SwiGLU and RMSNorm ------------------------------------------------
- * silu(g) = g * sigmoid(g), the sigmoid from e = exp(-|g|) (the exp above
- * takes x <= 0): 1 / (1 + e) for g >= 0, e / (1 + e) below. Each element
- * on its own: the same value in any batch. */
-AVX512 static void swiglu512(float *g, const float *u, size_t n) {
-    const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
-    for (size_t i = 0; i < n; i += 16) {
-        __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-        __m512 x = _mm512_maskz_loadu_ps(m, g + i);
-        __m512 e = exp512(_mm512_sub_ps(zero, _mm512_abs_ps(x)));
-        __m512 num = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero, _CMP_LT_OQ), one, e);
-        __m512 sg = _mm512_div_ps(num, _mm512_add_ps(one, e));
-        _mm512_mask_storeu_ps(g + i, m,
-                              _mm512_mul_ps(_mm512_mul_ps(x, sg), _mm512_maskz_loadu_ps(m, u + i)));
-    }
-}
-
-AVX2 static void swiglu256(float *g, const float *u, size_t n) {
-    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 x = _mm256_loadu_ps(g + i);
-        __m256 e = exp256(_mm256_or_ps(x, sign)); /* -|x| */
-        __m256 num = _mm256_blendv_ps(one, e, _mm256_cmp_ps(x, zero, _CMP_LT_OQ));
-        __m256 sg = _mm256_div_ps(num, _mm256_add_ps(one, e));
-        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_mul_ps(x, sg), _mm256_loadu_ps(u + i)));
-    }
-    for (; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-}
-
-/* One row: y = x / rms(x) * w (y may equal x). */
-AVX512 static void rmsnorm512(const float *x, size_t dim, const float *w, float eps, float *y) {
-    __m512 ss = _mm512_setzero_ps();
-    for (size_t i = 0; i < dim; i += 16) {
-        __mmask16 m = dim - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (dim - i)) - 1);
-        __m512 v = _mm512_maskz_loadu_ps(m, x + i);
-        ss = _mm512_fmadd_ps(v, v, ss);
-    }
-    const __m512 inv = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(ss) / (float)dim + eps));
-    for (size_t i = 0; i < dim; i += 16) {
-        __mmask16 m = dim - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (dim - i)) - 1);
-        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv);
-        _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, w + i), v));
-    }
-}
-
-AVX2 static void rmsnorm256(const float *x, size_t dim, const float *w, float eps, float *y) {
-    __m256 ss = _mm256_setzero_ps();
-    size_t i = 0;
-    for (; i + 8 <= dim; i += 8) {
-        __m256 v = _mm256_loadu_ps(x + i);
-        ss = _mm256_fmadd_ps(v, v, ss);
-    }
-    float s = hsum(ss);
-    for (size_t j = i; j < dim; j++) s += x[j] * x[j];
-    const float inv = 1.0f / sqrtf(s / (float)dim + eps);
-    const __m256 iv = _mm256_set1_ps(inv);
-    for (i = 0; i + 8 <= dim; i += 8)
-        _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(w + i),
-                                              _mm256_mul_ps(_mm256_loadu_ps(x + i), iv)));
-    for (; i < dim; i++) y[i] = w[i] * (x[i] * inv);
-}
-#endif
-
 typedef void (*swiglu_fn)(float *g, const float *u, size_t n);
 typedef void (*rms_fn)(const float *x, size_t dim, const float *w, float eps, float *y);
 
@@ -860,7 +594,7 @@ typedef struct {
     const void *arg;
     dot_fn dots[3];
     mm_fn mms[3];
-    head_fn head;
+    eng_head_fn head;
     swiglu_fn swiglu;
     rms_fn rms;
     bool bf16_pairs; /* bf16 weights go through mm512_bf16_pairs */
@@ -868,7 +602,7 @@ typedef struct {
     float *xp;       /* x in pair-split order for it, xp_cap floats, 64-byte aligned */
     size_t xp_cap;
     uint32_t head_w; /* floats per vector of head: head_dim must be a multiple */
-    float *sc;       /* attention scores, (n + 1) * ATTN_QB * sc_stride floats */
+    float *sc;       /* attention scores, (n + 1) * ENG_ATTN_QB * sc_stride floats */
     size_t sc_stride;
     size_t *blk; /* token blocks of the attention in progress, blk_cap entries */
     size_t blk_cap;
@@ -953,23 +687,52 @@ typedef struct {
     const float *bias;
     float *y;
     dot_fn dot;
-    mm_fn mm;             /* blocked kernel, or NULL: one dot per (row, output) */
-    bool panels;          /* w->packed holds mm512_panels' panels */
-    bool dp;              /* w->packed holds eng_dp_mm's panels, x is in bf16 pairs */
-    _Atomic size_t *next; /* panel jobs: the next chunk of panels to hand out */
-    size_t chunk;         /* panels per chunk */
+    mm_fn mm;     /* blocked kernel, or NULL: one dot per (row, output) */
+    bool panels;  /* w->packed holds mm512_panels' panels */
+    bool dp;      /* w->packed holds eng_dp_mm's panels, x is in bf16 pairs */
+    bool guided;  /* one row: chunks shrink towards the end */
+    int parts;    /* threads taking chunks */
+    size_t chunk; /* panels per chunk (the first ones when guided) */
+    /* Panel jobs: matrices mats[0 .. n_mm) of one x, their panels numbered
+     * one after another from off[i]; rows from r0 (y rows r0 ..). */
+    const eng_mm_t *mats;
+    size_t n_mm, r0, off[ENG_MM_MAX + 1];
+    _Atomic size_t *next; /* the next panel to hand out */
 } job_t;
 
 /* Panels per chunk of a panel job over @np panels, @rows rows and @parts
  * threads. Decode (a few rows, memory-bound): about 16 chunks per thread,
- * at least one block of 8 panels, so the last chunk of a small matrix
- * leaves the other threads waiting for 8 panels at most while a large one
- * (the LM head) still streams long runs. Else about 8 chunks per thread,
- * whole blocks of every kernel shape (3, 4, 6 and 8 panels). */
+ * at least one block of 8 panels, so a large matrix (the LM head) still
+ * streams long runs. Else about 8 chunks per thread, whole blocks of
+ * every kernel shape (3, 4, 6 and 8 panels). */
 static size_t panel_chunk(size_t np, size_t rows, int parts) {
     if (rows <= 4) return (np + (size_t)parts * 16 * 8 - 1) / ((size_t)parts * 16 * 8) * 8;
     size_t c = (np + (size_t)parts * 8 - 1) / ((size_t)parts * 8);
     return (c + 23) / 24 * 24;
+}
+
+/* The next chunk of a panel job: its first panel in *@lo and its length,
+ * 0 when all are taken. One row (the kernels then take any number of
+ * panels): the last chunks shrink to a quarter of what is left per
+ * thread, so threads finish within a few panels of each other (a matrix
+ * ends in a wait for the slowest thread). */
+static size_t take_chunk(const job_t *j, size_t *lo) {
+    const size_t np = j->off[j->n_mm];
+    size_t cur = atomic_load_explicit(j->next, memory_order_relaxed);
+    for (;;) {
+        if (cur >= np) return 0;
+        size_t rem = np - cur, c = j->chunk;
+        if (j->guided && rem < (size_t)j->parts * 4 * c) {
+            c = rem / ((size_t)j->parts * 4);
+            c = c >= 8 ? c / 8 * 8 : c ? c : 1;
+        }
+        if (c > rem) c = rem;
+        if (atomic_compare_exchange_weak_explicit(j->next, &cur, cur + c, memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+            *lo = cur;
+            return c;
+        }
+    }
 }
 
 static void run_slice(const void *arg, int part, int parts) {
@@ -979,19 +742,24 @@ static void run_slice(const void *arg, int part, int parts) {
          * down (a busy neighbour, preemption) takes fewer and the others
          * more. Each output is computed whole by one thread in a fixed
          * order: results do not depend on who takes what. */
-        size_t np = j->dp ? eng_dp_panels(j->out) : pk_panels(j->out);
-        for (;;) {
-            size_t lo = atomic_fetch_add_explicit(j->next, 1, memory_order_relaxed) * j->chunk;
-            if (lo >= np) return;
-            size_t hi = np - lo < j->chunk ? np : lo + j->chunk;
-            if (j->dp)
-                eng_dp_mm((const uint32_t *)j->x, j->rows, j->in, j->w->packed, lo, hi, j->bias,
-                          j->out, j->y);
+        size_t lo, n;
+        while ((n = take_chunk(j, &lo)))
+            for (size_t i = 0; i < j->n_mm; i++) {
+                size_t a = lo > j->off[i] ? lo : j->off[i],
+                       b = lo + n < j->off[i + 1] ? lo + n : j->off[i + 1];
+                if (a >= b) continue;
+                const eng_mm_t *m = &j->mats[i];
+                float *y = m->y + j->r0 * m->out;
+                if (j->dp)
+                    eng_dp_mm((const uint32_t *)j->x, j->rows, j->in, m->w->packed, a - j->off[i],
+                              b - j->off[i], m->bias, m->out, y);
 #if defined(__x86_64__)
-            else
-                mm512_panels(j->x, j->rows, j->in, j->w->packed, lo, hi, j->bias, j->out, j->y);
+                else
+                    mm512_panels(j->x, j->rows, j->in, m->w->packed, a - j->off[i], b - j->off[i],
+                                 m->bias, m->out, y);
 #endif
-        }
+            }
+        return;
     }
     size_t lo = j->out * (size_t)part / (size_t)parts,
            hi = j->out * (size_t)(part + 1) / (size_t)parts;
@@ -1050,10 +818,66 @@ static void run_parts(cpu_t *p, part_fn fn, const void *arg, size_t work) {
         pool_run(p, fn, arg);
 }
 
+/* Which kernel runs a matmul of @w. */
+typedef enum { MM_PLAIN, MM_PANELS, MM_DP } mm_route_t;
+
+static mm_route_t mm_route(const cpu_t *p, const mdl_tensor_t *w) {
+    if (!w->packed) return MM_PLAIN;
+    return p->dp && !w->exact ? MM_DP : p->bf16_pairs ? MM_PANELS : MM_PLAIN;
+}
+
+#if defined(__x86_64__)
+/* Matmuls mm[0 .. n) of one x whose weights are all packed for @route, as
+ * one panel job (dp: x rounded to bf16 pairs first, all rows at once or,
+ * short of memory for that, a tile or a row at a time: same bits). */
+static void panel_matmuls(cpu_t *p, mm_route_t route, const float *x, size_t rows, size_t in,
+                          size_t n, const eng_mm_t *mm) {
+    _Atomic size_t next = 0;
+    job_t j = {.x = x, .rows = rows, .in = in, .mats = mm, .n_mm = n, .next = &next};
+    j.dp = route == MM_DP;
+    j.panels = !j.dp;
+    for (size_t i = 0; i < n; i++)
+        j.off[i + 1] = j.off[i] + (j.dp ? eng_dp_panels(mm[i].out) : pk_panels(mm[i].out));
+    size_t ch = rows, nxp, work = 0;
+    for (size_t i = 0; i < n; i++) work += in * mm[i].out;
+    if (j.dp) {
+        const size_t np = eng_dp_pairs(in);
+        while (ch > 0 && !(cm_mul_ok(ch, np, &nxp) && xp_reserve(p, nxp)))
+            ch = ch > DP_TILE ? DP_TILE : ch > 1 ? 1 : 0;
+        if (!ch) {
+            CM_LOG(CM_LOG_ERROR, "engine", "cpu backend: no memory for %zu bf16 inputs", in);
+            for (size_t i = 0; i < n; i++) memset(mm[i].y, 0, rows * mm[i].out * sizeof(float));
+            return;
+        }
+        j.x = p->xp;
+    }
+    for (size_t r = 0; r < rows; r += ch) {
+        j.rows = rows - r < ch ? rows - r : ch;
+        j.r0 = r;
+        j.parts = p->n + 1;
+        j.guided = j.rows == 1;
+        j.chunk = panel_chunk(j.off[n], j.rows, j.parts);
+        atomic_store_explicit(&next, 0, memory_order_relaxed);
+        if (j.dp) {
+            perm_job_t pj = {x + r * in, j.rows, in, p->xp};
+            run_parts(p, xconv_slice, &pj, j.rows * in);
+        }
+        run_parts(p, run_slice, &j, j.rows * work);
+    }
+}
+#endif
+
 static void cpu_matmul(void *ctx, const float *x, size_t rows, size_t in, const mdl_tensor_t *w,
                        const float *bias, size_t out, float *y) {
     cpu_t *p = ctx;
-    _Atomic size_t next = 0;
+#if defined(__x86_64__)
+    mm_route_t route = mm_route(p, w);
+    if (route != MM_PLAIN) {
+        eng_mm_t one = {w, bias, out, y};
+        panel_matmuls(p, route, x, rows, in, 1, &one);
+        return;
+    }
+#endif
     job_t j = {.x = x,
                .rows = rows,
                .in = in,
@@ -1062,38 +886,10 @@ static void cpu_matmul(void *ctx, const float *x, size_t rows, size_t in, const 
                .bias = bias,
                .y = y,
                .dot = p->dots[w->dtype],
-               .mm = p->mms[w->dtype],
-               .next = &next};
+               .mm = p->mms[w->dtype]};
 #if defined(__x86_64__)
     size_t nxp;
-    if (w->packed && p->dp && !w->exact) {
-        /* x rounded to bf16 pairs, all rows at once or, short of memory
-         * for that, a tile or a row at a time (same bits per row). */
-        const size_t np = eng_dp_pairs(in);
-        size_t ch = rows;
-        while (ch > 0 && !(cm_mul_ok(ch, np, &nxp) && xp_reserve(p, nxp)))
-            ch = ch > DP_TILE ? DP_TILE : ch > 1 ? 1 : 0;
-        if (!ch) {
-            CM_LOG(CM_LOG_ERROR, "engine", "cpu backend: no memory for %zu bf16 inputs", in);
-            memset(y, 0, rows * out * sizeof *y);
-            return;
-        }
-        j.x = p->xp;
-        j.dp = true;
-        for (size_t r = 0; r < rows; r += ch) {
-            j.rows = rows - r < ch ? rows - r : ch;
-            j.y = y + r * out;
-            j.chunk = panel_chunk(eng_dp_panels(out), j.rows, p->n + 1);
-            atomic_store_explicit(&next, 0, memory_order_relaxed);
-            perm_job_t pj = {x + r * in, j.rows, in, p->xp};
-            run_parts(p, xconv_slice, &pj, j.rows * in);
-            run_parts(p, run_slice, &j, j.rows * in * out);
-        }
-        return;
-    } else if (w->packed && p->bf16_pairs) {
-        j.panels = true;
-        j.chunk = panel_chunk(pk_panels(out), rows, p->n + 1);
-    } else if (w->dtype == MDL_BF16 && p->bf16_pairs) {
+    if (w->dtype == MDL_BF16 && p->bf16_pairs) {
         if (cm_mul_ok(rows, in_pairs32(in), &nxp) && xp_reserve(p, nxp)) {
             perm_job_t pj = {x, rows, in, p->xp};
             run_parts(p, perm_slice, &pj, nxp);
@@ -1110,30 +906,57 @@ static void cpu_matmul(void *ctx, const float *x, size_t rows, size_t in, const 
     run_parts(p, run_slice, &j, rows * in * out);
 }
 
+/* Matmuls of one x whose weights share a panel route run as one job;
+ * others one at a time. */
+static void cpu_matmul_n(void *ctx, const float *x, size_t rows, size_t in, size_t n,
+                         const eng_mm_t *mm) {
+    cpu_t *p = ctx;
+#if defined(__x86_64__)
+    bool same = n >= 1 && n <= ENG_MM_MAX;
+    for (size_t i = 1; same && i < n; i++) same = mm_route(p, mm[i].w) == mm_route(p, mm[0].w);
+    if (same && mm_route(p, mm[0].w) != MM_PLAIN) {
+        panel_matmuls(p, mm_route(p, mm[0].w), x, rows, in, n, mm);
+        return;
+    }
+#endif
+    for (size_t i = 0; i < n; i++)
+        cpu_matmul(p, x, rows, in, mm[i].w, mm[i].bias, mm[i].out, mm[i].y);
+}
+
 typedef struct {
     const cpu_t *pool;
     const eng_attn_t *a;
-    size_t nblk; /* blocks of tokens: [blk[b], blk[b + 1]) */
+    size_t nblk;          /* blocks of tokens: [blk[b], blk[b + 1]) */
+    _Atomic size_t *next; /* the next (block, kv head) item to hand out */
 } attn_job_t;
 
-/* The ref backend's attention, one token at a time, as a head_fn. */
+/* The ref backend's attention, one token at a time, as a eng_head_fn. */
 static void head_ref(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *sc,
                      size_t stride) {
     (void)stride;
     for (uint32_t i = 0; i < nq; i++) eng_attn_head_ref(a, t0 + i, h, sc);
 }
 
-/* (block, head) pairs part, part + parts, ...: causal rows of a prefill
- * chunk differ in length, interleaving balances them. */
+/* Items of (block, kv head) from a shared counter: the query heads that
+ * share a kv head run on one thread, one after the other, while its K/V
+ * rows are in cache (interleaving heads over threads made every thread
+ * read every kv head); the counter balances causal prefill rows of
+ * different lengths and threads the host slows. */
 static void attn_slice(const void *arg, int part, int parts) {
+    (void)parts;
     const attn_job_t *j = arg;
     const eng_attn_t *a = j->a;
     const size_t stride = j->pool->sc_stride;
-    float *sc = j->pool->sc + (size_t)part * ATTN_QB * stride;
-    head_fn head = a->head_dim % j->pool->head_w ? head_ref : j->pool->head;
-    for (size_t i = (size_t)part; i < j->nblk * a->n_heads; i += (size_t)parts) {
-        size_t b = i / a->n_heads, t0 = j->pool->blk[b];
-        head(a, t0, (uint32_t)(j->pool->blk[b + 1] - t0), (uint32_t)(i % a->n_heads), sc, stride);
+    const uint32_t g = a->n_heads / a->kv_heads;
+    float *sc = j->pool->sc + (size_t)part * ENG_ATTN_QB * stride;
+    eng_head_fn head = a->head_dim % j->pool->head_w ? head_ref : j->pool->head;
+    for (;;) {
+        size_t i = atomic_fetch_add_explicit(j->next, 1, memory_order_relaxed);
+        if (i >= j->nblk * a->kv_heads) return;
+        size_t b = i / a->kv_heads, t0 = j->pool->blk[b];
+        uint32_t h0 = (uint32_t)(i % a->kv_heads) * g;
+        for (uint32_t h = h0; h < h0 + g; h++)
+            head(a, t0, (uint32_t)(j->pool->blk[b + 1] - t0), h, sc, stride);
     }
 }
 
@@ -1143,7 +966,7 @@ static cm_status_t cpu_attention(void *ctx, const eng_attn_t *a) {
     for (size_t t = 0; t < a->T; t++) most = a->ctx[t] > most ? a->ctx[t] : most;
     if (most > p->sc_stride) {
         size_t stride = most + 1024;
-        float *sc = cm_realloc_array(p->sc, stride * ATTN_QB * (size_t)(p->n + 1), sizeof *sc);
+        float *sc = cm_realloc_array(p->sc, stride * ENG_ATTN_QB * (size_t)(p->n + 1), sizeof *sc);
         if (!sc) return CM_ERR_NO_MEMORY;
         p->sc = sc;
         p->sc_stride = stride;
@@ -1154,12 +977,13 @@ static cm_status_t cpu_attention(void *ctx, const eng_attn_t *a) {
         p->blk = blk;
         p->blk_cap = a->T + 1;
     }
-    /* Blocks of up to ATTN_QB consecutive tokens over the same K/V rows
+    /* Blocks of up to ENG_ATTN_QB consecutive tokens over the same K/V rows
      * (one sequence's tokens share one row array). */
-    attn_job_t j = {p, a, 0};
+    _Atomic size_t next = 0;
+    attn_job_t j = {p, a, 0, &next};
     for (size_t t = 0; t < a->T; t++)
-        if (!j.nblk || t - p->blk[j.nblk - 1] == ATTN_QB || a->k[t] != a->k[p->blk[j.nblk - 1]] ||
-            a->v[t] != a->v[p->blk[j.nblk - 1]])
+        if (!j.nblk || t - p->blk[j.nblk - 1] == ENG_ATTN_QB ||
+            a->k[t] != a->k[p->blk[j.nblk - 1]] || a->v[t] != a->v[p->blk[j.nblk - 1]])
             p->blk[j.nblk++] = t;
     p->blk[j.nblk] = a->T;
     /* A lone short row is not worth waking the pool. */
@@ -1290,8 +1114,14 @@ static void cpu_free(void *ctx) {
     cm_free(p);
 }
 
-static const eng_backend_i k_cpu = {"cpu",         cpu_matmul, cpu_rmsnorm, cpu_swiglu,
-                                    cpu_attention, cpu_pack,   cpu_free};
+static const eng_backend_i k_cpu = {.name = "cpu",
+                                    .matmul = cpu_matmul,
+                                    .matmul_n = cpu_matmul_n,
+                                    .rmsnorm = cpu_rmsnorm,
+                                    .swiglu = cpu_swiglu,
+                                    .attention = cpu_attention,
+                                    .pack = cpu_pack,
+                                    .free = cpu_free};
 
 bool eng_cpu_isa_available(const char *isa) {
 #if defined(__x86_64__)
@@ -1334,9 +1164,9 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
         p->mms[MDL_F32] = mm_mm256_f32;
         p->mms[MDL_BF16] = mm_mm256_bf16;
         p->mms[MDL_F16] = mm_mm256_f16;
-        p->head = head_avx2;
-        p->swiglu = swiglu256;
-        p->rms = rmsnorm256;
+        p->head = eng_head_avx2;
+        p->swiglu = eng_swiglu256;
+        p->rms = eng_rmsnorm256;
         p->head_w = 8;
         p->isa = "avx2";
     }
@@ -1345,9 +1175,9 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
         p->mms[MDL_BF16] = NULL; /* mm512_bf16_pairs, see cpu_matmul */
         p->bf16_pairs = true;
         p->mms[MDL_F16] = mm_mm512_f16;
-        p->head = head_avx512;
-        p->swiglu = swiglu512;
-        p->rms = rmsnorm512;
+        p->head = eng_head_avx512;
+        p->swiglu = eng_swiglu512;
+        p->rms = eng_rmsnorm512;
         p->head_w = 16;
         p->isa = "avx512";
     }

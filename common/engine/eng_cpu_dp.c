@@ -122,9 +122,14 @@ DP_SHAPE(8, 3)
 DP_SHAPE(4, 6)
 DP_SHAPE(2, 8)
 DP_SHAPE(1, 8)
+DP_SHAPE(1, 4)
+DP_SHAPE(1, 2)
+DP_SHAPE(1, 1)
 
 static const eng_blk_shape_t k_dp_shapes[] = {
     {8, 3, dp_8x3}, {4, 6, dp_4x6}, {2, 8, dp_2x8}, {1, 8, dp_1x8}};
+static const eng_blk_shape_t k_dp_row[] = {
+    {1, 8, dp_1x8}, {1, 4, dp_1x4}, {1, 2, dp_1x2}, {1, 1, dp_1x1}};
 
 /* The pairs are x's bf16 values in order, low half first: 32 at a time. */
 DP512 static void xconv512(const float *x, size_t r0, size_t r1, size_t in, uint32_t *xb) {
@@ -155,6 +160,10 @@ void eng_dp_xconv(const float *x, size_t r0, size_t r1, size_t in, uint32_t *xb)
 
 void eng_dp_mm(const uint32_t *xb, size_t rows, size_t in, const uint32_t *P, size_t p_lo,
                size_t p_hi, const float *bias, size_t out, float *y) {
+    if (rows == 1) { /* decode: blocks of 8 panels, the tail in 4, 2 and 1 */
+        eng_panel_row(k_dp_row, 4, xb, eng_dp_pairs(in), P, p_lo, p_hi, bias, out, y);
+        return;
+    }
     eng_panel_tiles(k_dp_shapes, 4, DP_TILE, xb, rows, eng_dp_pairs(in), P, p_lo, p_hi, bias, out,
                     y);
 }

@@ -39,4 +39,18 @@ static inline void eng_panel_tiles(const eng_blk_shape_t *s, int ns, size_t tile
     }
 }
 
+/* One row of @x against panels [p_lo, p_hi): blocks of @s[0].panels,
+ * the tail in the smaller blocks of @s[1..] (descending to 1 panel), so
+ * no panel is computed twice and a range may end on any panel. */
+static inline void eng_panel_row(const eng_blk_shape_t *s, int ns, const void *x, size_t xs,
+                                 const void *P, size_t p_lo, size_t p_hi, const float *bias,
+                                 size_t out, float *y) {
+    for (size_t p = p_lo; p < p_hi;) {
+        int k = 0;
+        while (k + 1 < ns && p_hi - p < s[k].panels) k++;
+        s[k].fn(x, xs, P, 0, p, p_hi, bias, out, y);
+        p += s[k].panels;
+    }
+}
+
 #endif /* TANDEM_ENG_CPU_TILES_H */

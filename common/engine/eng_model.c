@@ -370,12 +370,24 @@ static void rope(const eng_model_t *m, float *x, uint32_t n_heads, const float *
     }
 }
 
+/* Matmuls of one x: together where the backend can (one wait). */
+static void matmuls(eng_model_t *m, const float *x, size_t rows, size_t in, size_t n,
+                    const eng_mm_t *mm) {
+    const eng_backend_i *be = m->be.iface;
+    if (be->matmul_n) {
+        be->matmul_n(m->be.ctx, x, rows, in, n, mm);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        be->matmul(m->be.ctx, x, rows, in, mm[i].w, mm[i].bias, mm[i].out, mm[i].y);
+}
+
 /* out[ff] MLP of rows x[rows][hidden] -> y[rows][hidden] (scratch tmp). */
 static void mlp_run(eng_model_t *m, const mlp_t *p, const float *x, size_t rows, uint32_t ff,
                     float *g, float *u, float *y) {
     const eng_backend_i *be = m->be.iface;
-    be->matmul(m->be.ctx, x, rows, m->c.hidden, &p->gate, NULL, ff, g);
-    be->matmul(m->be.ctx, x, rows, m->c.hidden, &p->up, NULL, ff, u);
+    const eng_mm_t gu[2] = {{&p->gate, NULL, ff, g}, {&p->up, NULL, ff, u}};
+    matmuls(m, x, rows, m->c.hidden, 2, gu);
     be->swiglu(m->be.ctx, g, u, rows * ff);
     be->matmul(m->be.ctx, g, rows, ff, &p->down, NULL, m->c.hidden, y);
 }
@@ -477,9 +489,9 @@ cm_status_t eng_forward_hooked(eng_model_t *m, eng_kv_t *kv, const eng_item_t *i
     for (uint32_t l = 0; l < c->n_layers; l++) {
         const layer_t *L = &m->layers[l];
         be->rmsnorm(m->be.ctx, x, T, H, L->attn_norm, c->rms_eps, h);
-        be->matmul(m->be.ctx, h, T, H, &L->wq, L->bq, qd, q);
-        be->matmul(m->be.ctx, h, T, H, &L->wk, L->bk, kd, k);
-        be->matmul(m->be.ctx, h, T, H, &L->wv, L->bv, kd, v);
+        const eng_mm_t qkv[3] = {
+            {&L->wq, L->bq, qd, q}, {&L->wk, L->bk, kd, k}, {&L->wv, L->bv, kd, v}};
+        matmuls(m, h, T, H, 3, qkv);
         if (c->qk_norm) {
             be->rmsnorm(m->be.ctx, q, T * nh, hd, L->q_norm, c->rms_eps, q);
             be->rmsnorm(m->be.ctx, k, T * nkv, hd, L->k_norm, c->rms_eps, k);

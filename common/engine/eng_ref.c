@@ -132,8 +132,12 @@ static void ref_swiglu(void *ctx, float *g, const float *u, size_t n) {
 
 static void ref_free(void *ctx) { (void)ctx; }
 
-static const eng_backend_i k_ref = {"ref",         ref_matmul, ref_rmsnorm, ref_swiglu,
-                                    ref_attention, NULL,       ref_free};
+static const eng_backend_i k_ref = {.name = "ref",
+                                    .matmul = ref_matmul,
+                                    .rmsnorm = ref_rmsnorm,
+                                    .swiglu = ref_swiglu,
+                                    .attention = ref_attention,
+                                    .free = ref_free};
 
 cm_status_t eng_backend_ref_new(eng_backend_t *out) {
     out->iface = &k_ref;

@@ -230,6 +230,70 @@ TT_TEST(engine_dp, cpu_matmul_bf16_matches_plain_c_and_is_batch_invariant) {
     ref.iface->free(ref.ctx);
 }
 
+/* matmul_n (Q/K/V, gate/up as one job) gives the bits of separate matmul
+ * calls: every instruction-set path, both precisions, one row (chunks
+ * that shrink and straddle matrices) to more rows than a bf16 tile, with
+ * and without bias, and mixes of routes (an f32 tensor, an exact one)
+ * that fall back to one matmul each. */
+TT_TEST(engine_dp, cpu_matmul_n_equals_separate_matmuls) {
+    static const char *const isas[] = {"scalar", "avx2", "avx512"};
+    static const size_t ins[] = {7, 64, 333}, rows_[] = {1, 3, 17, 50};
+    static const size_t outs[3][3] = {{16, 37, 1000}, {100, 250, 33}, {2048, 17, 64}};
+    uint64_t rng = 7;
+    for (int ii = 0; ii < 3; ii++)
+        for (int prec = 0; prec < 2; prec++) {
+            if (!eng_cpu_isa_available(isas[ii]) || (prec && !eng_dp_available())) continue;
+            eng_backend_t cpu;
+            setenv("TANDEM_CPU_ISA", isas[ii], 1);
+            cm_status_t st = prec ? bf16_backend(&cpu) : eng_backend_cpu_new(&cpu);
+            unsetenv("TANDEM_CPU_ISA");
+            TT_ASSERT_EQ_INT(st, CM_OK);
+            TT_ASSERT(cpu.iface->matmul_n);
+            for (size_t a = 0; a < 3; a++)
+                for (size_t c = 0; c < 4; c++)
+                    for (int mix = 0; mix < 3; mix++) {
+                        size_t in = ins[a], nr = rows_[c];
+                        const size_t *out = outs[(a + c + (size_t)mix) % 3];
+                        mdl_tensor_t w[3];
+                        uint16_t *wd[3];
+                        float *f32w = NULL, *bias = malloc(2048 * 4);
+                        float *x = malloc(nr * in * 4), *y[3], *z[3];
+                        for (size_t i = 0; i < nr * in; i++) x[i] = (float)(rnd(&rng) * 2 - 1);
+                        for (size_t i = 0; i < 2048; i++) bias[i] = (float)rnd(&rng);
+                        eng_mm_t mm[3];
+                        for (int i = 0; i < 3; i++) {
+                            wd[i] = rnd_bf16_matrix(out[i], in, &rng);
+                            w[i] = (mdl_tensor_t){"w",   MDL_BF16,        2,    {out[i], in},
+                                                  wd[i], out[i] * in * 2, NULL, false};
+                            if (mix == 1 && i == 2) { /* an f32 tensor: not packed */
+                                f32w = malloc(out[i] * in * 4);
+                                eng_to_f32(wd[i], MDL_BF16, out[i] * in, f32w);
+                                w[i].dtype = MDL_F32;
+                                w[i].data = f32w;
+                                w[i].nbytes = out[i] * in * 4;
+                            }
+                            w[i].exact = mix == 2 && i == 1;
+                            TT_ASSERT_EQ_INT(cpu.iface->pack(cpu.ctx, &w[i]), CM_OK);
+                            y[i] = malloc(nr * out[i] * 4);
+                            z[i] = malloc(nr * out[i] * 4);
+                            mm[i] = (eng_mm_t){&w[i], (i + mix) % 2 ? bias : NULL, out[i], y[i]};
+                        }
+                        cpu.iface->matmul_n(cpu.ctx, x, nr, in, 3, mm);
+                        for (int i = 0; i < 3; i++) {
+                            cpu.iface->matmul(cpu.ctx, x, nr, in, &w[i], mm[i].bias, out[i], z[i]);
+                            TT_ASSERT_MSG(memcmp(y[i], z[i], nr * out[i] * 4) == 0,
+                                          "%s %s in %zu rows %zu mix %d: matrix %d (out %zu) "
+                                          "differs",
+                                          isas[ii], prec ? "bf16" : "f32", in, nr, mix, i, out[i]);
+                            cm_aligned_free(w[i].packed);
+                            free(wd[i]), free(y[i]), free(z[i]);
+                        }
+                        free(f32w), free(bias), free(x);
+                    }
+            cpu.iface->free(cpu.ctx);
+        }
+}
+
 /* Unknown values and CPUs without the instruction fall back to f32. */
 TT_TEST(engine_dp, precision_setting_falls_back_to_f32) {
     eng_backend_t cpu;

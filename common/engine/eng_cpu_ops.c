@@ -1,0 +1,289 @@
+/*
+ * eng_cpu_ops.c - the cpu backend's attention heads (QK scores, softmax,
+ * PV sums), SwiGLU and RMSNorm in AVX-512 and AVX2; eng_cpu.c dispatches
+ * to them and spreads them over its threads.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "eng_cpu_ops.h"
+
+/* ---- attention heads --------------------------------------------------
+ * One (token, head) at a time, the same steps as eng_attn_head_ref with
+ * SIMD dot products and accumulation (order differs only inside a dot). */
+#define ATTN_QB ENG_ATTN_QB
+#ifndef ATTN_PF
+#define ATTN_PF 16 /* K/V rows prefetched ahead (into L2: more lines in flight) */
+#endif
+#ifndef ATTN_HINT
+#define ATTN_HINT _MM_HINT_T1
+#endif
+
+#if defined(__x86_64__)
+/* exp(x) for x <= 0 in vectors (Cephes' expf: x = n ln2 + r, a degree-5
+ * polynomial in r, about 1 ulp; inputs below -87 give exp(-87)), and an
+ * in-place softmax of a score row with it. A row's result depends on its
+ * own length only, never on what shares the block. */
+#define EXP_POLY(vec, set1, fmadd, mul, add, x, n, y)    \
+    do {                                                 \
+        vec r_ = fmadd(n, set1(-0.693359375f), x);       \
+        r_ = fmadd(n, set1(2.12194440e-4f), r_);         \
+        vec p_ = set1(1.9875691500e-4f);                 \
+        p_ = fmadd(p_, r_, set1(1.3981999507e-3f));      \
+        p_ = fmadd(p_, r_, set1(8.3334519073e-3f));      \
+        p_ = fmadd(p_, r_, set1(4.1665795894e-2f));      \
+        p_ = fmadd(p_, r_, set1(1.6666665459e-1f));      \
+        p_ = fmadd(p_, r_, set1(5.0000001201e-1f));      \
+        y = fmadd(p_, mul(r_, r_), add(r_, set1(1.0f))); \
+    } while (0)
+
+AVX512 static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 y;
+    EXP_POLY(__m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_add_ps, x, n, y);
+    return _mm512_scalef_ps(y, n);
+}
+
+AVX512 static void softmax512(float *sc, uint32_t n) {
+    __m512 mv = _mm512_set1_ps(-INFINITY);
+    uint32_t p = 0;
+    for (; p + 16 <= n; p += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(sc + p));
+    const __mmask16 tm = (__mmask16)((1u << (n - p)) - 1);
+    mv = _mm512_mask_max_ps(mv, tm, mv, _mm512_maskz_loadu_ps(tm, sc + p));
+    const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
+    __m512 sv = _mm512_setzero_ps();
+    for (p = 0; p + 16 <= n; p += 16) {
+        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(sc + p), mx));
+        _mm512_storeu_ps(sc + p, e);
+        sv = _mm512_add_ps(sv, e);
+    }
+    if (p < n) {
+        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tm, sc + p), mx));
+        _mm512_mask_storeu_ps(sc + p, tm, e);
+        sv = _mm512_mask_add_ps(sv, tm, sv, e);
+    }
+    const __m512 sum = _mm512_set1_ps(_mm512_reduce_add_ps(sv));
+    for (p = 0; p + 16 <= n; p += 16)
+        _mm512_storeu_ps(sc + p, _mm512_div_ps(_mm512_loadu_ps(sc + p), sum));
+    if (p < n)
+        _mm512_mask_storeu_ps(sc + p, tm, _mm512_div_ps(_mm512_maskz_loadu_ps(tm, sc + p), sum));
+}
+
+AVX2 static inline __m256 exp256(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 y;
+    EXP_POLY(__m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_mul_ps, _mm256_add_ps, x, n, y);
+    __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+AVX2 static void softmax256(float *sc, uint32_t n) {
+    float mx = -INFINITY, tail[8];
+    uint32_t p = 0;
+    for (; p < n; p++) mx = sc[p] > mx ? sc[p] : mx;
+    __m256 sv = _mm256_setzero_ps(), m8 = _mm256_set1_ps(mx);
+    for (p = 0; p + 8 <= n; p += 8) {
+        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(sc + p), m8));
+        _mm256_storeu_ps(sc + p, e);
+        sv = _mm256_add_ps(sv, e);
+    }
+    if (p < n) { /* the tail padded with -inf: exp gives 0 */
+        for (uint32_t i = 0; i < 8; i++) tail[i] = p + i < n ? sc[p + i] : -INFINITY;
+        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(tail), m8));
+        e = _mm256_and_ps(
+            e, _mm256_cmp_ps(_mm256_loadu_ps(tail), _mm256_set1_ps(-INFINITY), _CMP_NEQ_OQ));
+        _mm256_storeu_ps(tail, e);
+        for (uint32_t i = 0; p + i < n; i++) sc[p + i] = tail[i];
+        sv = _mm256_add_ps(sv, e);
+    }
+    const float sum = hsum(sv);
+    for (p = 0; p < n; p++) sc[p] /= sum;
+}
+
+/* Scores of QN queries qv[0..QN) against keys [p, p + 4) (full tiles) then
+ * one key at a time up to nmax: QN x 4 independent FMA chains. */
+#define ATTN_QK(QN, vec, W, load, fmadd, zero, reduce)                                            \
+    do {                                                                                          \
+        for (p = 0; p + 4 <= nmax; p += 4) {                                                      \
+            const float *kr[4] = {K[p] + kvo, K[p + 1] + kvo, K[p + 2] + kvo, K[p + 3] + kvo};    \
+            const float *kf[4]; /* rows ATTN_PF ahead (clamped): paged rows are 4 KiB apart */    \
+            _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) kf[j] =                           \
+                K[p + ATTN_PF + (uint32_t)j < nmax ? p + ATTN_PF + (uint32_t)j : nmax - 1] + kvo; \
+            vec acc[QN][4];                                                                       \
+            _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++)                                \
+                _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) acc[i][j] = zero();           \
+            for (uint32_t c = 0; c < nv; c++) {                                                   \
+                vec kc[4];                                                                        \
+                _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) {                             \
+                    kc[j] = load(kr[j] + c * (W));                                                \
+                    _mm_prefetch((const char *)(kf[j] + c * (W)), ATTN_HINT);                     \
+                }                                                                                 \
+                _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++) {                          \
+                    vec qc = load(qv[i] + c * (W));                                               \
+                    _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) acc[i][j] =               \
+                        fmadd(qc, kc[j], acc[i][j]);                                              \
+                }                                                                                 \
+            }                                                                                     \
+            for (uint32_t i = 0; i < nq; i++)                                                     \
+                for (int j = 0; j < 4; j++)                                                       \
+                    scb[i * stride + p + (uint32_t)j] = reduce(acc[i][j]) * a->scale;             \
+        }                                                                                         \
+        for (; p < nmax; p++) {                                                                   \
+            const float *kk = K[p] + kvo;                                                         \
+            vec acc[QN];                                                                          \
+            _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++) acc[i] = zero();               \
+            for (uint32_t c = 0; c < nv; c++) {                                                   \
+                vec kc = load(kk + c * (W));                                                      \
+                _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++) acc[i] =                   \
+                    fmadd(load(qv[i] + c * (W)), kc, acc[i]);                                     \
+            }                                                                                     \
+            for (uint32_t i = 0; i < nq; i++) scb[i * stride + p] = reduce(acc[i]) * a->scale;    \
+        }                                                                                         \
+    } while (0)
+
+/* Outputs of QN queries, columns [c0, c0 + G) at a time: sum over p in
+ * order of weight x V row (weights past a query's context are 0, which
+ * leaves its sums unchanged). */
+#define ATTN_PV(QN, G, vec, W, load, fmadd, set1, zero, store)                                 \
+    do {                                                                                       \
+        vec o_[QN][G];                                                                         \
+        _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++)                                 \
+            _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) o_[i][c] = zero();           \
+        for (p = 0; p < nmax; p++) {                                                           \
+            const float *vv = V[p] + kvo + (size_t)c0 * (W);                                   \
+            const float *vf = V[p + ATTN_PF < nmax ? p + ATTN_PF : nmax - 1] + kvo + c0 * (W); \
+            vec vc[G];                                                                         \
+            _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) {                            \
+                vc[c] = load(vv + c * (W));                                                    \
+                _mm_prefetch((const char *)(vf + c * (W)), ATTN_HINT);                         \
+            }                                                                                  \
+            _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++) {                           \
+                vec w_ = set1(scb[(size_t)i * stride + p]);                                    \
+                _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) o_[i][c] =               \
+                    fmadd(w_, vc[c], o_[i][c]);                                                \
+            }                                                                                  \
+        }                                                                                      \
+        for (uint32_t i = 0; i < nq; i++)                                                      \
+            _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++)                              \
+                store(ov[i] + (size_t)(c0 + (uint32_t)c) * (W), o_[i][c]);                     \
+    } while (0)
+
+/* Up to ATTN_QB consecutive tokens t0.. of one sequence (the same K/V
+ * rows) and head h: each K/V row chunk is loaded once for all of them.
+ * Every score, softmax and output element sums in the same order whether
+ * a token is alone (nq 1) or in a block: the result of a (token, head)
+ * does not depend on its neighbours. @scb holds ATTN_QB * @stride floats. */
+#define ATTN_HEAD(isa, attr, vec, W, load, fmadd, set1, zero, store, reduce, softmax)            \
+    attr void eng_head_##isa(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h,         \
+                                float *scb, size_t stride) {                                     \
+        const uint32_t hd = a->head_dim, nv = hd / (W);                                          \
+        const size_t qd = (size_t)a->n_heads * hd;                                               \
+        const size_t kvo = (size_t)(h / (a->n_heads / a->kv_heads)) * hd;                        \
+        const float *const *K = a->k[t0], *const *V = a->v[t0];                                  \
+        const float *qv[ATTN_QB];                                                                \
+        float *ov[ATTN_QB];                                                                      \
+        uint32_t nmax = 0, p;                                                                    \
+        for (uint32_t i = 0; i < ATTN_QB; i++) { /* short blocks repeat their last token */      \
+            size_t ti = t0 + (i < nq ? i : nq - 1);                                              \
+            qv[i] = a->q + ti * qd + (size_t)h * hd;                                             \
+            ov[i] = a->out + ti * qd + (size_t)h * hd;                                           \
+            nmax = a->ctx[ti] > nmax ? a->ctx[ti] : nmax;                                        \
+        }                                                                                        \
+        if (nq == 1)                                                                             \
+            ATTN_QK(1, vec, W, load, fmadd, zero, reduce);                                       \
+        else                                                                                     \
+            ATTN_QK(ATTN_QB, vec, W, load, fmadd, zero, reduce);                                 \
+        for (uint32_t i = 0; i < nq; i++) {                                                      \
+            const uint32_t n = a->ctx[t0 + i];                                                   \
+            float *sc = scb + i * stride;                                                        \
+            softmax(sc, n);                                                                      \
+            for (p = n; p < nmax; p++) sc[p] = 0.0f;                                             \
+        }                                                                                        \
+        for (uint32_t i = nq; nq > 1 && i < ATTN_QB; i++) /* rows of the repeated token */       \
+            memset(scb + i * stride, 0, nmax * sizeof *scb);                                     \
+        uint32_t c0 = 0;                                                                         \
+        if (nq == 1) { /* 8 or 4 accumulators with fixed bounds stay in registers */             \
+            for (; c0 + 8 <= nv; c0 += 8) ATTN_PV(1, 8, vec, W, load, fmadd, set1, zero, store); \
+            for (; c0 + 4 <= nv; c0 += 4) ATTN_PV(1, 4, vec, W, load, fmadd, set1, zero, store); \
+        } else {                                                                                 \
+            for (; c0 + 4 <= nv; c0 += 4)                                                        \
+                ATTN_PV(ATTN_QB, 4, vec, W, load, fmadd, set1, zero, store);                     \
+        }                                                                                        \
+        for (; nq == 1 && c0 < nv; c0++) ATTN_PV(1, 1, vec, W, load, fmadd, set1, zero, store);  \
+        for (; c0 < nv; c0++) ATTN_PV(ATTN_QB, 1, vec, W, load, fmadd, set1, zero, store);       \
+    }
+ATTN_HEAD(avx512, AVX512, __m512, 16, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_set1_ps,
+          _mm512_setzero_ps, _mm512_storeu_ps, _mm512_reduce_add_ps, softmax512)
+ATTN_HEAD(avx2, AVX2, __m256, 8, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_set1_ps,
+          _mm256_setzero_ps, _mm256_storeu_ps, hsum, softmax256)
+
+/* ---- SwiGLU and RMSNorm ------------------------------------------------
+ * silu(g) = g * sigmoid(g), the sigmoid from e = exp(-|g|) (the exp above
+ * takes x <= 0): 1 / (1 + e) for g >= 0, e / (1 + e) below. Each element
+ * on its own: the same value in any batch. */
+AVX512 void eng_swiglu512(float *g, const float *u, size_t n) {
+    const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m512 x = _mm512_maskz_loadu_ps(m, g + i);
+        __m512 e = exp512(_mm512_sub_ps(zero, _mm512_abs_ps(x)));
+        __m512 num = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero, _CMP_LT_OQ), one, e);
+        __m512 sg = _mm512_div_ps(num, _mm512_add_ps(one, e));
+        _mm512_mask_storeu_ps(g + i, m,
+                              _mm512_mul_ps(_mm512_mul_ps(x, sg), _mm512_maskz_loadu_ps(m, u + i)));
+    }
+}
+
+AVX2 void eng_swiglu256(float *g, const float *u, size_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(g + i);
+        __m256 e = exp256(_mm256_or_ps(x, sign)); /* -|x| */
+        __m256 num = _mm256_blendv_ps(one, e, _mm256_cmp_ps(x, zero, _CMP_LT_OQ));
+        __m256 sg = _mm256_div_ps(num, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_mul_ps(x, sg), _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+/* One row: y = x / rms(x) * w (y may equal x). */
+AVX512 void eng_rmsnorm512(const float *x, size_t dim, const float *w, float eps, float *y) {
+    __m512 ss = _mm512_setzero_ps();
+    for (size_t i = 0; i < dim; i += 16) {
+        __mmask16 m = dim - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (dim - i)) - 1);
+        __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        ss = _mm512_fmadd_ps(v, v, ss);
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(ss) / (float)dim + eps));
+    for (size_t i = 0; i < dim; i += 16) {
+        __mmask16 m = dim - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (dim - i)) - 1);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, w + i), v));
+    }
+}
+
+AVX2 void eng_rmsnorm256(const float *x, size_t dim, const float *w, float eps, float *y) {
+    __m256 ss = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 8 <= dim; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        ss = _mm256_fmadd_ps(v, v, ss);
+    }
+    float s = hsum(ss);
+    for (size_t j = i; j < dim; j++) s += x[j] * x[j];
+    const float inv = 1.0f / sqrtf(s / (float)dim + eps);
+    const __m256 iv = _mm256_set1_ps(inv);
+    for (i = 0; i + 8 <= dim; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(w + i),
+                                              _mm256_mul_ps(_mm256_loadu_ps(x + i), iv)));
+    for (; i < dim; i++) y[i] = w[i] * (x[i] * inv);
+}
+#endif
+

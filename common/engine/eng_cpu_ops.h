@@ -1,0 +1,51 @@
+/*
+ * eng_cpu_ops.h - the cpu backend's attention-head, SwiGLU and RMSNorm
+ * kernels (eng_cpu_ops.c) and the SIMD helpers eng_cpu.c shares with
+ * them. Internal to the engine.
+ */
+#ifndef TANDEM_ENG_CPU_OPS_H
+#define TANDEM_ENG_CPU_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "eng_backend.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c,fma")))
+#define AVX2   __attribute__((target("avx2,fma,f16c")))
+
+/* Sum of the 8 lanes of @v. */
+__attribute__((target("avx2,fma"))) static inline float hsum(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+    return _mm_cvtss_f32(lo);
+}
+#endif
+
+#define ENG_ATTN_QB 4 /* tokens per attention block, see ATTN_HEAD in eng_cpu_ops.c */
+
+/* Up to ENG_ATTN_QB consecutive tokens t0 .. t0 + nq - 1 of one sequence
+ * (the same K/V rows) and query head h; @sc holds ENG_ATTN_QB * @stride
+ * floats of scratch. */
+typedef void (*eng_head_fn)(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *sc,
+                            size_t stride);
+
+#if defined(__x86_64__)
+void eng_head_avx512(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *sc,
+                     size_t stride);
+void eng_head_avx2(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *sc,
+                   size_t stride);
+/* g[i] = silu(g[i]) * u[i]. */
+void eng_swiglu512(float *g, const float *u, size_t n);
+void eng_swiglu256(float *g, const float *u, size_t n);
+/* One row: y = x / rms(x) * w (y may equal x). */
+void eng_rmsnorm512(const float *x, size_t dim, const float *w, float eps, float *y);
+void eng_rmsnorm256(const float *x, size_t dim, const float *w, float eps, float *y);
+#endif
+
+#endif /* TANDEM_ENG_CPU_OPS_H */
