@@ -356,13 +356,25 @@ pk_block(const float *x, size_t in, const uint16_t *P, size_t r, size_t p, size_
 #pragma GCC unroll 8
         for (int q = 0; q < NP; q++) ae[i][q] = ao[i][q] = _mm512_setzero_ps();
     const float *xr = x + r * in;
-    for (size_t k = 0; k < in; k++) {
-        __m512 we[8], wo[8];
+    for (size_t k = 0; R == 1 && k < in; k++) {
         /* One row (decode): the weights stream from memory, 8 panels at
-         * once; fetch ahead of the hardware prefetcher (never faults). */
-        if (R == 1)
+         * once, each line widened and used at once (holding all 16
+         * widened lines spilled registers); fetch ahead of the hardware
+         * prefetcher (never faults). */
+        const __m512 xb = _mm512_set1_ps(xr[k]);
 #pragma GCC unroll 8
-            for (int q = 0; q < NP; q++) _mm_prefetch(pp[q] + (k + PK_PF) * PK_W, _MM_HINT_T0);
+        for (int q = 0; q < NP; q++) {
+            _mm_prefetch(pp[q] + (k + PK_PF) * PK_W, _MM_HINT_T0);
+            __m512i raw = _mm512_load_si512(pp[q] + k * PK_W);
+            __asm__("" : "+v"(raw));
+            ae[0][q] =
+                _mm512_fmadd_ps(xb, _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16)), ae[0][q]);
+            ao[0][q] =
+                _mm512_fmadd_ps(xb, _mm512_castsi512_ps(_mm512_and_si512(raw, hi)), ao[0][q]);
+        }
+    }
+    for (size_t k = 0; R > 1 && k < in; k++) {
+        __m512 we[8], wo[8];
 #pragma GCC unroll 8
         for (int q = 0; q < NP; q++) {
             __m512i raw = _mm512_load_si512(pp[q] + k * PK_W);
@@ -713,18 +725,19 @@ static size_t panel_chunk(size_t np, size_t rows, int parts) {
 
 /* The next chunk of a panel job: its first panel in *@lo and its length,
  * 0 when all are taken. One row (the kernels then take any number of
- * panels): the last chunks shrink to a quarter of what is left per
- * thread, so threads finish within a few panels of each other (a matrix
- * ends in a wait for the slowest thread). */
+ * panels): the last chunks shrink to half of what is left per thread,
+ * down to 4 panels, so threads finish within a few panels of each
+ * other (a matrix ends in a wait for the slowest thread) while most
+ * panels still stream 8 at a time. */
 static size_t take_chunk(const job_t *j, size_t *lo) {
     const size_t np = j->off[j->n_mm];
     size_t cur = atomic_load_explicit(j->next, memory_order_relaxed);
     for (;;) {
         if (cur >= np) return 0;
         size_t rem = np - cur, c = j->chunk;
-        if (j->guided && rem < (size_t)j->parts * 4 * c) {
-            c = rem / ((size_t)j->parts * 4);
-            c = c >= 8 ? c / 8 * 8 : c ? c : 1;
+        if (j->guided && rem < (size_t)j->parts * 2 * c) {
+            c = rem / ((size_t)j->parts * 2);
+            c = c >= 8 ? c / 8 * 8 : 4;
         }
         if (c > rem) c = rem;
         if (atomic_compare_exchange_weak_explicit(j->next, &cur, cur + c, memory_order_relaxed,

@@ -178,44 +178,44 @@ AVX2 static void softmax256(float *sc, uint32_t n) {
  * Every score, softmax and output element sums in the same order whether
  * a token is alone (nq 1) or in a block: the result of a (token, head)
  * does not depend on its neighbours. @scb holds ATTN_QB * @stride floats. */
-#define ATTN_HEAD(isa, attr, vec, W, load, fmadd, set1, zero, store, reduce, softmax)            \
-    attr void eng_head_##isa(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h,         \
-                                float *scb, size_t stride) {                                     \
-        const uint32_t hd = a->head_dim, nv = hd / (W);                                          \
-        const size_t qd = (size_t)a->n_heads * hd;                                               \
-        const size_t kvo = (size_t)(h / (a->n_heads / a->kv_heads)) * hd;                        \
-        const float *const *K = a->k[t0], *const *V = a->v[t0];                                  \
-        const float *qv[ATTN_QB];                                                                \
-        float *ov[ATTN_QB];                                                                      \
-        uint32_t nmax = 0, p;                                                                    \
-        for (uint32_t i = 0; i < ATTN_QB; i++) { /* short blocks repeat their last token */      \
-            size_t ti = t0 + (i < nq ? i : nq - 1);                                              \
-            qv[i] = a->q + ti * qd + (size_t)h * hd;                                             \
-            ov[i] = a->out + ti * qd + (size_t)h * hd;                                           \
-            nmax = a->ctx[ti] > nmax ? a->ctx[ti] : nmax;                                        \
-        }                                                                                        \
-        if (nq == 1)                                                                             \
-            ATTN_QK(1, vec, W, load, fmadd, zero, reduce);                                       \
-        else                                                                                     \
-            ATTN_QK(ATTN_QB, vec, W, load, fmadd, zero, reduce);                                 \
-        for (uint32_t i = 0; i < nq; i++) {                                                      \
-            const uint32_t n = a->ctx[t0 + i];                                                   \
-            float *sc = scb + i * stride;                                                        \
-            softmax(sc, n);                                                                      \
-            for (p = n; p < nmax; p++) sc[p] = 0.0f;                                             \
-        }                                                                                        \
-        for (uint32_t i = nq; nq > 1 && i < ATTN_QB; i++) /* rows of the repeated token */       \
-            memset(scb + i * stride, 0, nmax * sizeof *scb);                                     \
-        uint32_t c0 = 0;                                                                         \
-        if (nq == 1) { /* 8 or 4 accumulators with fixed bounds stay in registers */             \
-            for (; c0 + 8 <= nv; c0 += 8) ATTN_PV(1, 8, vec, W, load, fmadd, set1, zero, store); \
-            for (; c0 + 4 <= nv; c0 += 4) ATTN_PV(1, 4, vec, W, load, fmadd, set1, zero, store); \
-        } else {                                                                                 \
-            for (; c0 + 4 <= nv; c0 += 4)                                                        \
-                ATTN_PV(ATTN_QB, 4, vec, W, load, fmadd, set1, zero, store);                     \
-        }                                                                                        \
-        for (; nq == 1 && c0 < nv; c0++) ATTN_PV(1, 1, vec, W, load, fmadd, set1, zero, store);  \
-        for (; c0 < nv; c0++) ATTN_PV(ATTN_QB, 1, vec, W, load, fmadd, set1, zero, store);       \
+#define ATTN_HEAD(isa, attr, vec, W, load, fmadd, set1, zero, store, reduce, softmax)             \
+    attr void eng_head_##isa(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *scb, \
+                             size_t stride) {                                                     \
+        const uint32_t hd = a->head_dim, nv = hd / (W);                                           \
+        const size_t qd = (size_t)a->n_heads * hd;                                                \
+        const size_t kvo = (size_t)(h / (a->n_heads / a->kv_heads)) * hd;                         \
+        const float *const *K = a->k[t0], *const *V = a->v[t0];                                   \
+        const float *qv[ATTN_QB];                                                                 \
+        float *ov[ATTN_QB];                                                                       \
+        uint32_t nmax = 0, p;                                                                     \
+        for (uint32_t i = 0; i < ATTN_QB; i++) { /* short blocks repeat their last token */       \
+            size_t ti = t0 + (i < nq ? i : nq - 1);                                               \
+            qv[i] = a->q + ti * qd + (size_t)h * hd;                                              \
+            ov[i] = a->out + ti * qd + (size_t)h * hd;                                            \
+            nmax = a->ctx[ti] > nmax ? a->ctx[ti] : nmax;                                         \
+        }                                                                                         \
+        if (nq == 1)                                                                              \
+            ATTN_QK(1, vec, W, load, fmadd, zero, reduce);                                        \
+        else                                                                                      \
+            ATTN_QK(ATTN_QB, vec, W, load, fmadd, zero, reduce);                                  \
+        for (uint32_t i = 0; i < nq; i++) {                                                       \
+            const uint32_t n = a->ctx[t0 + i];                                                    \
+            float *sc = scb + i * stride;                                                         \
+            softmax(sc, n);                                                                       \
+            for (p = n; p < nmax; p++) sc[p] = 0.0f;                                              \
+        }                                                                                         \
+        for (uint32_t i = nq; nq > 1 && i < ATTN_QB; i++) /* rows of the repeated token */        \
+            memset(scb + i * stride, 0, nmax * sizeof *scb);                                      \
+        uint32_t c0 = 0;                                                                          \
+        if (nq == 1) { /* 8 or 4 accumulators with fixed bounds stay in registers */              \
+            for (; c0 + 8 <= nv; c0 += 8) ATTN_PV(1, 8, vec, W, load, fmadd, set1, zero, store);  \
+            for (; c0 + 4 <= nv; c0 += 4) ATTN_PV(1, 4, vec, W, load, fmadd, set1, zero, store);  \
+        } else {                                                                                  \
+            for (; c0 + 4 <= nv; c0 += 4)                                                         \
+                ATTN_PV(ATTN_QB, 4, vec, W, load, fmadd, set1, zero, store);                      \
+        }                                                                                         \
+        for (; nq == 1 && c0 < nv; c0++) ATTN_PV(1, 1, vec, W, load, fmadd, set1, zero, store);   \
+        for (; c0 < nv; c0++) ATTN_PV(ATTN_QB, 1, vec, W, load, fmadd, set1, zero, store);        \
     }
 ATTN_HEAD(avx512, AVX512, __m512, 16, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_set1_ps,
           _mm512_setzero_ps, _mm512_storeu_ps, _mm512_reduce_add_ps, softmax512)
@@ -286,4 +286,3 @@ AVX2 void eng_rmsnorm256(const float *x, size_t dim, const float *w, float eps, 
     for (; i < dim; i++) y[i] = w[i] * (x[i] * inv);
 }
 #endif
-
