@@ -330,8 +330,9 @@ AVX512 static void mm512_bf16_pairs(const float *xp, size_t rows, size_t in, con
  * (one broadcast per row and input, from L1), a weight line once per
  * block of rows: blocks of 12 rows x 1 panel (24 accumulators) for most
  * rows, 4 x 3, 2 x 4 and 1 x 8 panels for the rest (decode: one row
- * against 8 panels streaming at once). Rows go in tiles of PK_TILE so a
- * tile's x stays in L2 while the panels stream. */
+ * against 8 panels streaming at once, a range's last panels in blocks of
+ * 4, 2 and 1). Rows go in tiles of PK_TILE so a tile's x stays in L2
+ * while the panels stream. */
 #define PK_W    32 /* outputs per panel */
 #define PK_TILE 48 /* rows per tile */
 #ifndef PK_PF
@@ -925,10 +926,11 @@ static void cpu_matmul_n(void *ctx, const float *x, size_t rows, size_t in, size
                          const eng_mm_t *mm) {
     cpu_t *p = ctx;
 #if defined(__x86_64__)
-    bool same = n >= 1 && n <= ENG_MM_MAX;
-    for (size_t i = 1; same && i < n; i++) same = mm_route(p, mm[i].w) == mm_route(p, mm[0].w);
-    if (same && mm_route(p, mm[0].w) != MM_PLAIN) {
-        panel_matmuls(p, mm_route(p, mm[0].w), x, rows, in, n, mm);
+    const mm_route_t route = n >= 1 && n <= ENG_MM_MAX ? mm_route(p, mm[0].w) : MM_PLAIN;
+    bool same = route != MM_PLAIN;
+    for (size_t i = 1; same && i < n; i++) same = mm_route(p, mm[i].w) == route;
+    if (same) {
+        panel_matmuls(p, route, x, rows, in, n, mm);
         return;
     }
 #endif

@@ -231,7 +231,8 @@ TT_TEST(engine_dp, cpu_matmul_bf16_matches_plain_c_and_is_batch_invariant) {
 }
 
 /* matmul_n (Q/K/V, gate/up as one job) gives the bits of separate matmul
- * calls: every instruction-set path, both precisions, one row (chunks
+ * calls and, with f32 inputs, the ref backend's values up to summation
+ * order: every instruction-set path, both precisions, one row (chunks
  * that shrink and straddle matrices) to more rows than a bf16 tile, with
  * and without bias, and mixes of routes (an f32 tensor, an exact one)
  * that fall back to one matmul each. */
@@ -240,6 +241,8 @@ TT_TEST(engine_dp, cpu_matmul_n_equals_separate_matmuls) {
     static const size_t ins[] = {7, 64, 333}, rows_[] = {1, 3, 17, 50};
     static const size_t outs[3][3] = {{16, 37, 1000}, {100, 250, 33}, {2048, 17, 64}};
     uint64_t rng = 7;
+    eng_backend_t ref;
+    TT_ASSERT_EQ_INT(eng_backend_ref_new(&ref), CM_OK);
     for (int ii = 0; ii < 3; ii++)
         for (int prec = 0; prec < 2; prec++) {
             if (!eng_cpu_isa_available(isas[ii]) || (prec && !eng_dp_available())) continue;
@@ -285,6 +288,17 @@ TT_TEST(engine_dp, cpu_matmul_n_equals_separate_matmuls) {
                                           "%s %s in %zu rows %zu mix %d: matrix %d (out %zu) "
                                           "differs",
                                           isas[ii], prec ? "bf16" : "f32", in, nr, mix, i, out[i]);
+                            /* f32 inputs (and exact matrices in bf16 mode):
+                             * the ref backend's plain loops. */
+                            if (!prec || w[i].exact || w[i].dtype == MDL_F32) {
+                                ref.iface->matmul(ref.ctx, x, nr, in, &w[i], mm[i].bias, out[i],
+                                                  z[i]);
+                                for (size_t e = 0; e < nr * out[i]; e++)
+                                    TT_ASSERT_MSG(
+                                        fabs(y[i][e] - z[i][e]) <= 1e-5 * sqrt((double)in),
+                                        "%s in %zu rows %zu matrix %d [%zu]: %g vs ref %g",
+                                        isas[ii], in, nr, i, e, (double)y[i][e], (double)z[i][e]);
+                            }
                             cm_aligned_free(w[i].packed);
                             free(wd[i]), free(y[i]), free(z[i]);
                         }
@@ -292,6 +306,7 @@ TT_TEST(engine_dp, cpu_matmul_n_equals_separate_matmuls) {
                     }
             cpu.iface->free(cpu.ctx);
         }
+    ref.iface->free(ref.ctx);
 }
 
 /* Unknown values and CPUs without the instruction fall back to f32. */
