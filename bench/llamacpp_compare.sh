@@ -14,7 +14,8 @@
 #                                          (llama-bench -p 0 -n 32 -d 16)
 # Tandem runs once per matmul precision in PRECISIONS (env, default
 # "f32 bf16": TANDEM_CPU_PRECISION; bf16 = inputs rounded to bf16 as
-# llama.cpp does, on CPUs with AVX512_BF16). Writes
+# llama.cpp does, on CPUs with AVX512_BF16; bf16-amx = that with
+# TANDEM_CPU_AMX=1, the products on AMX tiles, on CPUs with AMX-BF16). Writes
 # OUT_DIR/{tandem-PREC,llamacpp}-{prefill,decode}-N.txt and rows.tsv
 # (tool, round, prefill tok/s, decode tok/s).
 set -eu
@@ -29,10 +30,14 @@ mkdir -p "$out"
 : > "$out/rows.tsv"
 for r in $(seq "$rounds"); do
   for prec in ${PRECISIONS:-f32 bf16}; do
-    TANDEM_CPU_PRECISION=$prec TANDEM_THREADS=2 "$bin" bench engine --model "$model" \
-      --batches 1 --prompt-len 512 --decode-steps 1 > "$out/tandem-$prec-prefill-$r.txt" 2>&1
-    TANDEM_CPU_PRECISION=$prec TANDEM_THREADS=2 "$bin" bench engine --model "$model" \
-      --batches 1 --prompt-len 16 --decode-steps 32 > "$out/tandem-$prec-decode-$r.txt" 2>&1
+    amx=0
+    [ "$prec" = "${prec%-amx}" ] || amx=1
+    TANDEM_CPU_PRECISION=${prec%-amx} TANDEM_CPU_AMX=$amx TANDEM_THREADS=2 "$bin" bench engine \
+      --model "$model" --batches 1 --prompt-len 512 --decode-steps 1 \
+      > "$out/tandem-$prec-prefill-$r.txt" 2>&1
+    TANDEM_CPU_PRECISION=${prec%-amx} TANDEM_CPU_AMX=$amx TANDEM_THREADS=2 "$bin" bench engine \
+      --model "$model" --batches 1 --prompt-len 16 --decode-steps 32 \
+      > "$out/tandem-$prec-decode-$r.txt" 2>&1
     # The first data row of the table (batch 1): prefill tok/s, decode tok/s.
     tp=$(awk '$1 == 1 && NF >= 6 { print $2; exit }' "$out/tandem-$prec-prefill-$r.txt")
     td=$(awk '$1 == 1 && NF >= 6 { print $4; exit }' "$out/tandem-$prec-decode-$r.txt")

@@ -90,7 +90,9 @@ const char *eng_cpu_isa(const eng_backend_t *b);
 /* The precision of a cpu backend's matmul inputs (NULL for other
  * backends): "f32" (exact, the default) or "bf16" (the env
  * TANDEM_CPU_PRECISION=bf16 on a CPU with AVX512_BF16: inputs rounded to
- * bf16, products summed in f32; matrices marked exact stay f32). */
+ * bf16, products summed in f32; matrices marked exact stay f32) or
+ * "bf16-amx" (that, with TANDEM_CPU_AMX=1 on a CPU with AMX-BF16: the
+ * products on AMX tiles). */
 const char *eng_cpu_precision(const eng_backend_t *b);
 
 /* One (token @t, head @h) of @a in plain loops (the ref backend's

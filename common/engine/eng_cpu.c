@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "eng_backend.h"
+#include "eng_cpu_amx.h"
 #include "eng_cpu_dp.h"
 #include "eng_cpu_ops.h"
 #include "eng_cpu_tiles.h"
@@ -612,6 +613,7 @@ typedef struct {
     rms_fn rms;
     bool bf16_pairs; /* bf16 weights go through mm512_bf16_pairs */
     bool dp;         /* TANDEM_CPU_PRECISION=bf16: eng_dp_mm for packed, non-exact bf16 */
+    bool amx;        /* and TANDEM_CPU_AMX=1: eng_amx_mm instead */
     float *xp;       /* x in pair-split order for it, xp_cap floats, 64-byte aligned */
     size_t xp_cap;
     uint32_t head_w; /* floats per vector of head: head_dim must be a multiple */
@@ -703,6 +705,7 @@ typedef struct {
     mm_fn mm;     /* blocked kernel, or NULL: one dot per (row, output) */
     bool panels;  /* w->packed holds mm512_panels' panels */
     bool dp;      /* w->packed holds eng_dp_mm's panels, x is in bf16 pairs */
+    bool amx;     /* dp panels multiplied on AMX tiles (eng_amx_mm) */
     bool guided;  /* one row: chunks shrink towards the end */
     int parts;    /* threads taking chunks */
     size_t chunk; /* panels per chunk (the first ones when guided) */
@@ -765,8 +768,9 @@ static void run_slice(const void *arg, int part, int parts) {
                 const eng_mm_t *m = &j->mats[i];
                 float *y = m->y + j->r0 * m->out;
                 if (j->dp)
-                    eng_dp_mm((const uint32_t *)j->x, j->rows, j->in, m->w->packed, a - j->off[i],
-                              b - j->off[i], m->bias, m->out, y);
+                    (j->amx ? eng_amx_mm : eng_dp_mm)((const uint32_t *)j->x, j->rows, j->in,
+                                                      m->w->packed, a - j->off[i], b - j->off[i],
+                                                      m->bias, m->out, y);
 #if defined(__x86_64__)
                 else
                     mm512_panels(j->x, j->rows, j->in, m->w->packed, a - j->off[i], b - j->off[i],
@@ -849,6 +853,7 @@ static void panel_matmuls(cpu_t *p, mm_route_t route, const float *x, size_t row
     _Atomic size_t next = 0;
     job_t j = {.x = x, .rows = rows, .in = in, .mats = mm, .n_mm = n, .next = &next};
     j.dp = route == MM_DP;
+    j.amx = j.dp && p->amx;
     j.panels = !j.dp;
     for (size_t i = 0; i < n; i++)
         j.off[i + 1] = j.off[i] + (j.dp ? eng_dp_panels(mm[i].out) : pk_panels(mm[i].out));
@@ -1156,7 +1161,10 @@ const char *eng_cpu_isa(const eng_backend_t *b) {
 }
 
 const char *eng_cpu_precision(const eng_backend_t *b) {
-    return b->iface != &k_cpu ? NULL : ((const cpu_t *)b->ctx)->dp ? "bf16" : "f32";
+    return b->iface != &k_cpu             ? NULL
+           : ((const cpu_t *)b->ctx)->amx ? "bf16-amx"
+           : ((const cpu_t *)b->ctx)->dp  ? "bf16"
+                                          : "f32";
 }
 
 cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
@@ -1209,6 +1217,16 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
                    "TANDEM_CPU_PRECISION=bf16 needs AVX-512 with AVX512_BF16: using f32");
         else
             p->dp = true;
+    }
+    /* TANDEM_CPU_AMX=1 with bf16: the same products on AMX tiles (prefill
+     * several times faster, one-row decode slower; for prefill workers). */
+    const char *amx = getenv("TANDEM_CPU_AMX");
+    if (p->dp && amx && *amx && strcmp(amx, "0") != 0) {
+        if (eng_amx_available())
+            p->amx = true;
+        else
+            CM_LOG(CM_LOG_WARN, "engine",
+                   "TANDEM_CPU_AMX=%s: this CPU or kernel has no AMX-BF16: using AVX512_BF16", amx);
     }
 #endif
     long cores = sysconf(_SC_NPROCESSORS_ONLN);

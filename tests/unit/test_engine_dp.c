@@ -14,6 +14,7 @@
 
 #include "eng.h"
 #include "eng_backend.h"
+#include "eng_cpu_amx.h"
 #include "eng_cpu_dp.h"
 #include "eng_internal.h"
 #include "tt.h"
@@ -154,30 +155,34 @@ TT_TEST(engine_dp, panels_and_plain_c_kernel_sum_the_rounded_products) {
         }
 }
 
-static cm_status_t bf16_backend(eng_backend_t *out) {
+/* The cpu backend in bf16 mode, its products on AMX tiles when @amx. */
+static cm_status_t bf16_backend_amx(eng_backend_t *out, bool amx) {
     setenv("TANDEM_CPU_PRECISION", "bf16", 1);
+    setenv("TANDEM_CPU_AMX", amx ? "1" : "0", 1);
     cm_status_t st = eng_backend_cpu_new(out);
     unsetenv("TANDEM_CPU_PRECISION");
+    unsetenv("TANDEM_CPU_AMX");
     return st;
 }
 
+static cm_status_t bf16_backend(eng_backend_t *out) { return bf16_backend_amx(out, false); }
+
 /* The backend's matmul in bf16 mode on awkward shapes (odd inputs, outputs
- * not a multiple of 16 or of the 3- and 6-panel blocks, row counts hitting
- * every block shape and the tile edge): against plain C (same rounding and
- * order), the f64 sum, rows alone bit-identical; exact matrices against
- * the ref backend. */
-TT_TEST(engine_dp, cpu_matmul_bf16_matches_plain_c_and_is_batch_invariant) {
-    if (!eng_dp_available()) TT_SKIP("no AVX512_BF16 on this CPU");
-    const char *cap = getenv("TANDEM_CPU_ISA");
-    if (cap && *cap && strcmp(cap, "avx512") != 0) TT_SKIP("TANDEM_CPU_ISA caps below avx512");
+ * not a multiple of 16 or of the 3- and 6-panel blocks, fewer and more
+ * pairs than an AMX tile's 16, row counts hitting every block shape and
+ * the tile edges): against plain C (same rounding and order; on AMX tiles
+ * the unit's own order, so within 1e-6 of the products' magnitude), the
+ * f64 sum, rows alone bit-identical; exact matrices against the ref
+ * backend. */
+static void check_bf16_matmul(bool amx) {
     eng_backend_t cpu, ref;
-    TT_ASSERT_EQ_INT(bf16_backend(&cpu), CM_OK);
-    TT_ASSERT_STR_EQ(eng_cpu_precision(&cpu), "bf16");
+    TT_ASSERT_EQ_INT(bf16_backend_amx(&cpu, amx), CM_OK);
+    TT_ASSERT_STR_EQ(eng_cpu_precision(&cpu), amx ? "bf16-amx" : "bf16");
     TT_ASSERT_EQ_INT(eng_backend_ref_new(&ref), CM_OK);
     uint64_t rng = 99;
-    static const size_t ins[] = {1, 7, 64, 333, 1024}, outs[] = {16, 17, 100, 250};
+    static const size_t ins[] = {1, 7, 31, 64, 333, 1024}, outs[] = {16, 17, 100, 250};
     static const size_t rows_[] = {1, 2, 3, 4, 5, 8, 13, 49, 97};
-    for (size_t a = 0; a < 5; a++)
+    for (size_t a = 0; a < 6; a++)
         for (size_t b = 0; b < 4; b++)
             for (size_t c = 0; c < 9; c++) {
                 size_t in = ins[a], out = outs[b], nr = rows_[c], np = eng_dp_pairs(in);
@@ -199,9 +204,10 @@ TT_TEST(engine_dp, cpu_matmul_bf16_matches_plain_c_and_is_batch_invariant) {
                         float pc = eng_dp_ref_dot(xb + r * np, w.packed, in, o) + (bs ? bs[o] : 0);
                         double mag, want = ref_f64(x + r * in, wd, in, o, &mag) + (bs ? bs[o] : 0);
                         float got = y[r * out + o];
-                        TT_ASSERT_MSG(fabs(got - pc) <= 1e-6 * (mag + 1),
-                                      "in %zu out %zu rows %zu [%zu][%zu]: %g vs plain C %g", in,
-                                      out, nr, r, o, (double)got, (double)pc);
+                        TT_ASSERT_MSG(amx ? fabs(got - pc) <= 1e-6 * (mag + 1) : got == pc,
+                                      "%s in %zu out %zu rows %zu [%zu][%zu]: %g vs plain C %g",
+                                      amx ? "amx" : "dp", in, out, nr, r, o, (double)got,
+                                      (double)pc);
                         TT_ASSERT_MSG(fabs(got - want) <= 1e-5 * (mag + 1),
                                       "in %zu out %zu rows %zu [%zu][%zu]: %g vs f64 %g", in, out,
                                       nr, r, o, (double)got, want);
@@ -230,12 +236,26 @@ TT_TEST(engine_dp, cpu_matmul_bf16_matches_plain_c_and_is_batch_invariant) {
     ref.iface->free(ref.ctx);
 }
 
+TT_TEST(engine_dp, cpu_matmul_bf16_matches_plain_c_and_is_batch_invariant) {
+    if (!eng_dp_available()) TT_SKIP("no AVX512_BF16 on this CPU");
+    const char *cap = getenv("TANDEM_CPU_ISA");
+    if (cap && *cap && strcmp(cap, "avx512") != 0) TT_SKIP("TANDEM_CPU_ISA caps below avx512");
+    check_bf16_matmul(false);
+}
+
+TT_TEST(engine_dp, cpu_matmul_bf16_amx_close_to_plain_c_and_is_batch_invariant) {
+    if (!eng_amx_available()) TT_SKIP("no AMX-BF16 on this CPU (or the kernel refuses tile data)");
+    const char *cap = getenv("TANDEM_CPU_ISA");
+    if (cap && *cap && strcmp(cap, "avx512") != 0) TT_SKIP("TANDEM_CPU_ISA caps below avx512");
+    check_bf16_matmul(true);
+}
+
 /* matmul_n (Q/K/V, gate/up as one job) gives the bits of separate matmul
  * calls and, with f32 inputs, the ref backend's values up to summation
  * order: every instruction-set path, both precisions, one row (chunks
  * that shrink and straddle matrices) to more rows than a bf16 tile, with
  * and without bias, and mixes of routes (an f32 tensor, an exact one)
- * that fall back to one matmul each. */
+ * that fall back to one matmul each; bf16 on AMX tiles too. */
 TT_TEST(engine_dp, cpu_matmul_n_equals_separate_matmuls) {
     static const char *const isas[] = {"scalar", "avx2", "avx512"};
     static const size_t ins[] = {7, 64, 333}, rows_[] = {1, 3, 17, 50};
@@ -244,11 +264,13 @@ TT_TEST(engine_dp, cpu_matmul_n_equals_separate_matmuls) {
     eng_backend_t ref;
     TT_ASSERT_EQ_INT(eng_backend_ref_new(&ref), CM_OK);
     for (int ii = 0; ii < 3; ii++)
-        for (int prec = 0; prec < 2; prec++) {
-            if (!eng_cpu_isa_available(isas[ii]) || (prec && !eng_dp_available())) continue;
+        for (int prec = 0; prec < 3; prec++) { /* f32, bf16, bf16 on AMX tiles */
+            if (!eng_cpu_isa_available(isas[ii]) || (prec && !eng_dp_available()) ||
+                (prec == 2 && !eng_amx_available()))
+                continue;
             eng_backend_t cpu;
             setenv("TANDEM_CPU_ISA", isas[ii], 1);
-            cm_status_t st = prec ? bf16_backend(&cpu) : eng_backend_cpu_new(&cpu);
+            cm_status_t st = prec ? bf16_backend_amx(&cpu, prec == 2) : eng_backend_cpu_new(&cpu);
             unsetenv("TANDEM_CPU_ISA");
             TT_ASSERT_EQ_INT(st, CM_OK);
             TT_ASSERT(cpu.iface->matmul_n);
@@ -287,7 +309,11 @@ TT_TEST(engine_dp, cpu_matmul_n_equals_separate_matmuls) {
                             TT_ASSERT_MSG(memcmp(y[i], z[i], nr * out[i] * 4) == 0,
                                           "%s %s in %zu rows %zu mix %d: matrix %d (out %zu) "
                                           "differs",
-                                          isas[ii], prec ? "bf16" : "f32", in, nr, mix, i, out[i]);
+                                          isas[ii],
+                                          prec == 2 ? "bf16-amx"
+                                          : prec    ? "bf16"
+                                                    : "f32",
+                                          in, nr, mix, i, out[i]);
                             /* f32 inputs (and exact matrices in bf16 mode):
                              * the ref backend's plain loops. */
                             if (!prec || w[i].exact || w[i].dtype == MDL_F32) {
