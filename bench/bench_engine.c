@@ -5,7 +5,11 @@
  * step / step time, against a multi-threaded copy), prefill as a fraction
  * of the backend's own matmul peak on a large product.
  */
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +70,7 @@ typedef struct {
     char *src, *dst;
     size_t n;
     int reps;
+    bool pf; /* read_thread: read64pf's pattern */
 } copy_arg_t;
 
 static void *copy_thread(void *p) {
@@ -106,10 +111,39 @@ READ_LOOP(read64, 64, __attribute__((target("avx512f"))))
 READ_LOOP(read32, 32, __attribute__((target("avx2"))))
 #endif
 
+#if defined(__x86_64__)
+/* The same bytes as 4 streams (quarters) read side by side, each line
+ * prefetched 2 KiB ahead: on some hosts (2-core Xeon VMs) this reads
+ * 1.2-1.3x faster than one stream, as the weight panels do. */
+__attribute__((target("avx512f"))) static void read64pf(const char *src, size_t n, int reps,
+                                                        char *dst) {
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    const size_t q = n / 4 / 64 * 64;
+    for (int r = 0; r < reps; r++)
+        for (size_t i = 0; i < q; i += 64) {
+            const char *s = src + i;
+            _mm_prefetch(s + 2048, _MM_HINT_T0);
+            _mm_prefetch(s + q + 2048, _MM_HINT_T0);
+            _mm_prefetch(s + 2 * q + 2048, _MM_HINT_T0);
+            _mm_prefetch(s + 3 * q + 2048, _MM_HINT_T0);
+            a0 = _mm512_xor_si512(a0, _mm512_load_si512(s));
+            a1 = _mm512_xor_si512(a1, _mm512_load_si512(s + q));
+            a2 = _mm512_xor_si512(a2, _mm512_load_si512(s + 2 * q));
+            a3 = _mm512_xor_si512(a3, _mm512_load_si512(s + 3 * q));
+        }
+    a0 = _mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3));
+    _mm512_storeu_si512(dst, a0); /* keeps the loads */
+}
+#endif
+
 static void *read_thread(void *p) {
     copy_arg_t *a = p;
 #if defined(__x86_64__)
     __builtin_cpu_init();
+    if (a->pf && __builtin_cpu_supports("avx512f")) {
+        read64pf(a->src, a->n, a->reps, a->dst);
+        return NULL;
+    }
     if (__builtin_cpu_supports("avx512f")) {
         read64(a->src, a->n, a->reps, a->dst);
         return NULL;
@@ -126,7 +160,7 @@ static void *read_thread(void *p) {
 /* Read-only bandwidth with @threads threads streaming 512 MiB (what a
  * decode step does with the weights; memcpy's non-temporal stores let a
  * copy count more bytes per second than a pure read stream on some
- * hosts). */
+ * hosts): the faster of one stream per thread and read64pf's four. */
 static double read_gbps(int threads) {
     size_t total = 512u << 20, per = total / (size_t)threads / 512 * 512;
     char *src = cm_aligned_alloc(4096, total), *dst = cm_aligned_alloc(64, 256 * 64);
@@ -138,16 +172,21 @@ static double read_gbps(int threads) {
     memset(src, 1, total);
     pthread_t th[64];
     copy_arg_t a[64];
-    uint64_t t0 = cm_time_mono_ns();
-    for (int i = 0; i < threads; i++) {
-        a[i] = (copy_arg_t){src + (size_t)i * per, dst + (size_t)(i % 64) * 256, per, 4};
-        pthread_create(&th[i], NULL, read_thread, &a[i]);
+    double best = 0;
+    for (int pf = 0; pf < 2; pf++) {
+        uint64_t t0 = cm_time_mono_ns();
+        for (int i = 0; i < threads; i++) {
+            a[i] = (copy_arg_t){src + (size_t)i * per, dst + (size_t)(i % 64) * 256, per, 4, pf};
+            pthread_create(&th[i], NULL, read_thread, &a[i]);
+        }
+        for (int i = 0; i < threads; i++) pthread_join(th[i], NULL);
+        double dt = (double)(cm_time_mono_ns() - t0) * 1e-9,
+               g = (double)per * (double)threads * 4 / dt / 1e9;
+        if (g > best) best = g;
     }
-    for (int i = 0; i < threads; i++) pthread_join(th[i], NULL);
-    double dt = (double)(cm_time_mono_ns() - t0) * 1e-9;
     cm_aligned_free(src);
     cm_aligned_free(dst);
-    return (double)per * (double)threads * 4 / dt / 1e9;
+    return best;
 }
 
 /* Copy bandwidth with @threads threads over 512 MiB (read + write bytes). */
@@ -161,7 +200,7 @@ static double copy_gbps(int threads) {
     copy_arg_t a[64];
     uint64_t t0 = cm_time_mono_ns();
     for (int i = 0; i < threads; i++) {
-        a[i] = (copy_arg_t){src + (size_t)i * per, dst + (size_t)i * per, per, 4};
+        a[i] = (copy_arg_t){src + (size_t)i * per, dst + (size_t)i * per, per, 4, false};
         pthread_create(&th[i], NULL, copy_thread, &a[i]);
     }
     for (int i = 0; i < threads; i++) pthread_join(th[i], NULL);
