@@ -37,7 +37,7 @@ cm_status_t eng_model_load(const char *dir, eng_backend_kind_t backend, eng_mode
 void eng_model_free(eng_model_t *m);
 const mdl_config_t *eng_model_config(const eng_model_t *m);
 const char *eng_model_backend_name(const eng_model_t *m);
-/* The cpu backend's matmul input precision ("f32" or "bf16", see
+/* The cpu backend's matmul input precision ("f32", "bf16" or "bf16-amx", see
  * eng_cpu_precision); NULL for other backends. */
 const char *eng_model_cpu_precision(const eng_model_t *m);
 /* Bytes of weights read per forward pass over all layers (dense path,
