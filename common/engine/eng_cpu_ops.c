@@ -12,6 +12,8 @@
  * One (token, head) at a time, the same steps as eng_attn_head_ref with
  * SIMD dot products and accumulation (order differs only inside a dot). */
 #define ATTN_QB ENG_ATTN_QB
+#define ATTN_SB 4  /* queries per register block */
+#define ATTN_KC 64 /* keys per chunk (K/V rows of a head dim of 128: 32 KiB) */
 #ifndef ATTN_PF
 #define ATTN_PF 16 /* K/V rows prefetched ahead (into L2: more lines in flight) */
 #endif
@@ -105,56 +107,53 @@ AVX2 static void softmax256(float *sc, uint32_t n) {
     for (p = 0; p < n; p++) sc[p] /= sum;
 }
 
-/* Scores of QN queries qv[0..QN) against keys [p, p + 4) (full tiles) then
- * one key at a time up to nmax: QN x 4 independent FMA chains. */
-#define ATTN_QK(QN, vec, W, load, fmadd, zero, reduce)                                            \
-    do {                                                                                          \
-        for (p = 0; p + 4 <= nmax; p += 4) {                                                      \
-            const float *kr[4] = {K[p] + kvo, K[p + 1] + kvo, K[p + 2] + kvo, K[p + 3] + kvo};    \
-            const float *kf[4]; /* rows ATTN_PF ahead (clamped): paged rows are 4 KiB apart */    \
-            _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) kf[j] =                           \
-                K[p + ATTN_PF + (uint32_t)j < nmax ? p + ATTN_PF + (uint32_t)j : nmax - 1] + kvo; \
-            vec acc[QN][4];                                                                       \
-            _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++)                                \
-                _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) acc[i][j] = zero();           \
-            for (uint32_t c = 0; c < nv; c++) {                                                   \
-                vec kc[4];                                                                        \
-                _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) {                             \
-                    kc[j] = load(kr[j] + c * (W));                                                \
-                    _mm_prefetch((const char *)(kf[j] + c * (W)), ATTN_HINT);                     \
-                }                                                                                 \
-                _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++) {                          \
-                    vec qc = load(qv[i] + c * (W));                                               \
-                    _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) acc[i][j] =               \
-                        fmadd(qc, kc[j], acc[i][j]);                                              \
-                }                                                                                 \
-            }                                                                                     \
-            for (uint32_t i = 0; i < nq; i++)                                                     \
-                for (int j = 0; j < 4; j++)                                                       \
-                    scb[i * stride + p + (uint32_t)j] = reduce(acc[i][j]) * a->scale;             \
-        }                                                                                         \
-        for (; p < nmax; p++) {                                                                   \
-            const float *kk = K[p] + kvo;                                                         \
-            vec acc[QN];                                                                          \
-            _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++) acc[i] = zero();               \
-            for (uint32_t c = 0; c < nv; c++) {                                                   \
-                vec kc = load(kk + c * (W));                                                      \
-                _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++) acc[i] =                   \
-                    fmadd(load(qv[i] + c * (W)), kc, acc[i]);                                     \
-            }                                                                                     \
-            for (uint32_t i = 0; i < nq; i++) scb[i * stride + p] = reduce(acc[i]) * a->scale;    \
-        }                                                                                         \
+/* Scores of QN queries qv[0..QN) against keys [k0, k1) in groups of 4
+ * (k1 - k0 a multiple of 4) into sb rows 0..nr, or one key at a time when
+ * ONE: QN x 4 independent FMA chains, each summed in one fixed order. */
+#define ATTN_QK(QN, ONE, qv, sb, nr, k0, k1, vec, W, load, fmadd, zero, reduce)                    \
+    do {                                                                                           \
+        for (p = (k0); p + (ONE ? 1 : 4) <= (k1); p += (ONE ? 1 : 4)) {                            \
+            const uint32_t nk_ = ONE ? 1 : 4;                                                      \
+            const float *kr[4], *kf[4]; /* rows ATTN_PF ahead (clamped): paged rows 4 KiB apart */ \
+            _Pragma("GCC unroll 4") for (uint32_t j = 0; j < nk_; j++) {                           \
+                kr[j] = K[p + j] + kvo;                                                            \
+                kf[j] = K[p + ATTN_PF + j < nmax ? p + ATTN_PF + j : nmax - 1] + kvo;              \
+            }                                                                                      \
+            vec acc[QN][4];                                                                        \
+            _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++)                                 \
+                _Pragma("GCC unroll 4") for (uint32_t j = 0; j < nk_; j++) acc[i][j] = zero();     \
+            for (uint32_t c = 0; c < nv; c++) {                                                    \
+                vec kc[4];                                                                         \
+                _Pragma("GCC unroll 4") for (uint32_t j = 0; j < nk_; j++) {                       \
+                    kc[j] = load(kr[j] + c * (W));                                                 \
+                    _mm_prefetch((const char *)(kf[j] + c * (W)), ATTN_HINT);                      \
+                }                                                                                  \
+                _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++) {                           \
+                    vec qc = load((qv)[i] + c * (W));                                              \
+                    _Pragma("GCC unroll 4") for (uint32_t j = 0; j < nk_; j++) acc[i][j] =         \
+                        fmadd(qc, kc[j], acc[i][j]);                                               \
+                }                                                                                  \
+            }                                                                                      \
+            for (uint32_t i = 0; i < (nr); i++)                                                    \
+                for (uint32_t j = 0; j < nk_; j++)                                                 \
+                    (sb)[i * stride + p + j] = reduce(acc[i][j]) * a->scale;                       \
+        }                                                                                          \
     } while (0)
 
-/* Outputs of QN queries, columns [c0, c0 + G) at a time: sum over p in
- * order of weight x V row (weights past a query's context are 0, which
- * leaves its sums unchanged). */
-#define ATTN_PV(QN, G, vec, W, load, fmadd, set1, zero, store)                                 \
+/* Outputs of QN queries, columns [c0, c0 + G) at a time, over keys [k0,
+ * k1): sum over p in order of weight x V row, started from zero at key 0
+ * and from the stored partial sums after (stores and loads are exact, so
+ * a sum has the same bits however the keys are chunked); weights past a
+ * query's context are 0, which leaves its sums unchanged. Rows nr.. are
+ * padding: not loaded or stored. */
+#define ATTN_PV(QN, G, sb, ovb, nr, k0, k1, vec, W, load, fmadd, set1, zero, store)            \
     do {                                                                                       \
         vec o_[QN][G];                                                                         \
         _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++)                                 \
-            _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) o_[i][c] = zero();           \
-        for (p = 0; p < nmax; p++) {                                                           \
+            _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) o_[i][c] =                   \
+                (k0) && (uint32_t)i < (nr) ? load((ovb)[i] + (size_t)(c0 + (uint32_t)c) * (W)) \
+                                           : zero();                                           \
+        for (p = (k0); p < (k1); p++) {                                                        \
             const float *vv = V[p] + kvo + (size_t)c0 * (W);                                   \
             const float *vf = V[p + ATTN_PF < nmax ? p + ATTN_PF : nmax - 1] + kvo + c0 * (W); \
             vec vc[G];                                                                         \
@@ -163,59 +162,84 @@ AVX2 static void softmax256(float *sc, uint32_t n) {
                 _mm_prefetch((const char *)(vf + c * (W)), ATTN_HINT);                         \
             }                                                                                  \
             _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++) {                           \
-                vec w_ = set1(scb[(size_t)i * stride + p]);                                    \
+                vec w_ = set1((sb)[(size_t)i * stride + p]);                                   \
                 _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) o_[i][c] =               \
                     fmadd(w_, vc[c], o_[i][c]);                                                \
             }                                                                                  \
         }                                                                                      \
-        for (uint32_t i = 0; i < nq; i++)                                                      \
+        for (uint32_t i = 0; i < (nr); i++)                                                    \
             _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++)                              \
-                store(ov[i] + (size_t)(c0 + (uint32_t)c) * (W), o_[i][c]);                     \
+                store((ovb)[i] + (size_t)(c0 + (uint32_t)c) * (W), o_[i][c]);                  \
     } while (0)
 
 /* Up to ATTN_QB consecutive tokens t0.. of one sequence (the same K/V
- * rows) and head h: each K/V row chunk is loaded once for all of them.
- * Every score, softmax and output element sums in the same order whether
- * a token is alone (nq 1) or in a block: the result of a (token, head)
- * does not depend on its neighbours. @scb holds ATTN_QB * @stride floats. */
-#define ATTN_HEAD(isa, attr, vec, W, load, fmadd, set1, zero, store, reduce, softmax)             \
-    attr void eng_head_##isa(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *scb, \
-                             size_t stride) {                                                     \
-        const uint32_t hd = a->head_dim, nv = hd / (W);                                           \
-        const size_t qd = (size_t)a->n_heads * hd;                                                \
-        const size_t kvo = (size_t)(h / (a->n_heads / a->kv_heads)) * hd;                         \
-        const float *const *K = a->k[t0], *const *V = a->v[t0];                                   \
-        const float *qv[ATTN_QB];                                                                 \
-        float *ov[ATTN_QB];                                                                       \
-        uint32_t nmax = 0, p;                                                                     \
-        for (uint32_t i = 0; i < ATTN_QB; i++) { /* short blocks repeat their last token */       \
-            size_t ti = t0 + (i < nq ? i : nq - 1);                                               \
-            qv[i] = a->q + ti * qd + (size_t)h * hd;                                              \
-            ov[i] = a->out + ti * qd + (size_t)h * hd;                                            \
-            nmax = a->ctx[ti] > nmax ? a->ctx[ti] : nmax;                                         \
-        }                                                                                         \
-        if (nq == 1)                                                                              \
-            ATTN_QK(1, vec, W, load, fmadd, zero, reduce);                                        \
-        else                                                                                      \
-            ATTN_QK(ATTN_QB, vec, W, load, fmadd, zero, reduce);                                  \
-        for (uint32_t i = 0; i < nq; i++) {                                                       \
-            const uint32_t n = a->ctx[t0 + i];                                                    \
-            float *sc = scb + i * stride;                                                         \
-            softmax(sc, n);                                                                       \
-            for (p = n; p < nmax; p++) sc[p] = 0.0f;                                              \
-        }                                                                                         \
-        for (uint32_t i = nq; nq > 1 && i < ATTN_QB; i++) /* rows of the repeated token */        \
-            memset(scb + i * stride, 0, nmax * sizeof *scb);                                      \
-        uint32_t c0 = 0;                                                                          \
-        if (nq == 1) { /* 8 or 4 accumulators with fixed bounds stay in registers */              \
-            for (; c0 + 8 <= nv; c0 += 8) ATTN_PV(1, 8, vec, W, load, fmadd, set1, zero, store);  \
-            for (; c0 + 4 <= nv; c0 += 4) ATTN_PV(1, 4, vec, W, load, fmadd, set1, zero, store);  \
-        } else {                                                                                  \
-            for (; c0 + 4 <= nv; c0 += 4)                                                         \
-                ATTN_PV(ATTN_QB, 4, vec, W, load, fmadd, set1, zero, store);                      \
-        }                                                                                         \
-        for (; nq == 1 && c0 < nv; c0++) ATTN_PV(1, 1, vec, W, load, fmadd, set1, zero, store);   \
-        for (; c0 < nv; c0++) ATTN_PV(ATTN_QB, 1, vec, W, load, fmadd, set1, zero, store);        \
+ * rows) and head h. Queries go in register blocks of ATTN_SB; keys in
+ * chunks of ATTN_KC that every block uses while they are in L1, so a K/V
+ * row comes from memory or L3 once per ATTN_QB queries. Every score,
+ * softmax and output element sums in the same order whether a token is
+ * alone (nq 1) or in a block: the result of a (token, head) does not
+ * depend on its neighbours. @scb holds ATTN_QB * @stride floats. */
+#define ATTN_HEAD(isa, attr, vec, W, load, fmadd, set1, zero, store, reduce, softmax)              \
+    attr void eng_head_##isa(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *scb,  \
+                             size_t stride) {                                                      \
+        const uint32_t hd = a->head_dim, nv = hd / (W);                                            \
+        const size_t qd = (size_t)a->n_heads * hd;                                                 \
+        const size_t kvo = (size_t)(h / (a->n_heads / a->kv_heads)) * hd;                          \
+        const float *const *K = a->k[t0], *const *V = a->v[t0];                                    \
+        const float *qv[ATTN_QB];                                                                  \
+        float *ov[ATTN_QB];                                                                        \
+        uint32_t nmax = 0, p;                                                                      \
+        const uint32_t nb = (nq + ATTN_SB - 1) / ATTN_SB * ATTN_SB; /* rows with padding */        \
+        for (uint32_t i = 0; i < nb; i++) { /* padding rows repeat the last token */               \
+            size_t ti = t0 + (i < nq ? i : nq - 1);                                                \
+            qv[i] = a->q + ti * qd + (size_t)h * hd;                                               \
+            ov[i] = a->out + ti * qd + (size_t)h * hd;                                             \
+            nmax = a->ctx[ti] > nmax ? a->ctx[ti] : nmax;                                          \
+        }                                                                                          \
+        const uint32_t n4 = nmax / 4 * 4;                                                          \
+        if (nq == 1) {                                                                             \
+            ATTN_QK(1, 0, qv, scb, 1, 0, n4, vec, W, load, fmadd, zero, reduce);                   \
+            ATTN_QK(1, 1, qv, scb, 1, n4, nmax, vec, W, load, fmadd, zero, reduce);                \
+        } else {                                                                                   \
+            for (uint32_t k0 = 0; k0 < n4; k0 += ATTN_KC) {                                        \
+                uint32_t k1 = n4 - k0 < ATTN_KC ? n4 : k0 + ATTN_KC;                               \
+                for (uint32_t b = 0; b < nb; b += ATTN_SB)                                         \
+                    ATTN_QK(ATTN_SB, 0, qv + b, scb + b * stride, nq - b < 4 ? nq - b : 4, k0, k1, \
+                            vec, W, load, fmadd, zero, reduce);                                    \
+            }                                                                                      \
+            for (uint32_t b = 0; b < nb; b += ATTN_SB)                                             \
+                ATTN_QK(ATTN_SB, 1, qv + b, scb + b * stride, nq - b < 4 ? nq - b : 4, n4, nmax,   \
+                        vec, W, load, fmadd, zero, reduce);                                        \
+        }                                                                                          \
+        for (uint32_t i = 0; i < nq; i++) {                                                        \
+            const uint32_t n = a->ctx[t0 + i];                                                     \
+            float *sc = scb + i * stride;                                                          \
+            softmax(sc, n);                                                                        \
+            for (p = n; p < nmax; p++) sc[p] = 0.0f;                                               \
+        }                                                                                          \
+        for (uint32_t i = nq; i < nb; i++) /* rows of the repeated token */                        \
+            memset(scb + i * stride, 0, nmax * sizeof *scb);                                       \
+        uint32_t c0 = 0;                                                                           \
+        if (nq == 1) { /* 8 or 4 accumulators with fixed bounds stay in registers */               \
+            for (; c0 + 8 <= nv; c0 += 8)                                                          \
+                ATTN_PV(1, 8, scb, ov, 1, 0, nmax, vec, W, load, fmadd, set1, zero, store);        \
+            for (; c0 + 4 <= nv; c0 += 4)                                                          \
+                ATTN_PV(1, 4, scb, ov, 1, 0, nmax, vec, W, load, fmadd, set1, zero, store);        \
+            for (; c0 < nv; c0++)                                                                  \
+                ATTN_PV(1, 1, scb, ov, 1, 0, nmax, vec, W, load, fmadd, set1, zero, store);        \
+            return;                                                                                \
+        }                                                                                          \
+        for (uint32_t k0 = 0; k0 < nmax; k0 += ATTN_KC) {                                          \
+            uint32_t k1 = nmax - k0 < ATTN_KC ? nmax : k0 + ATTN_KC;                               \
+            for (c0 = 0; c0 + 4 <= nv; c0 += 4)                                                    \
+                for (uint32_t b = 0; b < nb; b += ATTN_SB)                                         \
+                    ATTN_PV(ATTN_SB, 4, scb + b * stride, ov + b, nq - b < 4 ? nq - b : 4, k0, k1, \
+                            vec, W, load, fmadd, set1, zero, store);                               \
+            for (; c0 < nv; c0++)                                                                  \
+                for (uint32_t b = 0; b < nb; b += ATTN_SB)                                         \
+                    ATTN_PV(ATTN_SB, 1, scb + b * stride, ov + b, nq - b < 4 ? nq - b : 4, k0, k1, \
+                            vec, W, load, fmadd, set1, zero, store);                               \
+        }                                                                                          \
     }
 ATTN_HEAD(avx512, AVX512, __m512, 16, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_set1_ps,
           _mm512_setzero_ps, _mm512_storeu_ps, _mm512_reduce_add_ps, softmax512)

@@ -27,7 +27,7 @@ __attribute__((target("avx2,fma"))) static inline float hsum(__m256 v) {
 }
 #endif
 
-#define ENG_ATTN_QB 4 /* tokens per attention block, see ATTN_HEAD in eng_cpu_ops.c */
+#define ENG_ATTN_QB 16 /* tokens per attention block (a multiple of 4), see ATTN_HEAD */
 
 /* Up to ENG_ATTN_QB consecutive tokens t0 .. t0 + nq - 1 of one sequence
  * (the same K/V rows) and query head h; @sc holds ENG_ATTN_QB * @stride
