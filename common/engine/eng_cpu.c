@@ -609,6 +609,7 @@ typedef struct {
     dot_fn dots[3];
     mm_fn mms[3];
     eng_head_fn head;
+    eng_heads_fn heads; /* or NULL: head one query head at a time */
     swiglu_fn swiglu;
     rms_fn rms;
     bool bf16_pairs; /* bf16 weights go through mm512_bf16_pairs */
@@ -969,14 +970,19 @@ static void attn_slice(const void *arg, int part, int parts) {
     const size_t stride = j->pool->sc_stride;
     const uint32_t g = a->n_heads / a->kv_heads;
     float *sc = j->pool->sc + (size_t)part * ENG_ATTN_QB * stride;
-    eng_head_fn head = a->head_dim % j->pool->head_w ? head_ref : j->pool->head;
+    const bool vec = a->head_dim % j->pool->head_w == 0;
+    eng_head_fn head = vec ? j->pool->head : head_ref;
+    eng_heads_fn heads = vec && g > 1 ? j->pool->heads : NULL;
     for (;;) {
         size_t i = atomic_fetch_add_explicit(j->next, 1, memory_order_relaxed);
         if (i >= j->nblk * a->kv_heads) return;
         size_t b = i / a->kv_heads, t0 = j->pool->blk[b];
-        uint32_t h0 = (uint32_t)(i % a->kv_heads) * g;
-        for (uint32_t h = h0; h < h0 + g; h++)
-            head(a, t0, (uint32_t)(j->pool->blk[b + 1] - t0), h, sc, stride);
+        uint32_t h0 = (uint32_t)(i % a->kv_heads) * g, nq = (uint32_t)(j->pool->blk[b + 1] - t0);
+        if (nq == 1 && heads) /* one token: its query heads as the rows of a block */
+            for (uint32_t h = h0; h < h0 + g; h += ENG_ATTN_QB)
+                heads(a, t0, h, h0 + g - h < ENG_ATTN_QB ? h0 + g - h : ENG_ATTN_QB, sc, stride);
+        else
+            for (uint32_t h = h0; h < h0 + g; h++) head(a, t0, nq, h, sc, stride);
     }
 }
 
@@ -1188,6 +1194,7 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
         p->mms[MDL_BF16] = mm_mm256_bf16;
         p->mms[MDL_F16] = mm_mm256_f16;
         p->head = eng_head_avx2;
+        p->heads = eng_heads_avx2;
         p->swiglu = eng_swiglu256;
         p->rms = eng_rmsnorm256;
         p->head_w = 8;
@@ -1199,6 +1206,7 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
         p->bf16_pairs = true;
         p->mms[MDL_F16] = mm_mm512_f16;
         p->head = eng_head_avx512;
+        p->heads = eng_heads_avx512;
         p->swiglu = eng_swiglu512;
         p->rms = eng_rmsnorm512;
         p->head_w = 16;

@@ -180,22 +180,12 @@ AVX2 static void softmax256(float *sc, uint32_t n) {
  * alone (nq 1) or in a block: the result of a (token, head) does not
  * depend on its neighbours. @scb holds ATTN_QB * @stride floats. */
 #define ATTN_HEAD(isa, attr, vec, W, load, fmadd, set1, zero, store, reduce, softmax)              \
-    attr void eng_head_##isa(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *scb,  \
-                             size_t stride) {                                                      \
-        const uint32_t hd = a->head_dim, nv = hd / (W);                                            \
-        const size_t qd = (size_t)a->n_heads * hd;                                                 \
-        const size_t kvo = (size_t)(h / (a->n_heads / a->kv_heads)) * hd;                          \
-        const float *const *K = a->k[t0], *const *V = a->v[t0];                                    \
-        const float *qv[ATTN_QB];                                                                  \
-        float *ov[ATTN_QB];                                                                        \
-        uint32_t nmax = 0, p;                                                                      \
-        const uint32_t nb = (nq + ATTN_SB - 1) / ATTN_SB * ATTN_SB; /* rows with padding */        \
-        for (uint32_t i = 0; i < nb; i++) { /* padding rows repeat the last token */               \
-            size_t ti = t0 + (i < nq ? i : nq - 1);                                                \
-            qv[i] = a->q + ti * qd + (size_t)h * hd;                                               \
-            ov[i] = a->out + ti * qd + (size_t)h * hd;                                             \
-            nmax = a->ctx[ti] > nmax ? a->ctx[ti] : nmax;                                          \
-        }                                                                                          \
+    attr static void attn_rows_##isa(                                                              \
+        const eng_attn_t *a, const float *const *K, const float *const *V, size_t kvo,             \
+        uint32_t nq, const float *const *qv, float *const *ov, const uint32_t *rctx,               \
+        uint32_t nmax, float *scb, size_t stride) {                                                \
+        const uint32_t nv = a->head_dim / (W), nb = (nq + ATTN_SB - 1) / ATTN_SB * ATTN_SB;        \
+        uint32_t p;                                                                                \
         const uint32_t n4 = nmax / 4 * 4;                                                          \
         if (nq == 1) {                                                                             \
             ATTN_QK(1, 0, qv, scb, 1, 0, n4, vec, W, load, fmadd, zero, reduce);                   \
@@ -212,7 +202,7 @@ AVX2 static void softmax256(float *sc, uint32_t n) {
                         vec, W, load, fmadd, zero, reduce);                                        \
         }                                                                                          \
         for (uint32_t i = 0; i < nq; i++) {                                                        \
-            const uint32_t n = a->ctx[t0 + i];                                                     \
+            const uint32_t n = rctx[i];                                                            \
             float *sc = scb + i * stride;                                                          \
             softmax(sc, n);                                                                        \
             for (p = n; p < nmax; p++) sc[p] = 0.0f;                                               \
@@ -240,7 +230,41 @@ AVX2 static void softmax256(float *sc, uint32_t n) {
                     ATTN_PV(ATTN_SB, 1, scb + b * stride, ov + b, nq - b < 4 ? nq - b : 4, k0, k1, \
                             vec, W, load, fmadd, set1, zero, store);                               \
         }                                                                                          \
+    }                                                                                              \
+    attr void eng_head_##isa(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *scb,  \
+                             size_t stride) {                                                      \
+        const uint32_t hd = a->head_dim;                                                           \
+        const size_t qd = (size_t)a->n_heads * hd;                                                 \
+        const float *qv[ATTN_QB];                                                                  \
+        float *ov[ATTN_QB];                                                                        \
+        uint32_t rctx[ATTN_QB], nmax = 0;                                                          \
+        for (uint32_t i = 0; i < ATTN_QB; i++) { /* padding rows repeat the last token */          \
+            size_t ti = t0 + (i < nq ? i : nq - 1);                                                \
+            qv[i] = a->q + ti * qd + (size_t)h * hd;                                               \
+            ov[i] = a->out + ti * qd + (size_t)h * hd;                                             \
+            rctx[i] = a->ctx[ti];                                                                  \
+            nmax = rctx[i] > nmax ? rctx[i] : nmax;                                                \
+        }                                                                                          \
+        attn_rows_##isa(a, a->k[t0], a->v[t0], (size_t)(h / (a->n_heads / a->kv_heads)) * hd, nq,  \
+                        qv, ov, rctx, nmax, scb, stride);                                          \
+    }                                                                                              \
+    attr void eng_heads_##isa(const eng_attn_t *a, size_t t, uint32_t h0, uint32_t ng, float *scb, \
+                              size_t stride) {                                                     \
+        const uint32_t hd = a->head_dim;                                                           \
+        const size_t qd = (size_t)a->n_heads * hd;                                                 \
+        const float *qv[ATTN_QB];                                                                  \
+        float *ov[ATTN_QB];                                                                        \
+        uint32_t rctx[ATTN_QB];                                                                    \
+        for (uint32_t i = 0; i < ATTN_QB; i++) { /* padding rows repeat the last head */           \
+            uint32_t hi = h0 + (i < ng ? i : ng - 1);                                              \
+            qv[i] = a->q + t * qd + (size_t)hi * hd;                                               \
+            ov[i] = a->out + t * qd + (size_t)hi * hd;                                             \
+            rctx[i] = a->ctx[t];                                                                   \
+        }                                                                                          \
+        attn_rows_##isa(a, a->k[t], a->v[t], (size_t)(h0 / (a->n_heads / a->kv_heads)) * hd, ng,   \
+                        qv, ov, rctx, a->ctx[t], scb, stride);                                     \
     }
+
 ATTN_HEAD(avx512, AVX512, __m512, 16, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_set1_ps,
           _mm512_setzero_ps, _mm512_storeu_ps, _mm512_reduce_add_ps, softmax512)
 ATTN_HEAD(avx2, AVX2, __m256, 8, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_set1_ps,

@@ -35,7 +35,17 @@ __attribute__((target("avx2,fma"))) static inline float hsum(__m256 v) {
 typedef void (*eng_head_fn)(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *sc,
                             size_t stride);
 
+/* Query heads h0 .. h0 + ng - 1 (ng <= ENG_ATTN_QB, one kv head) of token
+ * @t: the rows of one block, so each K/V row is read once for all of them
+ * (decode); the same bits as eng_head_fn one head at a time. */
+typedef void (*eng_heads_fn)(const eng_attn_t *a, size_t t, uint32_t h0, uint32_t ng, float *sc,
+                             size_t stride);
+
 #if defined(__x86_64__)
+void eng_heads_avx512(const eng_attn_t *a, size_t t, uint32_t h0, uint32_t ng, float *sc,
+                      size_t stride);
+void eng_heads_avx2(const eng_attn_t *a, size_t t, uint32_t h0, uint32_t ng, float *sc,
+                    size_t stride);
 void eng_head_avx512(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *sc,
                      size_t stride);
 void eng_head_avx2(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *sc,
