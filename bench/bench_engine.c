@@ -157,15 +157,18 @@ static void *read_thread(void *p) {
     return NULL;
 }
 
-/* Read-only bandwidth with @threads threads streaming 512 MiB (what a
+/* Both probes stream memory of the kind the weights are packed into
+ * (cm_huge_map: huge pages where the kernel gives them).
+ *
+ * Read-only bandwidth with @threads threads streaming 512 MiB (what a
  * decode step does with the weights; memcpy's non-temporal stores let a
  * copy count more bytes per second than a pure read stream on some
  * hosts): the faster of one stream per thread and read64pf's four. */
 static double read_gbps(int threads) {
     size_t total = 512u << 20, per = total / (size_t)threads / 512 * 512;
-    char *src = cm_aligned_alloc(4096, total), *dst = cm_aligned_alloc(64, 256 * 64);
+    char *src = cm_huge_map(total), *dst = cm_aligned_alloc(64, 256 * 64);
     if (!src || !dst) {
-        cm_aligned_free(src);
+        cm_huge_unmap(src, total);
         cm_aligned_free(dst);
         return 0;
     }
@@ -184,7 +187,7 @@ static double read_gbps(int threads) {
                g = (double)per * (double)threads * 4 / dt / 1e9;
         if (g > best) best = g;
     }
-    cm_aligned_free(src);
+    cm_huge_unmap(src, total);
     cm_aligned_free(dst);
     return best;
 }
@@ -192,8 +195,12 @@ static double read_gbps(int threads) {
 /* Copy bandwidth with @threads threads over 512 MiB (read + write bytes). */
 static double copy_gbps(int threads) {
     size_t total = 512u << 20, per = total / (size_t)threads;
-    char *src = cm_aligned_alloc(4096, total), *dst = cm_aligned_alloc(4096, total);
-    if (!src || !dst) return 0;
+    char *src = cm_huge_map(total), *dst = cm_huge_map(total);
+    if (!src || !dst) {
+        cm_huge_unmap(src, total);
+        cm_huge_unmap(dst, total);
+        return 0;
+    }
     memset(src, 1, total);
     memset(dst, 2, total);
     pthread_t th[64];
@@ -205,8 +212,8 @@ static double copy_gbps(int threads) {
     }
     for (int i = 0; i < threads; i++) pthread_join(th[i], NULL);
     double dt = (double)(cm_time_mono_ns() - t0) * 1e-9;
-    cm_aligned_free(src);
-    cm_aligned_free(dst);
+    cm_huge_unmap(src, total);
+    cm_huge_unmap(dst, total);
     return 2.0 * (double)total * 4 / dt / 1e9; /* bytes read + written */
 }
 
@@ -246,7 +253,6 @@ static double matmul_gflops(eng_backend_kind_t kind, mdl_dtype_t dt) {
     gflops = 2.0 * (double)rows * (double)in * (double)out * reps / s / 1e9;
 out:
     be.iface->free(be.ctx);
-    cm_aligned_free(t.packed);
     cm_free(x);
     cm_free(y);
     cm_free(w);

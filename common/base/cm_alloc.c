@@ -1,6 +1,9 @@
-/* cm_alloc.c - overflow-checked allocation helpers and a capped bump arena. */
+/* cm_alloc.c - overflow-checked allocation helpers, a capped bump arena and
+ * huge-page mappings. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "cm_base.h"
 
@@ -124,4 +127,84 @@ void cm_arena_free(cm_arena_t *a) {
         c = next;
     }
     free(a);
+}
+
+/* ------------------------------------------------------------------------ */
+
+enum { CM_HUGE = 1 << 21 };
+
+static bool huge_round(size_t n, size_t *out) {
+    if (!cm_add_ok(n ? n : 1, CM_HUGE - 1, out)) return false;
+    *out &= ~(size_t)(CM_HUGE - 1);
+    return true;
+}
+
+void *cm_huge_map(size_t n) {
+    size_t len, span;
+    if (!huge_round(n, &len) || !cm_add_ok(len, CM_HUGE, &span)) return NULL;
+    unsigned char *m = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return NULL;
+    unsigned char *a = (unsigned char *)(((uintptr_t)m + CM_HUGE - 1) & ~(uintptr_t)(CM_HUGE - 1));
+    if (a > m) munmap(m, (size_t)(a - m));
+    if (m + span > a + len) munmap(a + len, (size_t)(m + span - (a + len)));
+#ifdef MADV_HUGEPAGE
+    (void)madvise(a, len, MADV_HUGEPAGE); /* advice only */
+#endif
+    return a;
+}
+
+void cm_huge_unmap(void *p, size_t n) {
+    size_t len;
+    if (p && huge_round(n, &len)) munmap(p, len);
+}
+
+typedef struct cm_hpool_chunk {
+    struct cm_hpool_chunk *next;
+    unsigned char *mem;
+    size_t size, used;
+} cm_hpool_chunk_t;
+
+struct cm_hpool {
+    size_t chunk, used;
+    cm_hpool_chunk_t *head;
+};
+
+cm_hpool_t *cm_hpool_new(size_t chunk) {
+    cm_hpool_t *h = calloc(1, sizeof *h);
+    if (h) h->chunk = chunk;
+    return h;
+}
+
+void *cm_hpool_alloc(cm_hpool_t *h, size_t align, size_t n) {
+    if (!h || !align || align > 4096 || (align & (align - 1))) return NULL;
+    n = n ? n : 1;
+    cm_hpool_chunk_t *c = h->head;
+    size_t at = c ? (c->used + align - 1) & ~(align - 1) : 0;
+    if (!c || at > c->size || c->size - at < n) {
+        size_t want = n > h->chunk ? n : h->chunk;
+        if (!huge_round(want, &want) || !(c = calloc(1, sizeof *c))) return NULL;
+        if (!(c->mem = cm_huge_map(want))) {
+            free(c);
+            return NULL;
+        }
+        c->size = want;
+        c->next = h->head;
+        h->head = c;
+        at = 0;
+    }
+    c->used = at + n;
+    h->used += n;
+    return c->mem + at;
+}
+
+size_t cm_hpool_used(const cm_hpool_t *h) { return h ? h->used : 0; }
+
+void cm_hpool_free(cm_hpool_t *h) {
+    if (!h) return;
+    for (cm_hpool_chunk_t *c = h->head, *next; c; c = next) {
+        next = c->next;
+        cm_huge_unmap(c->mem, c->size);
+        free(c);
+    }
+    free(h);
 }

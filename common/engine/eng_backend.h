@@ -61,9 +61,9 @@ typedef struct {
     /* Attention as described at eng_attn_t. */
     cm_status_t (*attention)(void *ctx, const eng_attn_t *a);
     /* Optional (NULL: none). Copies a weight matrix's values into this
-     * backend's faster layout: sets w->packed (cm_aligned_alloc'ed; the
-     * caller frees it with cm_aligned_free) or leaves it NULL when the
-     * backend has none for this tensor. matmul then reads w->packed; a
+     * backend's faster layout: sets w->packed (the backend's memory, valid
+     * until the backend is freed; huge pages on the cpu backend) or leaves
+     * it NULL when the backend has none for this tensor. matmul then reads w->packed; a
      * tensor gives the same results packed or not up to summation order
      * (and the cpu backend's bf16 input rounding, TANDEM_CPU_PRECISION),
      * and each row the same alone or in any batch. */

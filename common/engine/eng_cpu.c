@@ -622,6 +622,7 @@ typedef struct {
     size_t sc_stride;
     size_t *blk; /* token blocks of the attention in progress, blk_cap entries */
     size_t blk_cap;
+    cm_hpool_t *weights; /* pack's panels: huge pages, freed with the backend */
     const char *isa;
 } cpu_t;
 
@@ -1098,7 +1099,8 @@ static cm_status_t cpu_pack(void *ctx, mdl_tensor_t *w) {
            : !cm_mul_ok(pk_panels(w->shape[0]), w->shape[1], &n) || !cm_mul_ok(n, PK_W, &n) ||
                  !cm_mul_ok(n, sizeof(uint16_t), &bytes))
         return CM_ERR_NO_MEMORY;
-    uint16_t *P = cm_aligned_alloc(64, bytes);
+    if (!p->weights && !(p->weights = cm_hpool_new((size_t)64 << 20))) return CM_ERR_NO_MEMORY;
+    uint16_t *P = cm_hpool_alloc(p->weights, 64, bytes);
     if (!P) return CM_ERR_NO_MEMORY;
     pack_job_t j = {w, P};
     part_fn fill = dp ? dp_pack_slice : pack_slice;
@@ -1137,6 +1139,7 @@ static void cpu_free(void *ctx) {
     cm_free(p->sc);
     cm_free(p->blk);
     cm_aligned_free(p->xp);
+    cm_hpool_free(p->weights);
     cm_free(p);
 }
 

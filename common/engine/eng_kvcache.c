@@ -3,7 +3,6 @@
  * cached blocks, hash index, sequences and reservations. See eng_kvcache.h.
  */
 #include <string.h>
-#include <sys/mman.h>
 
 #include "eng_kvcache.h"
 
@@ -125,25 +124,6 @@ uint64_t eng_kv_fingerprint(const eng_kv_fp_params_t *p) {
 /* Init / free                                                              */
 /* ------------------------------------------------------------------------ */
 
-/* @n bytes of anonymous memory at a 2 MiB boundary (the slack around it
- * unmapped), huge pages advised, touched now when @prefault; NULL when
- * the mapping fails. munmap(p, n) frees it. */
-static void *kv_map_pool(size_t n, bool prefault) {
-    const size_t huge = (size_t)1 << 21;
-    if (n > SIZE_MAX - huge) return NULL;
-    unsigned char *m =
-        mmap(NULL, n + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED) return NULL;
-    unsigned char *a = (unsigned char *)(((uintptr_t)m + huge - 1) & ~(uintptr_t)(huge - 1));
-    if (a > m) munmap(m, (size_t)(a - m));
-    if (m + n + huge > a + n) munmap(a + n, (size_t)(m + n + huge - (a + n)));
-#ifdef MADV_HUGEPAGE
-    (void)madvise(a, n, MADV_HUGEPAGE); /* advice only: 4 KiB pages still work */
-#endif
-    if (prefault) memset(a, 0, n);
-    return a;
-}
-
 cm_status_t eng_kv_init(const eng_kv_config_t *cfg, eng_kv_t **out) {
     cm_status_t st;
     if (!cfg || !out) return CM_ERR_INVALID_ARG;
@@ -192,12 +172,13 @@ cm_status_t eng_kv_init(const eng_kv_config_t *cfg, eng_kv_t **out) {
          * apart row per position and kv head ([block_size][kv_heads]
          * [head_dim] per block), a TLB miss per row on 4 KiB pages. */
         if (pool >= (1u << 21)) {
-            void *m = kv_map_pool(pool, cfg->prefault);
+            void *m = cm_huge_map(pool);
             if (!m) {
                 cm_log_error(KV_SUB, "cannot map a KV pool of %zu bytes", pool);
                 st = CM_ERR_NO_MEMORY;
                 goto fail;
             }
+            if (cfg->prefault) memset(m, 0, pool);
             kv->mem = m;
             kv->mem_mmap = true;
         } else {
@@ -241,7 +222,7 @@ void eng_kv_free(eng_kv_t *kv) {
     }
     if (kv->mem_owned) {
         if (kv->mem_mmap)
-            munmap(kv->mem, kv->pool_bytes);
+            cm_huge_unmap(kv->mem, kv->pool_bytes);
         else
             cm_aligned_free(kv->mem);
     }

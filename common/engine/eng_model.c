@@ -208,8 +208,7 @@ static cm_status_t pack_one(eng_model_t *m, mdl_tensor_t *t) {
 }
 
 static cm_status_t unpack_one(eng_model_t *m, mdl_tensor_t *t) {
-    (void)m;
-    cm_aligned_free(t->packed);
+    (void)m; /* the memory goes with the backend */
     t->packed = NULL;
     return CM_OK;
 }

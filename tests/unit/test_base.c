@@ -170,6 +170,50 @@ TT_TEST(alloc, arena_enforces_cap) {
     cm_arena_free(a);
 }
 
+/* cm_huge_map: 2 MiB aligned, zero-filled, writable to the last byte;
+ * cm_hpool hands out aligned, disjoint ranges from chunks, a request
+ * larger than a chunk included, and refuses bad alignments and sizes. */
+TT_TEST(alloc, huge_map_and_hpool) {
+    size_t n = (3u << 20) + 5;
+    unsigned char *m = cm_huge_map(n);
+    TT_ASSERT(m);
+    TT_ASSERT_EQ_INT((uintptr_t)m % (2u << 20), 0);
+    TT_ASSERT(m[0] == 0 && m[n - 1] == 0);
+    memset(m, 0xab, n);
+    TT_ASSERT(m[n - 1] == 0xab);
+    cm_huge_unmap(m, n);
+    TT_ASSERT(cm_huge_map(SIZE_MAX - 100) == NULL);
+
+    cm_hpool_t *h = cm_hpool_new(1u << 20);
+    TT_ASSERT(h);
+    enum { N = 40 };
+    static const size_t k_align[] = {1, 8, 64, 4096};
+    unsigned char *p[N];
+    size_t sz[N], want = 0;
+    for (int i = 0; i < N; i++) {
+        /* Mostly small, every 13th larger than a chunk. */
+        sz[i] = i % 13 == 12 ? (3u << 20) + (size_t)i : (size_t)(i * 7919) % 200000 + 1;
+        size_t al = k_align[i % 4];
+        p[i] = cm_hpool_alloc(h, al, sz[i]);
+        TT_ASSERT_MSG(p[i], "allocation %d of %zu bytes", i, sz[i]);
+        TT_ASSERT_EQ_INT((uintptr_t)p[i] % al, 0);
+        TT_ASSERT(p[i][0] == 0 && p[i][sz[i] - 1] == 0);
+        memset(p[i], i + 1, sz[i]);
+        want += sz[i];
+    }
+    TT_ASSERT_EQ_INT(cm_hpool_used(h), want);
+    /* Disjoint: every range still holds its own byte. */
+    for (int i = 0; i < N; i++)
+        TT_ASSERT_MSG(p[i][0] == i + 1 && p[i][sz[i] / 2] == i + 1 && p[i][sz[i] - 1] == i + 1,
+                      "allocation %d overwritten", i);
+    TT_ASSERT(cm_hpool_alloc(h, 3, 10) == NULL);
+    TT_ASSERT(cm_hpool_alloc(h, 8192, 10) == NULL);
+    TT_ASSERT(cm_hpool_alloc(h, 64, SIZE_MAX - 100) == NULL);
+    TT_ASSERT_EQ_INT(cm_hpool_used(h), want);
+    cm_hpool_free(h);
+    cm_hpool_free(NULL);
+}
+
 TT_TEST(time, monotonic_and_deadlines) {
     uint64_t t0 = cm_time_mono_ns();
     cm_deadline_t d = cm_deadline_in_ms(30);

@@ -346,7 +346,6 @@ TT_TEST(engine, cpu_matmul_matches_ref_on_every_isa) {
                                               k_isas[ii], pk ? " packed" : "", r, nr, in, out);
                             }
                         }
-                        cm_aligned_free(w.packed);
                         free(x), free(wf), free(bias), free(y0), free(y1), free(y2), free(wd);
                     }
         cpu.iface->free(cpu.ctx);

@@ -217,7 +217,6 @@ static void check_bf16_matmul(bool amx) {
                     TT_ASSERT_MSG(memcmp(y1, y + r * out, out * 4) == 0,
                                   "row %zu of %zu differs alone (in %zu out %zu)", r, nr, in, out);
                 }
-                cm_aligned_free(w.packed);
                 /* Marked exact: f32 inputs, the ref backend's result up to
                  * summation order. */
                 w.packed = NULL;
@@ -229,7 +228,6 @@ static void check_bf16_matmul(bool amx) {
                     TT_ASSERT_MSG(fabs(y[i] - y0[i]) <= 1e-5 * sqrt((double)in),
                                   "exact in %zu out %zu: [%zu] %g vs %g", in, out, i, (double)y[i],
                                   (double)y0[i]);
-                cm_aligned_free(w.packed);
                 free(wd), free(x), free(bias), free(y), free(y1), free(y0), free(xb);
             }
     cpu.iface->free(cpu.ctx);
@@ -325,7 +323,6 @@ TT_TEST(engine_dp, cpu_matmul_n_equals_separate_matmuls) {
                                         "%s in %zu rows %zu matrix %d [%zu]: %g vs ref %g",
                                         isas[ii], in, nr, i, e, (double)y[i][e], (double)z[i][e]);
                             }
-                            cm_aligned_free(w[i].packed);
                             free(wd[i]), free(y[i]), free(z[i]);
                         }
                         free(f32w), free(bias), free(x);
