@@ -289,9 +289,10 @@ int bench_engine_main(int argc, char **argv) {
     double peak = dev ? eng_cuda_gemm_tflops(8192) * 1e3 : matmul_gflops(kind, wdt);
     size_t wbytes = eng_model_weight_bytes(m);
     const char *prec = eng_model_cpu_precision(m);
-    printf("model %s (%s, %u layers, hidden %u, %u experts), backend %s%s%s, %d threads\n", g_model,
-           c->arch_name, c->n_layers, c->hidden, c->n_experts, g_backend,
-           prec ? ", matmul inputs " : "", prec ? prec : "", threads);
+    printf("model %s (%s, %u layers, hidden %u, %u experts), backend %s%s%s, KV cache %s, %d "
+           "threads\n",
+           g_model, c->arch_name, c->n_layers, c->hidden, c->n_experts, g_backend,
+           prec ? ", matmul inputs " : "", prec ? prec : "", eng_model_kv_dtype(m), threads);
     printf("weights read per decode step (dense path, top-k experts): %.1f MB\n",
            (double)wbytes / 1e6);
     if (dev)

@@ -94,7 +94,7 @@ cm_status_t dw_runner_new(const dw_runner_config_t *cfg, dw_emit_fn emit, void *
         kc.mem_mode = ENG_KV_MEM_EXTERNAL;
         kc.mem_is_host = false;
     } else if (cfg->kv_alloc) {
-        kc.mem = cfg->kv_alloc(cfg->kv_alloc_ud, &kc.geom);
+        kc.mem = cfg->kv_alloc(cfg->kv_alloc_ud, &kc.geom, r->fingerprint);
         if (!kc.mem) {
             snprintf(err, errlen, "could not provide KV pool memory (%llu blocks)",
                      (unsigned long long)nb);

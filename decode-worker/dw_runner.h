@@ -24,9 +24,10 @@ typedef struct {
     uint32_t max_context;      /* 0 = min(config max positions, pool) */
     bool layer_events;         /* dw_sched_config_t.layer_events */
     /* Optional: provides the KV pool memory for geometry @g (e.g. memory
-     * UCX allocated for receiving KV); NULL result = failure. Without it
+     * UCX allocated for receiving KV; @fingerprint is its layout
+     * fingerprint); NULL result = failure. Without it
      * the KV manager allocates the pool. */
-    void *(*kv_alloc)(void *ud, const eng_kv_geom_t *g);
+    void *(*kv_alloc)(void *ud, const eng_kv_geom_t *g, uint64_t fingerprint);
     void *kv_alloc_ud;
 } dw_runner_config_t;
 

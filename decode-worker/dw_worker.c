@@ -1163,8 +1163,9 @@ static void on_kvx_timer(uv_timer_t *t) {
 }
 
 /* Decode: the KV pool lives in memory UCX allocated (fastest put target). */
-static void *kv_alloc_ucx(void *ud, const eng_kv_geom_t *g) {
+static void *kv_alloc_ucx(void *ud, const eng_kv_geom_t *g, uint64_t fingerprint) {
     wk_t *w = ud;
+    w->fingerprint = fingerprint;
     uint64_t inc = 0;
     if (getrandom(&inc, sizeof inc, 0) != (ssize_t)sizeof inc) inc = cm_time_wall_ns();
     if (kvx_pool_register(w->kvx, g, NULL, w->fingerprint, inc | 1, &w->pool) != CM_OK) return NULL;
@@ -1215,26 +1216,17 @@ static int run_worker(wk_role_t role, int argc, char **argv) {
         fprintf(stderr, "%s: UCX could not start\n", progs[role]);
         return CM_EXIT_FAILURE;
     }
-    if (role == WK_DECODE) {
-        /* The fingerprint must be known before the pool is registered:
-         * load the model first through a probe of its geometry. */
+    if (role == WK_DECODE) { /* the pool in UCX-registered memory */
         rc.kv_alloc = kv_alloc_ucx;
         rc.kv_alloc_ud = w;
-    }
-    /* The layout fingerprint depends only on the model and block size. */
-    {
-        eng_model_t *m;
-        if (eng_model_load(g_model, ENG_BACKEND_REF, &m, err, sizeof err) != CM_OK) {
-            fprintf(stderr, "%s: %s\n", progs[role], err);
-            return CM_EXIT_FAILURE;
-        }
-        w->fingerprint = eng_model_kv_fingerprint(m, g_name, (uint32_t)g_block_size);
-        eng_model_free(m);
     }
     if (dw_runner_new(&rc, on_sched_event, w, &w->runner, err, sizeof err) != CM_OK) {
         fprintf(stderr, "%s: %s\n", progs[role], err);
         return CM_EXIT_FAILURE;
     }
+    /* The layout fingerprint: model, block size and the KV dtype the
+     * engine chose (TANDEM_KV_DTYPE). */
+    w->fingerprint = dw_runner_fingerprint(w->runner);
     if (role == WK_PREFILL && kvx_pool_register(w->kvx, eng_kv_geom(dw_runner_kv(w->runner)),
                                                 eng_kv_pool_base(dw_runner_kv(w->runner)),
                                                 w->fingerprint, 1, &w->pool) != CM_OK) {
@@ -1296,9 +1288,10 @@ static int run_worker(wk_role_t role, int argc, char **argv) {
         fprintf(stderr, "tandem worker: cannot start the compute thread\n");
         return CM_EXIT_FAILURE;
     }
-    cm_log_info("worker", "%s: %s serving '%s' (%s backend, %u KV blocks of %u tokens, context %u)",
+    cm_log_info("worker",
+                "%s: %s serving '%s' (%s backend, %u KV blocks of %u tokens in %s, context %u)",
                 progs[role], g_worker_id, g_name, g_backend, g->n_blocks, g->block_size,
-                dw_runner_max_context(w->runner));
+                eng_model_kv_dtype(dw_runner_model(w->runner)), dw_runner_max_context(w->runner));
     uv_run(w->loop, UV_RUN_DEFAULT);
     pthread_join(w->thread, NULL);
     kvx_ctx_free(w->kvx); /* after the compute thread: no more block reads */

@@ -57,8 +57,11 @@ const char *eng_model_device_name(const eng_model_t *m);
 void *eng_model_kv_alloc(eng_model_t *m, size_t bytes);
 void eng_model_kv_release(eng_model_t *m, void *mem);
 
+/* The KV cache's element type, "f32" or "bf16" (TANDEM_KV_DTYPE; "auto"
+ * gives bf16 with TANDEM_CPU_PRECISION=bf16 on the cpu backend). */
+const char *eng_model_kv_dtype(const eng_model_t *m);
 /* KV geometry of this model for a pool of @n_blocks blocks of @block_size
- * tokens (all layers, all KV heads, f32). */
+ * tokens (all layers, all KV heads, eng_model_kv_dtype elements). */
 eng_kv_geom_t eng_model_kv_geom(const eng_model_t *m, uint32_t n_blocks, uint32_t block_size);
 /* Layout fingerprint of that pool (model name, dtype, block size, heads,
  * head_dim, TP 1): peers with different fingerprints refuse each other. */

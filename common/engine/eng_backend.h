@@ -12,10 +12,17 @@
 extern "C" {
 #endif
 
-/* Causal attention of T query tokens over a paged KV cache (f32 rows).
- * Token t attends to its first ctx[t] positions; k[t][p] / v[t][p] point
- * at position p's key / value row (kv_heads * head_dim floats). q and out
- * are [T][n_heads * head_dim]; query head h reads kv head
+/* A K or V row of the paged cache: f32 or bf16 (eng_attn_t.kv_bf16). */
+typedef union {
+    const float *f;
+    const uint16_t *h;
+} eng_kv_row_t;
+
+/* Causal attention of T query tokens over a paged KV cache. Token t
+ * attends to its first ctx[t] positions; k[t][p] / v[t][p] point at
+ * position p's key / value row (kv_heads * head_dim values: .f floats, or
+ * .h bf16 values widened exactly when kv_bf16). q and out are
+ * [T][n_heads * head_dim] floats; query head h reads kv head
  * h / (n_heads / kv_heads). Rows for one (token, head) never depend on the
  * other tokens in the batch. */
 typedef struct {
@@ -25,8 +32,9 @@ typedef struct {
     const float *q;
     float *out;
     const uint32_t *ctx;
-    const float *const *const *k;
-    const float *const *const *v;
+    const eng_kv_row_t *const *k;
+    const eng_kv_row_t *const *v;
+    bool kv_bf16;
 } eng_attn_t;
 
 /* One matmul of several over the same x (eng_backend_i.matmul_n). */

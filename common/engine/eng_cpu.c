@@ -608,8 +608,8 @@ typedef struct {
     const void *arg;
     dot_fn dots[3];
     mm_fn mms[3];
-    eng_head_fn head;
-    eng_heads_fn heads; /* or NULL: head one query head at a time */
+    eng_head_fn head[2];   /* [kv_bf16] */
+    eng_heads_fn heads[2]; /* or NULL: head one query head at a time */
     swiglu_fn swiglu;
     rms_fn rms;
     bool bf16_pairs; /* bf16 weights go through mm512_bf16_pairs */
@@ -972,8 +972,8 @@ static void attn_slice(const void *arg, int part, int parts) {
     const uint32_t g = a->n_heads / a->kv_heads;
     float *sc = j->pool->sc + (size_t)part * ENG_ATTN_QB * stride;
     const bool vec = a->head_dim % j->pool->head_w == 0;
-    eng_head_fn head = vec ? j->pool->head : head_ref;
-    eng_heads_fn heads = vec && g > 1 ? j->pool->heads : NULL;
+    eng_head_fn head = vec ? j->pool->head[a->kv_bf16] : head_ref;
+    eng_heads_fn heads = vec && g > 1 ? j->pool->heads[a->kv_bf16] : NULL;
     for (;;) {
         size_t i = atomic_fetch_add_explicit(j->next, 1, memory_order_relaxed);
         if (i >= j->nblk * a->kv_heads) return;
@@ -1182,7 +1182,7 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
     p->dots[MDL_F32] = dot_f32_scalar;
     p->dots[MDL_BF16] = dot_bf16_scalar;
     p->dots[MDL_F16] = dot_f16_scalar;
-    p->head = head_ref;
+    p->head[0] = p->head[1] = head_ref;
     p->swiglu = swiglu_scalar;
     p->rms = rmsnorm_scalar;
     p->head_w = 1;
@@ -1196,8 +1196,10 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
         p->mms[MDL_F32] = mm_mm256_f32;
         p->mms[MDL_BF16] = mm_mm256_bf16;
         p->mms[MDL_F16] = mm_mm256_f16;
-        p->head = eng_head_avx2;
-        p->heads = eng_heads_avx2;
+        p->head[0] = eng_head_avx2;
+        p->head[1] = eng_head_avx2_bf16;
+        p->heads[0] = eng_heads_avx2;
+        p->heads[1] = eng_heads_avx2_bf16;
         p->swiglu = eng_swiglu256;
         p->rms = eng_rmsnorm256;
         p->head_w = 8;
@@ -1208,8 +1210,10 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
         p->mms[MDL_BF16] = NULL; /* mm512_bf16_pairs, see cpu_matmul */
         p->bf16_pairs = true;
         p->mms[MDL_F16] = mm_mm512_f16;
-        p->head = eng_head_avx512;
-        p->heads = eng_heads_avx512;
+        p->head[0] = eng_head_avx512;
+        p->head[1] = eng_head_avx512_bf16;
+        p->heads[0] = eng_heads_avx512;
+        p->heads[1] = eng_heads_avx512_bf16;
         p->swiglu = eng_swiglu512;
         p->rms = eng_rmsnorm512;
         p->head_w = 16;

@@ -110,34 +110,34 @@ AVX2 static void softmax256(float *sc, uint32_t n) {
 /* Scores of QN queries qv[0..QN) against keys [k0, k1) in groups of 4
  * (k1 - k0 a multiple of 4) into sb rows 0..nr, or one key at a time when
  * ONE: QN x 4 independent FMA chains, each summed in one fixed order. */
-#define ATTN_QK(QN, ONE, qv, sb, nr, k0, k1, vec, W, load, fmadd, zero, reduce)                    \
-    do {                                                                                           \
-        for (p = (k0); p + (ONE ? 1 : 4) <= (k1); p += (ONE ? 1 : 4)) {                            \
-            const uint32_t nk_ = ONE ? 1 : 4;                                                      \
-            const float *kr[4], *kf[4]; /* rows ATTN_PF ahead (clamped): paged rows 4 KiB apart */ \
-            _Pragma("GCC unroll 4") for (uint32_t j = 0; j < nk_; j++) {                           \
-                kr[j] = K[p + j] + kvo;                                                            \
-                kf[j] = K[p + ATTN_PF + j < nmax ? p + ATTN_PF + j : nmax - 1] + kvo;              \
-            }                                                                                      \
-            vec acc[QN][4];                                                                        \
-            _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++)                                 \
-                _Pragma("GCC unroll 4") for (uint32_t j = 0; j < nk_; j++) acc[i][j] = zero();     \
-            for (uint32_t c = 0; c < nv; c++) {                                                    \
-                vec kc[4];                                                                         \
-                _Pragma("GCC unroll 4") for (uint32_t j = 0; j < nk_; j++) {                       \
-                    kc[j] = load(kr[j] + c * (W));                                                 \
-                    _mm_prefetch((const char *)(kf[j] + c * (W)), ATTN_HINT);                      \
-                }                                                                                  \
-                _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++) {                           \
-                    vec qc = load((qv)[i] + c * (W));                                              \
-                    _Pragma("GCC unroll 4") for (uint32_t j = 0; j < nk_; j++) acc[i][j] =         \
-                        fmadd(qc, kc[j], acc[i][j]);                                               \
-                }                                                                                  \
-            }                                                                                      \
-            for (uint32_t i = 0; i < (nr); i++)                                                    \
-                for (uint32_t j = 0; j < nk_; j++)                                                 \
-                    (sb)[i * stride + p + j] = reduce(acc[i][j]) * a->scale;                       \
-        }                                                                                          \
+#define ATTN_QK(QN, ONE, qv, sb, nr, k0, k1, vec, W, load, KT, KF, kload, fmadd, zero, reduce)  \
+    do {                                                                                        \
+        for (p = (k0); p + (ONE ? 1 : 4) <= (k1); p += (ONE ? 1 : 4)) {                         \
+            const uint32_t nk_ = ONE ? 1 : 4;                                                   \
+            const KT *kr[4], *kf[4]; /* rows ATTN_PF ahead (clamped): paged rows 4 KiB apart */ \
+            _Pragma("GCC unroll 4") for (uint32_t j = 0; j < nk_; j++) {                        \
+                kr[j] = K[p + j].KF + kvo;                                                      \
+                kf[j] = K[p + ATTN_PF + j < nmax ? p + ATTN_PF + j : nmax - 1].KF + kvo;        \
+            }                                                                                   \
+            vec acc[QN][4];                                                                     \
+            _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++)                              \
+                _Pragma("GCC unroll 4") for (uint32_t j = 0; j < nk_; j++) acc[i][j] = zero();  \
+            for (uint32_t c = 0; c < nv; c++) {                                                 \
+                vec kc[4];                                                                      \
+                _Pragma("GCC unroll 4") for (uint32_t j = 0; j < nk_; j++) {                    \
+                    kc[j] = kload(kr[j] + c * (W));                                             \
+                    _mm_prefetch((const char *)(kf[j] + c * (W)), ATTN_HINT);                   \
+                }                                                                               \
+                _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++) {                        \
+                    vec qc = load((qv)[i] + c * (W));                                           \
+                    _Pragma("GCC unroll 4") for (uint32_t j = 0; j < nk_; j++) acc[i][j] =      \
+                        fmadd(qc, kc[j], acc[i][j]);                                            \
+                }                                                                               \
+            }                                                                                   \
+            for (uint32_t i = 0; i < (nr); i++)                                                 \
+                for (uint32_t j = 0; j < nk_; j++)                                              \
+                    (sb)[i * stride + p + j] = reduce(acc[i][j]) * a->scale;                    \
+        }                                                                                       \
     } while (0)
 
 /* Outputs of QN queries, columns [c0, c0 + G) at a time, over keys [k0,
@@ -146,30 +146,30 @@ AVX2 static void softmax256(float *sc, uint32_t n) {
  * a sum has the same bits however the keys are chunked); weights past a
  * query's context are 0, which leaves its sums unchanged. Rows nr.. are
  * padding: not loaded or stored. */
-#define ATTN_PV(QN, G, sb, ovb, nr, k0, k1, vec, W, load, fmadd, set1, zero, store)            \
-    do {                                                                                       \
-        vec o_[QN][G];                                                                         \
-        _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++)                                 \
-            _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) o_[i][c] =                   \
-                (k0) && (uint32_t)i < (nr) ? load((ovb)[i] + (size_t)(c0 + (uint32_t)c) * (W)) \
-                                           : zero();                                           \
-        for (p = (k0); p < (k1); p++) {                                                        \
-            const float *vv = V[p] + kvo + (size_t)c0 * (W);                                   \
-            const float *vf = V[p + ATTN_PF < nmax ? p + ATTN_PF : nmax - 1] + kvo + c0 * (W); \
-            vec vc[G];                                                                         \
-            _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) {                            \
-                vc[c] = load(vv + c * (W));                                                    \
-                _mm_prefetch((const char *)(vf + c * (W)), ATTN_HINT);                         \
-            }                                                                                  \
-            _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++) {                           \
-                vec w_ = set1((sb)[(size_t)i * stride + p]);                                   \
-                _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) o_[i][c] =               \
-                    fmadd(w_, vc[c], o_[i][c]);                                                \
-            }                                                                                  \
-        }                                                                                      \
-        for (uint32_t i = 0; i < (nr); i++)                                                    \
-            _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++)                              \
-                store((ovb)[i] + (size_t)(c0 + (uint32_t)c) * (W), o_[i][c]);                  \
+#define ATTN_PV(QN, G, sb, ovb, nr, k0, k1, vec, W, load, KT, KF, kload, fmadd, set1, zero, store) \
+    do {                                                                                           \
+        vec o_[QN][G];                                                                             \
+        _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++)                                     \
+            _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) o_[i][c] =                       \
+                (k0) && (uint32_t)i < (nr) ? load((ovb)[i] + (size_t)(c0 + (uint32_t)c) * (W))     \
+                                           : zero();                                               \
+        for (p = (k0); p < (k1); p++) {                                                            \
+            const KT *vv = V[p].KF + kvo + (size_t)c0 * (W);                                       \
+            const KT *vf = V[p + ATTN_PF < nmax ? p + ATTN_PF : nmax - 1].KF + kvo + c0 * (W);     \
+            vec vc[G];                                                                             \
+            _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) {                                \
+                vc[c] = kload(vv + c * (W));                                                       \
+                _mm_prefetch((const char *)(vf + c * (W)), ATTN_HINT);                             \
+            }                                                                                      \
+            _Pragma("GCC unroll 4") for (int i = 0; i < (QN); i++) {                               \
+                vec w_ = set1((sb)[(size_t)i * stride + p]);                                       \
+                _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++) o_[i][c] =                   \
+                    fmadd(w_, vc[c], o_[i][c]);                                                    \
+            }                                                                                      \
+        }                                                                                          \
+        for (uint32_t i = 0; i < (nr); i++)                                                        \
+            _Pragma("GCC unroll 8") for (int c = 0; c < (G); c++)                                  \
+                store((ovb)[i] + (size_t)(c0 + (uint32_t)c) * (W), o_[i][c]);                      \
     } while (0)
 
 /* Up to ATTN_QB consecutive tokens t0.. of one sequence (the same K/V
@@ -179,27 +179,28 @@ AVX2 static void softmax256(float *sc, uint32_t n) {
  * softmax and output element sums in the same order whether a token is
  * alone (nq 1) or in a block: the result of a (token, head) does not
  * depend on its neighbours. @scb holds ATTN_QB * @stride floats. */
-#define ATTN_HEAD(isa, attr, vec, W, load, fmadd, set1, zero, store, reduce, softmax)              \
-    attr static void attn_rows_##isa(                                                              \
-        const eng_attn_t *a, const float *const *K, const float *const *V, size_t kvo,             \
+#define ATTN_HEAD(isa, KN, KT, KF, attr, vec, W, load, kload, fmadd, set1, zero, store, reduce,    \
+                  softmax)                                                                         \
+    attr static void attn_rows_##isa##KN(                                                          \
+        const eng_attn_t *a, const eng_kv_row_t *K, const eng_kv_row_t *V, size_t kvo,             \
         uint32_t nq, const float *const *qv, float *const *ov, const uint32_t *rctx,               \
         uint32_t nmax, float *scb, size_t stride) {                                                \
         const uint32_t nv = a->head_dim / (W), nb = (nq + ATTN_SB - 1) / ATTN_SB * ATTN_SB;        \
         uint32_t p;                                                                                \
         const uint32_t n4 = nmax / 4 * 4;                                                          \
         if (nq == 1) {                                                                             \
-            ATTN_QK(1, 0, qv, scb, 1, 0, n4, vec, W, load, fmadd, zero, reduce);                   \
-            ATTN_QK(1, 1, qv, scb, 1, n4, nmax, vec, W, load, fmadd, zero, reduce);                \
+            ATTN_QK(1, 0, qv, scb, 1, 0, n4, vec, W, load, KT, KF, kload, fmadd, zero, reduce);    \
+            ATTN_QK(1, 1, qv, scb, 1, n4, nmax, vec, W, load, KT, KF, kload, fmadd, zero, reduce); \
         } else {                                                                                   \
             for (uint32_t k0 = 0; k0 < n4; k0 += ATTN_KC) {                                        \
                 uint32_t k1 = n4 - k0 < ATTN_KC ? n4 : k0 + ATTN_KC;                               \
                 for (uint32_t b = 0; b < nb; b += ATTN_SB)                                         \
                     ATTN_QK(ATTN_SB, 0, qv + b, scb + b * stride, nq - b < 4 ? nq - b : 4, k0, k1, \
-                            vec, W, load, fmadd, zero, reduce);                                    \
+                            vec, W, load, KT, KF, kload, fmadd, zero, reduce);                     \
             }                                                                                      \
             for (uint32_t b = 0; b < nb; b += ATTN_SB)                                             \
                 ATTN_QK(ATTN_SB, 1, qv + b, scb + b * stride, nq - b < 4 ? nq - b : 4, n4, nmax,   \
-                        vec, W, load, fmadd, zero, reduce);                                        \
+                        vec, W, load, KT, KF, kload, fmadd, zero, reduce);                         \
         }                                                                                          \
         for (uint32_t i = 0; i < nq; i++) {                                                        \
             const uint32_t n = rctx[i];                                                            \
@@ -212,11 +213,14 @@ AVX2 static void softmax256(float *sc, uint32_t n) {
         uint32_t c0 = 0;                                                                           \
         if (nq == 1) { /* 8 or 4 accumulators with fixed bounds stay in registers */               \
             for (; c0 + 8 <= nv; c0 += 8)                                                          \
-                ATTN_PV(1, 8, scb, ov, 1, 0, nmax, vec, W, load, fmadd, set1, zero, store);        \
+                ATTN_PV(1, 8, scb, ov, 1, 0, nmax, vec, W, load, KT, KF, kload, fmadd, set1, zero, \
+                        store);                                                                    \
             for (; c0 + 4 <= nv; c0 += 4)                                                          \
-                ATTN_PV(1, 4, scb, ov, 1, 0, nmax, vec, W, load, fmadd, set1, zero, store);        \
+                ATTN_PV(1, 4, scb, ov, 1, 0, nmax, vec, W, load, KT, KF, kload, fmadd, set1, zero, \
+                        store);                                                                    \
             for (; c0 < nv; c0++)                                                                  \
-                ATTN_PV(1, 1, scb, ov, 1, 0, nmax, vec, W, load, fmadd, set1, zero, store);        \
+                ATTN_PV(1, 1, scb, ov, 1, 0, nmax, vec, W, load, KT, KF, kload, fmadd, set1, zero, \
+                        store);                                                                    \
             return;                                                                                \
         }                                                                                          \
         for (uint32_t k0 = 0; k0 < nmax; k0 += ATTN_KC) {                                          \
@@ -224,15 +228,15 @@ AVX2 static void softmax256(float *sc, uint32_t n) {
             for (c0 = 0; c0 + 4 <= nv; c0 += 4)                                                    \
                 for (uint32_t b = 0; b < nb; b += ATTN_SB)                                         \
                     ATTN_PV(ATTN_SB, 4, scb + b * stride, ov + b, nq - b < 4 ? nq - b : 4, k0, k1, \
-                            vec, W, load, fmadd, set1, zero, store);                               \
+                            vec, W, load, KT, KF, kload, fmadd, set1, zero, store);                \
             for (; c0 < nv; c0++)                                                                  \
                 for (uint32_t b = 0; b < nb; b += ATTN_SB)                                         \
                     ATTN_PV(ATTN_SB, 1, scb + b * stride, ov + b, nq - b < 4 ? nq - b : 4, k0, k1, \
-                            vec, W, load, fmadd, set1, zero, store);                               \
+                            vec, W, load, KT, KF, kload, fmadd, set1, zero, store);                \
         }                                                                                          \
     }                                                                                              \
-    attr void eng_head_##isa(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *scb,  \
-                             size_t stride) {                                                      \
+    attr void eng_head_##isa##KN(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h,          \
+                                 float *scb, size_t stride) {                                      \
         const uint32_t hd = a->head_dim;                                                           \
         const size_t qd = (size_t)a->n_heads * hd;                                                 \
         const float *qv[ATTN_QB];                                                                  \
@@ -245,11 +249,11 @@ AVX2 static void softmax256(float *sc, uint32_t n) {
             rctx[i] = a->ctx[ti];                                                                  \
             nmax = rctx[i] > nmax ? rctx[i] : nmax;                                                \
         }                                                                                          \
-        attn_rows_##isa(a, a->k[t0], a->v[t0], (size_t)(h / (a->n_heads / a->kv_heads)) * hd, nq,  \
-                        qv, ov, rctx, nmax, scb, stride);                                          \
+        attn_rows_##isa##KN(a, a->k[t0], a->v[t0], (size_t)(h / (a->n_heads / a->kv_heads)) * hd,  \
+                            nq, qv, ov, rctx, nmax, scb, stride);                                  \
     }                                                                                              \
-    attr void eng_heads_##isa(const eng_attn_t *a, size_t t, uint32_t h0, uint32_t ng, float *scb, \
-                              size_t stride) {                                                     \
+    attr void eng_heads_##isa##KN(const eng_attn_t *a, size_t t, uint32_t h0, uint32_t ng,         \
+                                  float *scb, size_t stride) {                                     \
         const uint32_t hd = a->head_dim;                                                           \
         const size_t qd = (size_t)a->n_heads * hd;                                                 \
         const float *qv[ATTN_QB];                                                                  \
@@ -261,14 +265,29 @@ AVX2 static void softmax256(float *sc, uint32_t n) {
             ov[i] = a->out + t * qd + (size_t)hi * hd;                                             \
             rctx[i] = a->ctx[t];                                                                   \
         }                                                                                          \
-        attn_rows_##isa(a, a->k[t], a->v[t], (size_t)(h0 / (a->n_heads / a->kv_heads)) * hd, ng,   \
-                        qv, ov, rctx, a->ctx[t], scb, stride);                                     \
+        attn_rows_##isa##KN(a, a->k[t], a->v[t], (size_t)(h0 / (a->n_heads / a->kv_heads)) * hd,   \
+                            ng, qv, ov, rctx, a->ctx[t], scb, stride);                             \
     }
 
-ATTN_HEAD(avx512, AVX512, __m512, 16, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_set1_ps,
-          _mm512_setzero_ps, _mm512_storeu_ps, _mm512_reduce_add_ps, softmax512)
-ATTN_HEAD(avx2, AVX2, __m256, 8, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_set1_ps,
-          _mm256_setzero_ps, _mm256_storeu_ps, hsum, softmax256)
+/* bf16 K/V values widened exactly: the same floats the ref backend sees. */
+AVX512 static inline __m512 ld_bf16_512(const uint16_t *p) {
+    return _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+AVX2 static inline __m256 ld_bf16_256(const uint16_t *p) {
+    return _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
+ATTN_HEAD(avx512, , float, f, AVX512, __m512, 16, _mm512_loadu_ps, _mm512_loadu_ps, _mm512_fmadd_ps,
+          _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps, _mm512_reduce_add_ps, softmax512)
+ATTN_HEAD(avx2, , float, f, AVX2, __m256, 8, _mm256_loadu_ps, _mm256_loadu_ps, _mm256_fmadd_ps,
+          _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps, hsum, softmax256)
+ATTN_HEAD(avx512, _bf16, uint16_t, h, AVX512, __m512, 16, _mm512_loadu_ps, ld_bf16_512,
+          _mm512_fmadd_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+          _mm512_reduce_add_ps, softmax512)
+ATTN_HEAD(avx2, _bf16, uint16_t, h, AVX2, __m256, 8, _mm256_loadu_ps, ld_bf16_256, _mm256_fmadd_ps,
+          _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps, hsum, softmax256)
 
 /* ---- SwiGLU and RMSNorm ------------------------------------------------
  * silu(g) = g * sigmoid(g), the sigmoid from e = exp(-|g|) (the exp above

@@ -50,6 +50,15 @@ void eng_head_avx512(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, fl
                      size_t stride);
 void eng_head_avx2(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *sc,
                    size_t stride);
+/* The same over bf16 K/V rows (eng_attn_t.kv_bf16). */
+void eng_heads_avx512_bf16(const eng_attn_t *a, size_t t, uint32_t h0, uint32_t ng, float *sc,
+                           size_t stride);
+void eng_heads_avx2_bf16(const eng_attn_t *a, size_t t, uint32_t h0, uint32_t ng, float *sc,
+                         size_t stride);
+void eng_head_avx512_bf16(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *sc,
+                          size_t stride);
+void eng_head_avx2_bf16(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *sc,
+                        size_t stride);
 /* g[i] = silu(g[i]) * u[i]. */
 void eng_swiglu512(float *g, const float *u, size_t n);
 void eng_swiglu256(float *g, const float *u, size_t n);

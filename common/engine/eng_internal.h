@@ -42,6 +42,7 @@ struct eng_model {
     float *inv_freq; /* [head_dim / 2] */
     size_t weight_bytes;
     struct eng_cuda *cuda; /* the cuda backend's device copy, or NULL */
+    bool kv_bf16;          /* KV cache rows in bf16 (TANDEM_KV_DTYPE), else f32 */
     /* Scratch, grown as needed. */
     float *buf;
     size_t buf_cap;

@@ -12,10 +12,12 @@
  */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "eng.h"
 #include "eng_backend.h"
+#include "eng_cpu_dp.h"
 #include "eng_cuda.h"
 #include "eng_internal.h"
 
@@ -213,6 +215,31 @@ static cm_status_t unpack_one(eng_model_t *m, mdl_tensor_t *t) {
     return CM_OK;
 }
 
+/* TANDEM_KV_DTYPE: "auto" (or unset) is bf16 where the cpu backend rounds
+ * matmul inputs to bf16 (TANDEM_CPU_PRECISION=bf16, as vLLM keeps a bf16
+ * model's cache in bf16) and f32 elsewhere; "f32" and "bf16" choose. The
+ * cuda backend keeps f32. */
+static cm_status_t kv_dtype_init(eng_model_t *m, char *err, size_t errlen) {
+    const char *s = getenv("TANDEM_KV_DTYPE");
+    if (!s || !*s || !strcmp(s, "auto")) {
+        const char *prec = m->kind == ENG_BACKEND_CPU ? eng_cpu_precision(&m->be) : NULL;
+        m->kv_bf16 = prec && !strncmp(prec, "bf16", 4);
+    } else if (!strcmp(s, "f32")) {
+        m->kv_bf16 = false;
+    } else if (!strcmp(s, "bf16")) {
+        if (m->kind == ENG_BACKEND_CUDA) {
+            snprintf(err, errlen,
+                     "TANDEM_KV_DTYPE=bf16: the cuda backend keeps its KV cache in f32");
+            return CM_ERR_UNSUPPORTED;
+        }
+        m->kv_bf16 = true;
+    } else {
+        snprintf(err, errlen, "TANDEM_KV_DTYPE must be auto, f32 or bf16 (got '%s')", s);
+        return CM_ERR_INVALID_ARG;
+    }
+    return CM_OK;
+}
+
 cm_status_t eng_model_load(const char *dir, eng_backend_kind_t backend, eng_model_t **out,
                            char *err, size_t errlen) {
     eng_model_t *m = cm_calloc(1, sizeof *m);
@@ -229,6 +256,10 @@ cm_status_t eng_model_load(const char *dir, eng_backend_kind_t backend, eng_mode
     if (st) {
         snprintf(err, errlen, "backend could not be created");
         goto fail;
+    }
+    if ((st = kv_dtype_init(m, err, errlen))) {
+        eng_model_free(m);
+        return st;
     }
     const mdl_config_t *c = &m->c;
     uint64_t es[2] = {c->vocab, c->hidden};
@@ -325,13 +356,15 @@ eng_kv_geom_t eng_model_kv_geom(const eng_model_t *m, uint32_t n_blocks, uint32_
                        .block_size = block_size,
                        .kv_heads = m->c.n_kv_heads,
                        .head_dim = m->c.head_dim,
-                       .dtype_bytes = 4};
+                       .dtype_bytes = m->kv_bf16 ? 2 : 4};
     return g;
 }
 
+const char *eng_model_kv_dtype(const eng_model_t *m) { return m->kv_bf16 ? "bf16" : "f32"; }
+
 uint64_t eng_model_kv_fingerprint(const eng_model_t *m, const char *model_id, uint32_t block_size) {
     eng_kv_fp_params_t p = {.model_id = model_id,
-                            .dtype = "f32",
+                            .dtype = eng_model_kv_dtype(m),
                             .n_layers = m->c.n_layers,
                             .block_size = block_size,
                             .kv_heads = m->c.n_kv_heads,
@@ -412,7 +445,7 @@ cm_status_t eng_forward_hooked(eng_model_t *m, eng_kv_t *kv, const eng_item_t *i
     const eng_backend_i *be = m->be.iface;
     const eng_kv_geom_t *g = eng_kv_geom(kv);
     if (g->n_layers != c->n_layers || g->kv_heads != c->n_kv_heads || g->head_dim != c->head_dim ||
-        g->dtype_bytes != 4)
+        g->dtype_bytes != (m->kv_bf16 ? 2u : 4u))
         return CM_ERR_INVALID_ARG;
     size_t T = 0, n_logits = 0;
     for (size_t i = 0; i < n; i++) {
@@ -448,10 +481,10 @@ cm_status_t eng_forward_hooked(eng_model_t *m, eng_kv_t *kv, const eng_item_t *i
      * rows and its context length. */
     size_t n_rows = 0;
     for (size_t i = 0; i < n; i++) n_rows += items[i].start + items[i].n;
-    const float **krow = cm_malloc_array(n_rows, sizeof *krow);
-    const float **vrow = cm_malloc_array(n_rows, sizeof *vrow);
-    const float *const **tk = cm_malloc_array(T, sizeof *tk);
-    const float *const **tv = cm_malloc_array(T, sizeof *tv);
+    eng_kv_row_t *krow = cm_malloc_array(n_rows, sizeof *krow);
+    eng_kv_row_t *vrow = cm_malloc_array(n_rows, sizeof *vrow);
+    const eng_kv_row_t **tk = cm_malloc_array(T, sizeof *tk);
+    const eng_kv_row_t **tv = cm_malloc_array(T, sizeof *tv);
     uint32_t *actx = cm_malloc_array(T, sizeof *actx);
     cm_status_t st = CM_OK;
     if (!buf || !tok || !pos || !owner || !sel || !selw || !rows_of || !krow || !vrow || !tk ||
@@ -507,8 +540,16 @@ cm_status_t eng_forward_hooked(eng_model_t *m, eng_kv_t *kv, const eng_item_t *i
                 st = CM_ERR_INVALID_ARG;
                 goto out;
             }
-            memcpy(kp, k + t * kd, kd * sizeof(float));
-            memcpy(vp, v + t * kd, kd * sizeof(float));
+            if (m->kv_bf16) { /* rounded to nearest even, as torch's .to(bfloat16) */
+                uint16_t *kh = kp, *vh = vp;
+                for (uint32_t i = 0; i < kd; i++) {
+                    kh[i] = eng_dp_bf16(k[t * kd + i]);
+                    vh[i] = eng_dp_bf16(v[t * kd + i]);
+                }
+            } else {
+                memcpy(kp, k + t * kd, kd * sizeof(float));
+                memcpy(vp, v + t * kd, kd * sizeof(float));
+            }
         }
         if (on_layer) on_layer(ud, l);
         /* Causal attention of every new token over its sequence so far:
@@ -523,10 +564,15 @@ cm_status_t eng_forward_hooked(eng_model_t *m, eng_kv_t *kv, const eng_item_t *i
                     st = CM_ERR_INVALID_ARG;
                     goto out;
                 }
-                krow[base + p] = kp;
-                vrow[base + p] = vp;
+                if (m->kv_bf16) {
+                    krow[base + p].h = kp;
+                    vrow[base + p].h = vp;
+                } else {
+                    krow[base + p].f = kp;
+                    vrow[base + p].f = vp;
+                }
             }
-        eng_attn_t aj = {T, nh, nkv, hd, scale, q, att, actx, tk, tv};
+        eng_attn_t aj = {T, nh, nkv, hd, scale, q, att, actx, tk, tv, m->kv_bf16};
         st = be->attention(m->be.ctx, &aj);
         if (st != CM_OK) goto out;
         be->matmul(m->be.ctx, att, T, qd, &L->wo, NULL, H, o);

@@ -93,9 +93,10 @@ void eng_attn_head_ref(const eng_attn_t *a, size_t t, uint32_t h, float *sc) {
     const float *qv = a->q + t * qd + (size_t)h * hd;
     float mx = -INFINITY;
     for (uint32_t p = 0; p < n; p++) {
-        const float *kk = a->k[t][p] + kvo;
+        const eng_kv_row_t kr = a->k[t][p];
         float d = 0.0f;
-        for (uint32_t i = 0; i < hd; i++) d += qv[i] * kk[i];
+        for (uint32_t i = 0; i < hd; i++)
+            d += qv[i] * (a->kv_bf16 ? bf16_to_f32(kr.h[kvo + i]) : kr.f[kvo + i]);
         sc[p] = d * a->scale;
         if (sc[p] > mx) mx = sc[p];
     }
@@ -107,9 +108,10 @@ void eng_attn_head_ref(const eng_attn_t *a, size_t t, uint32_t h, float *sc) {
     float *ov = a->out + t * qd + (size_t)h * hd;
     memset(ov, 0, hd * sizeof *ov);
     for (uint32_t p = 0; p < n; p++) {
-        const float *vv = a->v[t][p] + kvo;
+        const eng_kv_row_t vr = a->v[t][p];
         float wgt = sc[p] / sum;
-        for (uint32_t i = 0; i < hd; i++) ov[i] += wgt * vv[i];
+        for (uint32_t i = 0; i < hd; i++)
+            ov[i] += wgt * (a->kv_bf16 ? bf16_to_f32(vr.h[kvo + i]) : vr.f[kvo + i]);
     }
 }
 

@@ -4,7 +4,10 @@
 prefill` and `tandem decode` processes, KV blocks over UCX (TCP and shared
 memory). Greedy tokens equal `tandem generate` for 20+ prompts on a dense
 and an MoE checkpoint, with the prefill streaming KV layer by layer (the
-default) and sending it after the forward pass (--kv-stream=off); 2 prefill + 2 decode under 32 concurrent clients all
+default) and sending it after the forward pass (--kv-stream=off), and with
+a bf16 KV cache (TANDEM_KV_DTYPE=bf16, half the bytes per block), a bf16
+decode worker refused next to an f32 prefill worker; 2 prefill
++ 2 decode under 32 concurrent clients all
 succeed and every KV block is free afterwards; kill -9 of a prefill and of
 a decode worker mid-load ends every request (200 or 503) without a hang."""
 import concurrent.futures as cf
@@ -30,11 +33,11 @@ def metric(port, name):
 
 
 class Cluster:
-    def __init__(self, model, prefill=1, decode=1, tls="tcp,self", stream="layer"):
+    def __init__(self, model, prefill=1, decode=1, tls="tcp,self", stream="layer", kv="auto"):
         self.stream = stream
         self.dir = os.path.join(root, "tests", "fixtures", "models", model)
         self.http, self.cp = free_port(), free_port()
-        self.env = dict(os.environ, UCX_TLS=tls)
+        self.env = dict(os.environ, UCX_TLS=tls, TANDEM_KV_DTYPE=kv)
         self.router = subprocess.Popen(
             [tandem, "router", f"--listen=127.0.0.1:{self.http}", "--grpc-listen=off",
              f"--cp-bind=tcp://127.0.0.1:{self.cp}", f"--model={self.dir}",
@@ -72,25 +75,29 @@ def tokens(port, ids, n):
     return [int(t.split(":")[1]) for t in json.loads(body)["choices"][0]["logprobs"]["tokens"]]
 
 
-def generate_ids(model_dir, ids, n):
+def generate_ids(model_dir, ids, n, kv="auto"):
     out = subprocess.run([tandem, "generate", f"--model={model_dir}",
                           "--prompt-ids=" + ",".join(map(str, ids)), f"--max-tokens={n}",
-                          "--ignore-eos", "--json"], capture_output=True, text=True, timeout=60)
+                          "--ignore-eos", "--json"], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, TANDEM_KV_DTYPE=kv))
     return json.loads(out.stdout)["token_ids"]
 
 
 rng = random.Random(11)
 prompts = [[rng.randrange(3, 256) for _ in range(rng.randint(1, 60))] for _ in range(21)]
 
-for model, tls, stream in [("qwen3", "tcp,self", "layer"), ("qwen3moe", "shm,self", "off"),
-                           ("qwen3", "shm,self", "off"), ("qwen3moe", "tcp,self", "layer")]:
-    cl = Cluster(model, tls=tls, stream=stream)
-    tls = f"{tls} kv-stream={stream}"
+for model, tls, stream, kv in [("qwen3", "tcp,self", "layer", "auto"),
+                               ("qwen3moe", "shm,self", "off", "auto"),
+                               ("qwen3", "shm,self", "off", "auto"),
+                               ("qwen3moe", "tcp,self", "layer", "auto"),
+                               ("qwen3", "tcp,self", "layer", "bf16")]:
+    cl = Cluster(model, tls=tls, stream=stream, kv=kv)
+    tls = f"{tls} kv-stream={stream} kv={kv}"
     try:
         check(f"{model}/{tls}: 1 prefill + 1 decode ready", cl.ready())
         same = 0
         for ids in prompts:
-            got, want = tokens(cl.http, ids, 8), generate_ids(cl.dir, ids, 8)
+            got, want = tokens(cl.http, ids, 8), generate_ids(cl.dir, ids, 8, kv)
             same += got == want
             if got != want and same == 0:
                 print("   mismatch", ids, got, want)
@@ -98,6 +105,27 @@ for model, tls, stream in [("qwen3", "tcp,self", "layer"), ("qwen3moe", "shm,sel
               same == len(prompts), f"{same}/{len(prompts)}")
     finally:
         cl.stop()
+
+# A decode worker whose KV cache is bf16 next to an f32 prefill worker:
+# the layouts differ, so the router refuses the later one by fingerprint
+# and it exits non-zero, saying why (never a silent mix of dtypes).
+cl = Cluster("qwen3", prefill=1, decode=0, kv="f32")
+try:
+    check("f32 prefill registered",
+          wait_for(lambda: (metric(cl.http, 'tandem_workers{role="prefill"}') or 0) == 1, 30))
+    bad = subprocess.Popen(
+        [tandem, "decode", f"--router=tcp://127.0.0.1:{cl.cp}", f"--model={cl.dir}",
+         "--worker-id=dbf", "--kv-pool-size=16M", "--log-level=warn"],
+        env=dict(cl.env, TANDEM_KV_DTYPE="bf16"), stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = bad.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        bad.kill()
+        _, err = bad.communicate()
+    check("bf16-KV decode next to an f32-KV prefill: refused by layout fingerprint, exit != 0",
+          bad.returncode not in (0, None) and "fingerprint" in err, (bad.returncode, err[-300:]))
+finally:
+    cl.stop()
 
 cl = Cluster("qwen3", prefill=2, decode=2)
 try:
