@@ -49,6 +49,46 @@ uint16_t eng_dp_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+#if defined(__x86_64__)
+/* eng_dp_bf16 on 8 values at a time in integer arithmetic: the same bits,
+ * denormals and NaN included (the conversion instructions flush denormal
+ * inputs to zero). */
+__attribute__((target("avx2"))) static void bf16_row_avx2(const float *x, size_t n, uint16_t *y) {
+    const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7FFF),
+                  abs = _mm256_set1_epi32(0x7FFFFFFF), inf = _mm256_set1_epi32(0x7F800000),
+                  quiet = _mm256_set1_epi32(0x40);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i u = _mm256_loadu_si256((const __m256i *)(const void *)(x + i));
+        __m256i r =
+            _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, bias),
+                                               _mm256_and_si256(_mm256_srli_epi32(u, 16), one)),
+                              16);
+        __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs), inf);
+        r = _mm256_blendv_epi8(r, _mm256_or_si256(_mm256_srli_epi32(u, 16), quiet), nan);
+        /* 8 dwords <= 0xFFFF to 8 words: pack within lanes, then join. */
+        __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+        _mm_storeu_si128((__m128i *)(void *)(y + i), _mm256_castsi256_si128(p));
+    }
+    for (; i < n; i++) y[i] = eng_dp_bf16(x[i]);
+}
+#endif
+
+void eng_bf16_round_row(const float *x, size_t n, uint16_t *y) {
+#if defined(__x86_64__)
+    static _Atomic int avx2 = -1; /* first calls may race: all store the same value */
+    if (avx2 < 0) {
+        __builtin_cpu_init();
+        avx2 = __builtin_cpu_supports("avx2");
+    }
+    if (avx2) {
+        bf16_row_avx2(x, n, y);
+        return;
+    }
+#endif
+    for (size_t i = 0; i < n; i++) y[i] = eng_dp_bf16(x[i]);
+}
+
 void eng_dp_xconv_ref(const float *x, size_t r0, size_t r1, size_t in, uint32_t *xb) {
     const size_t np = eng_dp_pairs(in);
     for (size_t r = r0; r < r1; r++) {

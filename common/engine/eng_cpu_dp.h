@@ -33,6 +33,9 @@ bool eng_dp_available(void);
 /* For tests: the bf16 of @f as the conversion rounds it, and one output
  * of eng_dp_mm computed in plain C. */
 uint16_t eng_dp_bf16(float f);
+/* y[i] = eng_dp_bf16(x[i]) for i < @n (KV cache rows), 8 at a time with
+ * AVX2. */
+void eng_bf16_round_row(const float *x, size_t n, uint16_t *y);
 float eng_dp_ref_dot(const uint32_t *xr, const uint32_t *P, size_t in, size_t o);
 
 #endif /* TANDEM_ENG_CPU_DP_H */

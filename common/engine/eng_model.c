@@ -541,11 +541,8 @@ cm_status_t eng_forward_hooked(eng_model_t *m, eng_kv_t *kv, const eng_item_t *i
                 goto out;
             }
             if (m->kv_bf16) { /* rounded to nearest even, as torch's .to(bfloat16) */
-                uint16_t *kh = kp, *vh = vp;
-                for (uint32_t i = 0; i < kd; i++) {
-                    kh[i] = eng_dp_bf16(k[t * kd + i]);
-                    vh[i] = eng_dp_bf16(v[t * kd + i]);
-                }
+                eng_bf16_round_row(k + t * kd, kd, kp);
+                eng_bf16_round_row(v + t * kd, kd, vp);
             } else {
                 memcpy(kp, k + t * kd, kd * sizeof(float));
                 memcpy(vp, v + t * kd, kd * sizeof(float));

@@ -66,6 +66,39 @@ static uint16_t nearest_even(float f) {
     return (lo & 1) ? hi : lo;
 }
 
+/* The KV rows' conversion (eng_bf16_round_row, AVX2 where present): the
+ * same bits as the nearest-even reference for every length's vector body
+ * and tail, halfway values, denormals, infinities and NaN included. */
+TT_TEST(engine_dp, bf16_row_rounding_matches_nearest_even) {
+    uint64_t rng = 4711;
+    static const uint32_t special[] = {0x00000000u, 0x80000000u, 0x00000001u, 0x807FFFFFu,
+                                       0x00008000u, 0x00018000u, 0x7F7FFFFFu, 0xFF7F8000u,
+                                       0x7F800000u, 0xFF800000u, 0x7FC00000u, 0x7F800001u,
+                                       0xFFFFFFFFu, 0x3F808000u, 0x3F818000u, 0x7F7F8000u};
+    for (size_t n = 1; n <= 40; n++) {
+        float x[40];
+        uint16_t y[41];
+        for (size_t i = 0; i < n; i++) {
+            x[i] = rnd_float(&rng);
+            if (i % 3 == 0) x[i] = bits_f(special[(i / 3 + n) % 16]);
+            if (i % 5 == 1) x[i] = bits_f((f_bits(x[i]) & 0xFFFF0000u) | 0x8000u);
+        }
+        y[n] = 0xABCD;
+        eng_bf16_round_row(x, n, y);
+        TT_ASSERT_MSG(y[n] == 0xABCD, "n %zu: wrote past the end", n);
+        for (size_t i = 0; i < n; i++) {
+            uint32_t u = f_bits(x[i]);
+            if ((u & 0x7FFFFFFFu) > 0x7F800000u) { /* NaN: a quiet NaN of the same sign */
+                TT_ASSERT_MSG((y[i] & 0x7FC0) == 0x7FC0 && (y[i] >> 15) == (u >> 31),
+                              "n %zu [%zu] %08x -> %04x", n, i, u, y[i]);
+                continue;
+            }
+            TT_ASSERT_MSG(y[i] == nearest_even(x[i]), "n %zu [%zu] %08x -> %04x, want %04x", n, i,
+                          u, y[i], nearest_even(x[i]));
+        }
+    }
+}
+
 TT_TEST(engine_dp, bf16_rounding_is_nearest_even) {
     uint64_t rng = 42;
     static const float special[] = {
