@@ -618,7 +618,7 @@ typedef struct {
     float *xp;       /* x in pair-split order for it, xp_cap floats, 64-byte aligned */
     size_t xp_cap;
     uint32_t head_w; /* floats per vector of head: head_dim must be a multiple */
-    float *sc;       /* attention scores, (n + 1) * ENG_ATTN_QB * sc_stride floats */
+    float *sc;       /* attention scores, (n + 1) * 2 * ENG_ATTN_QB * sc_stride floats */
     size_t sc_stride;
     size_t *blk; /* token blocks of the attention in progress, blk_cap entries */
     size_t blk_cap;
@@ -970,10 +970,14 @@ static void attn_slice(const void *arg, int part, int parts) {
     const eng_attn_t *a = j->a;
     const size_t stride = j->pool->sc_stride;
     const uint32_t g = a->n_heads / a->kv_heads;
-    float *sc = j->pool->sc + (size_t)part * ENG_ATTN_QB * stride;
+    float *sc = j->pool->sc + (size_t)part * 2 * ENG_ATTN_QB * stride;
     const bool vec = a->head_dim % j->pool->head_w == 0;
     eng_head_fn head = vec ? j->pool->head[a->kv_bf16] : head_ref;
     eng_heads_fn heads = vec && g > 1 ? j->pool->heads[a->kv_bf16] : NULL;
+    if (j->pool->amx && a->kv_bf16 && eng_amx_attn_ok(a->head_dim)) { /* on tiles */
+        head = eng_head_amx;
+        heads = g > 1 ? eng_heads_amx : NULL;
+    }
     for (;;) {
         size_t i = atomic_fetch_add_explicit(j->next, 1, memory_order_relaxed);
         if (i >= j->nblk * a->kv_heads) return;
@@ -993,7 +997,9 @@ static cm_status_t cpu_attention(void *ctx, const eng_attn_t *a) {
     for (size_t t = 0; t < a->T; t++) most = a->ctx[t] > most ? a->ctx[t] : most;
     if (most > p->sc_stride) {
         size_t stride = most + 1024;
-        float *sc = cm_realloc_array(p->sc, stride * ENG_ATTN_QB * (size_t)(p->n + 1), sizeof *sc);
+        /* Twice a block's rows: eng_head_amx keeps P's tiles after S^T. */
+        float *sc =
+            cm_realloc_array(p->sc, stride * 2 * ENG_ATTN_QB * (size_t)(p->n + 1), sizeof *sc);
         if (!sc) return CM_ERR_NO_MEMORY;
         p->sc = sc;
         p->sc_stride = stride;

@@ -19,9 +19,11 @@
  */
 #include "eng_cpu_amx.h"
 
+#include <math.h>
 #include <string.h>
 
 #include "eng_cpu_dp.h"
+#include "eng_cpu_ops.h"
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -187,6 +189,190 @@ void eng_amx_mm(const uint32_t *xb, size_t rows, size_t in, const uint32_t *P, s
     amx_mm(xb, rows, in, P, p_lo, p_hi, bias, out, y);
 }
 
+/* ---- attention on tiles ------------------------------------------------
+ * Up to 16 rows (a block of tokens of one head, or one token's query heads
+ * of one kv head) over bf16 K/V rows, q and the probabilities rounded to
+ * bf16 as the matmuls' inputs are. Scores transposed, S^T = K Q^T: A
+ * tiles are 16 key rows straight from the pool (32 values of a head at a
+ * time), B tiles Q^T as pairs; the softmax runs down the 16 rows at once
+ * (lane i = row i, keys in order: a row's sums do not depend on the other
+ * rows or on keys past its context, which weigh 0); P then goes to A
+ * tiles (a row's probabilities as pairs of keys) and V to B tiles (pairs
+ * of key rows interleaved), O = P V. Keys in chunks of 16 (scores) and
+ * 32 (sums) from position 0, so every row takes the same steps whatever
+ * shares its block: a token gives the same bits alone, in a block of
+ * tokens or as one of its heads. */
+#define AMXA                                                                                 \
+    __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16," \
+                          "xsave,fma,f16c")))
+
+static inline bool rows_uniform(const eng_kv_row_t *K, uint32_t p0, ptrdiff_t *rs) {
+    *rs = K[p0 + 1].h - K[p0].h;
+    for (uint32_t i = 2; i < 16; i++)
+        if (K[p0 + i].h != K[p0].h + (ptrdiff_t)i * *rs) return false;
+    return true;
+}
+
+AMXA static void amx_attn_rows(const eng_attn_t *a, const eng_kv_row_t *K, const eng_kv_row_t *V,
+                               size_t kvo, uint32_t nq, const float *const *qv, float *const *ov,
+                               const uint32_t *rctx, uint32_t nmax, float *scb) {
+    const uint32_t hd = a->head_dim, nc = hd / 32, npad = (nmax + 31) / 32 * 32;
+    _Alignas(64) uint32_t qt[8][16][16]; /* Q^T: [chunk c][pair kp][row i] */
+    _Alignas(64) uint16_t kb[16][256];   /* key rows that are not evenly spaced */
+    _Alignas(64) uint32_t vb[16][16];    /* a B tile of V pairs */
+    _Alignas(64) float ct[16][16];
+    float *st = scb;                                              /* S^T, then P^T: [npad][16] */
+    uint32_t *pa = (uint32_t *)(void *)(scb + (size_t)npad * 16); /* P: [npad / 32][16][16] */
+    for (uint32_t i = 0; i < 16; i++) {
+        uint16_t qh[256]; /* row i in bf16; pair j = values 2j, 2j + 1 */
+        eng_bf16_round_row(qv[i], hd, qh);
+        for (uint32_t j = 0; j < hd / 2; j++) memcpy(&qt[j / 16][j % 16][i], qh + 2 * j, 4);
+    }
+    amx_config(16);
+    /* Scores: 16 keys x 16 rows per C tile. */
+    for (uint32_t k0 = 0; k0 < nmax; k0 += 16) {
+        ptrdiff_t rs = 0;
+        const uint16_t *k = NULL;
+        if (k0 + 16 <= nmax && rows_uniform(K, k0, &rs)) {
+            k = K[k0].h + kvo;
+        } else {
+            for (uint32_t i = 0; i < 16; i++)
+                memcpy(kb[i], K[k0 + i < nmax ? k0 + i : nmax - 1].h + kvo, hd * 2);
+            k = kb[0];
+            rs = 256;
+        }
+        _tile_zero(0);
+        for (uint32_t c = 0; c < nc; c++) {
+            _tile_loadd(4, k + 32 * c, (long)(rs * 2));
+            _tile_loadd(5, qt[c], 64);
+            _tile_dpbf16ps(0, 4, 5);
+        }
+        _tile_stored(0, st + (size_t)k0 * 16, 64);
+    }
+    /* Softmax down the rows: lane i stops at rctx[i]. */
+    const __m512i ctxv = _mm512_loadu_si512(rctx);
+    const __m512 scale = _mm512_set1_ps(a->scale);
+    __m512 mx = _mm512_set1_ps(-INFINITY), sum = _mm512_setzero_ps();
+    for (uint32_t p = 0; p < nmax; p++) {
+        __mmask16 live = _mm512_cmpgt_epu32_mask(ctxv, _mm512_set1_epi32((int)p));
+        __m512 s = _mm512_mul_ps(_mm512_loadu_ps(st + (size_t)p * 16), scale);
+        _mm512_storeu_ps(st + (size_t)p * 16, s);
+        mx = _mm512_mask_max_ps(mx, live, mx, s);
+    }
+    for (uint32_t p = 0; p < nmax; p++) {
+        __mmask16 live = _mm512_cmpgt_epu32_mask(ctxv, _mm512_set1_epi32((int)p));
+        __m512 e = _mm512_maskz_mov_ps(
+            live, exp512(_mm512_sub_ps(_mm512_loadu_ps(st + (size_t)p * 16), mx)));
+        _mm512_storeu_ps(st + (size_t)p * 16, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    for (uint32_t p = nmax; p < npad; p++)
+        _mm512_storeu_ps(st + (size_t)p * 16, _mm512_setzero_ps());
+    /* P as A tiles: row i, pair kp = keys 2kp, 2kp + 1 of the chunk. */
+    const __m512i lane16 =
+        _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                           _mm512_set1_epi32(16));
+    for (uint32_t c = 0; c < npad / 32; c++)
+        for (uint32_t kp = 0; kp < 16; kp++) {
+            size_t p = (size_t)c * 32 + 2 * kp;
+            __m256i lo =
+                (__m256i)_mm512_cvtneps_pbh(_mm512_div_ps(_mm512_loadu_ps(st + p * 16), sum));
+            __m256i hi =
+                (__m256i)_mm512_cvtneps_pbh(_mm512_div_ps(_mm512_loadu_ps(st + (p + 1) * 16), sum));
+            __m512i d = _mm512_or_si512(_mm512_cvtepu16_epi32(lo),
+                                        _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+            _mm512_i32scatter_epi32(pa + (size_t)c * 256 + kp, lane16, d, 4);
+        }
+    /* O = P V, 16 output columns per C tile, 4 tiles at a time. */
+    for (uint32_t g = 0; g < hd / 16; g += 4) {
+        const uint32_t nt = hd / 16 - g < 4 ? hd / 16 - g : 4;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (uint32_t c = 0; c < npad / 32; c++) {
+            const uint16_t *vr[32];
+            for (uint32_t i = 0; i < 32; i++) {
+                uint32_t p = c * 32 + i;
+                vr[i] = V[p < nmax ? p : nmax - 1].h + kvo;
+            }
+            _tile_loadd(4, pa + (size_t)c * 256, 64);
+#define AMX_PV(T)                                                                                  \
+    if (nt > (T)) {                                                                                \
+        const size_t col = (size_t)(g + (T)) * 16;                                                 \
+        for (uint32_t kp = 0; kp < 16; kp++)                                                       \
+            _mm512_store_si512(                                                                    \
+                vb[kp],                                                                            \
+                _mm512_or_si512(                                                                   \
+                    _mm512_cvtepu16_epi32(                                                         \
+                        _mm256_loadu_si256((const __m256i *)(const void *)(vr[2 * kp] + col))),    \
+                    _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(                    \
+                                          (const __m256i *)(const void *)(vr[2 * kp + 1] + col))), \
+                                      16)));                                                       \
+        _tile_loadd(5, vb, 64);                                                                    \
+        _tile_dpbf16ps(T, 4, 5);                                                                   \
+    }
+            AMX_PV(0)
+            AMX_PV(1)
+            AMX_PV(2)
+            AMX_PV(3)
+#undef AMX_PV
+        }
+#define AMX_OUT(T)                                                       \
+    if (nt > (T)) {                                                      \
+        _tile_stored(T, ct, 64);                                         \
+        for (uint32_t i = 0; i < nq; i++)                                \
+            memcpy(ov[i] + (size_t)(g + (T)) * 16, ct[i], sizeof ct[i]); \
+    }
+        AMX_OUT(0)
+        AMX_OUT(1)
+        AMX_OUT(2)
+        AMX_OUT(3)
+#undef AMX_OUT
+    }
+    _tile_release();
+}
+
+bool eng_amx_attn_ok(uint32_t head_dim) { return head_dim % 32 == 0 && head_dim <= 256; }
+
+void eng_head_amx(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *sc,
+                  size_t stride) {
+    (void)stride;
+    const uint32_t hd = a->head_dim;
+    const size_t qd = (size_t)a->n_heads * hd;
+    const float *qv[16];
+    float *ov[16];
+    _Alignas(64) uint32_t rctx[16];
+    uint32_t nmax = 0;
+    for (uint32_t i = 0; i < 16; i++) { /* padding rows repeat the last token */
+        size_t ti = t0 + (i < nq ? i : nq - 1);
+        qv[i] = a->q + ti * qd + (size_t)h * hd;
+        ov[i] = a->out + ti * qd + (size_t)h * hd;
+        rctx[i] = a->ctx[ti];
+        nmax = rctx[i] > nmax ? rctx[i] : nmax;
+    }
+    amx_attn_rows(a, a->k[t0], a->v[t0], (size_t)(h / (a->n_heads / a->kv_heads)) * hd, nq, qv, ov,
+                  rctx, nmax, sc);
+}
+
+void eng_heads_amx(const eng_attn_t *a, size_t t, uint32_t h0, uint32_t ng, float *sc,
+                   size_t stride) {
+    (void)stride;
+    const uint32_t hd = a->head_dim;
+    const size_t qd = (size_t)a->n_heads * hd;
+    const float *qv[16];
+    float *ov[16];
+    _Alignas(64) uint32_t rctx[16];
+    for (uint32_t i = 0; i < 16; i++) { /* padding rows repeat the last head */
+        uint32_t hi = h0 + (i < ng ? i : ng - 1);
+        qv[i] = a->q + t * qd + (size_t)hi * hd;
+        ov[i] = a->out + t * qd + (size_t)hi * hd;
+        rctx[i] = a->ctx[t];
+    }
+    amx_attn_rows(a, a->k[t], a->v[t], (size_t)(h0 / (a->n_heads / a->kv_heads)) * hd, ng, qv, ov,
+                  rctx, a->ctx[t], sc);
+}
+
 #define ARCH_REQ_XCOMP_PERM_ 0x1023
 #define XFEATURE_XTILEDATA_  18
 
@@ -213,4 +399,16 @@ void eng_amx_mm(const uint32_t *xb, size_t rows, size_t in, const uint32_t *P, s
 }
 
 bool eng_amx_available(void) { return false; }
+bool eng_amx_attn_ok(uint32_t head_dim) {
+    (void)head_dim;
+    return false;
+}
+void eng_head_amx(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *sc,
+                  size_t stride) {
+    (void)a, (void)t0, (void)nq, (void)h, (void)sc, (void)stride;
+}
+void eng_heads_amx(const eng_attn_t *a, size_t t, uint32_t h0, uint32_t ng, float *sc,
+                   size_t stride) {
+    (void)a, (void)t, (void)h0, (void)ng, (void)sc, (void)stride;
+}
 #endif

@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "eng_backend.h"
+
 /* Drop-in for eng_dp_mm (same arguments, same layouts): y[r][o] (+ bias[o])
  * for r < rows and the outputs of panels [p_lo, p_hi). Each row's result
  * depends only on that row and the matrix (not on @rows, the panel range
@@ -22,5 +24,16 @@ void eng_amx_mm(const uint32_t *xb, size_t rows, size_t in, const uint32_t *P, s
 /* True when this CPU has AMX-BF16 and AVX512_BF16 and the kernel lets this
  * process use tile data (asked once, arch_prctl ARCH_REQ_XCOMP_PERM). */
 bool eng_amx_available(void);
+/* Attention on tiles over bf16 K/V (eng_attn_t.kv_bf16) for head sizes
+ * eng_amx_attn_ok accepts: eng_head_fn / eng_heads_fn shapes (eng_cpu_ops.h),
+ * q and the probabilities rounded to bf16, sums in f32. A token's rows are
+ * the same bits alone, in a block of tokens or as one of its heads; not the
+ * vector kernels' bits. @sc holds 24 * (ctx rounded up to 32) floats.
+ * Needs eng_amx_available(). */
+bool eng_amx_attn_ok(uint32_t head_dim);
+void eng_head_amx(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *sc,
+                  size_t stride);
+void eng_heads_amx(const eng_attn_t *a, size_t t, uint32_t h0, uint32_t ng, float *sc,
+                   size_t stride);
 
 #endif /* TANDEM_ENG_CPU_AMX_H */

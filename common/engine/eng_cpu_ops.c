@@ -22,32 +22,6 @@
 #endif
 
 #if defined(__x86_64__)
-/* exp(x) for x <= 0 in vectors (Cephes' expf: x = n ln2 + r, a degree-5
- * polynomial in r, about 1 ulp; inputs below -87 give exp(-87)), and an
- * in-place softmax of a score row with it. A row's result depends on its
- * own length only, never on what shares the block. */
-#define EXP_POLY(vec, set1, fmadd, mul, add, x, n, y)    \
-    do {                                                 \
-        vec r_ = fmadd(n, set1(-0.693359375f), x);       \
-        r_ = fmadd(n, set1(2.12194440e-4f), r_);         \
-        vec p_ = set1(1.9875691500e-4f);                 \
-        p_ = fmadd(p_, r_, set1(1.3981999507e-3f));      \
-        p_ = fmadd(p_, r_, set1(8.3334519073e-3f));      \
-        p_ = fmadd(p_, r_, set1(4.1665795894e-2f));      \
-        p_ = fmadd(p_, r_, set1(1.6666665459e-1f));      \
-        p_ = fmadd(p_, r_, set1(5.0000001201e-1f));      \
-        y = fmadd(p_, mul(r_, r_), add(r_, set1(1.0f))); \
-    } while (0)
-
-AVX512 static inline __m512 exp512(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 y;
-    EXP_POLY(__m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_add_ps, x, n, y);
-    return _mm512_scalef_ps(y, n);
-}
-
 AVX512 static void softmax512(float *sc, uint32_t n) {
     __m512 mv = _mm512_set1_ps(-INFINITY);
     uint32_t p = 0;

@@ -214,19 +214,19 @@ TT_TEST(engine, kv_dtype_setting) {
 /* The cpu backend's bf16 mode (TANDEM_CPU_PRECISION=bf16: matmul inputs
  * rounded to bf16, and with it a bf16 KV cache) on the bf16 fixture:
  * logits within 1% of the logits' scale of transformers' f32 compute with
- * a bf16 cache, its greedy tokens except at near-ties within 0.1% of the
- * scale (see the AMX test below). */
+ * a bf16 cache (0.3-0.7% seen); greedy tokens transformers' except where
+ * its token is within that 1% of the top logit (a near-tie the rounding
+ * may flip: this random fixture has them), going on from its token. */
 TT_TEST(engine, qwen3moe_cpu_bf16_precision_close_to_transformers) {
     if (!eng_dp_available()) TT_SKIP("no AVX512_BF16 on this CPU");
     setenv("TANDEM_CPU_PRECISION", "bf16", 1);
-    check_model_tie("qwen3moe", ENG_BACKEND_CPU, 1e-2, 1e-3);
+    check_model_tie("qwen3moe", ENG_BACKEND_CPU, 1e-2, 1e-2);
     unsetenv("TANDEM_CPU_PRECISION");
 }
 
 /* The same with the products on AMX tiles (TANDEM_CPU_AMX=1), whose sums
- * round differently: logits within 1% again; greedy tokens transformers'
- * except where its token is within 0.1% of the scale of the top logit
- * (this random fixture has such near-ties), going on from its token. */
+ * round differently, and attention on tiles (q and probabilities rounded
+ * to bf16): logits within 1% again, greedy tokens as above. */
 TT_TEST(engine, qwen3moe_cpu_bf16_amx_close_to_transformers) {
     if (!eng_amx_available()) TT_SKIP("no AMX-BF16 on this CPU (or the kernel refuses tile data)");
     setenv("TANDEM_CPU_PRECISION", "bf16", 1);
@@ -235,7 +235,7 @@ TT_TEST(engine, qwen3moe_cpu_bf16_amx_close_to_transformers) {
     TT_ASSERT_EQ_INT(eng_backend_cpu_new(&cpu), CM_OK);
     TT_ASSERT_STR_EQ(eng_cpu_precision(&cpu), "bf16-amx");
     cpu.iface->free(cpu.ctx);
-    check_model_tie("qwen3moe", ENG_BACKEND_CPU, 1e-2, 1e-3);
+    check_model_tie("qwen3moe", ENG_BACKEND_CPU, 1e-2, 1e-2);
     unsetenv("TANDEM_CPU_PRECISION");
     unsetenv("TANDEM_CPU_AMX");
 }
@@ -418,92 +418,114 @@ TT_TEST(engine, cpu_matmul_matches_ref_on_every_isa) {
     if (eng_cpu_isa_available("avx512")) TT_ASSERT_EQ_INT(packed, 7 * 3 * 7);
 }
 
-/* The cpu backend's attention on every instruction-set path against the
- * ref backend's, with f32 and bf16 K/V rows: GQA groups 1-3, head sizes
- * that are and are not a multiple of the vector width, K/V rows scattered
- * (a paged cache), batches of tokens with different context lengths (big
- * enough to use the thread pool); each token's rows bit-identical when it
- * is alone in the batch. */
-TT_TEST(engine, cpu_attention_matches_ref_on_every_isa) {
-    static const uint32_t hds[] = {64, 128, 40, 8}, heads[][2] = {{4, 2}, {6, 2}, {3, 3}, {8, 8}};
+/* @cpu's attention against the ref backend's, with f32 (@bf 0) or bf16
+ * K/V rows: GQA groups 1-3 and 8, head sizes that are and are not a
+ * multiple of the vector width, K/V rows scattered (a paged cache), batches
+ * of tokens with different context lengths (big enough to use the thread
+ * pool), outputs within @tol; each token's rows bit-identical when it is
+ * alone in the batch (its query heads then run as the rows of one block). */
+static void check_attention(eng_backend_t *cpu, const char *name, int bf, float tol) {
+    static const uint32_t hds[] = {64, 128, 40, 8}, heads[][2] = {{4, 2}, {6, 2}, {3, 3}, {8, 1}};
     static const uint32_t ctxs[] = {1, 2, 17, 299, 129, 64, 5}; /* longest: 3 keys past 4s */
     enum { T = 7, NPOS = 300 };
     eng_backend_t ref;
     TT_ASSERT_EQ_INT(eng_backend_ref_new(&ref), CM_OK);
     uint64_t rng = 777;
+    for (size_t a = 0; a < 4; a++)
+        for (size_t b = 0; b < 4; b++) {
+            uint32_t hd = hds[a], nh = heads[b][0], nkv = heads[b][1];
+            size_t qd = (size_t)nh * hd, kd = (size_t)nkv * hd;
+            float *q = malloc(T * qd * 4), *o0 = malloc(T * qd * 4), *o1 = malloc(T * qd * 4);
+            float *o2 = malloc(qd * 4), *kv = malloc(2 * NPOS * kd * 4);
+            uint16_t *kvh = malloc(2 * NPOS * kd * 2);
+            eng_kv_row_t kr[NPOS], vr[NPOS];
+            const eng_kv_row_t *tk[T], *tv[T];
+            uint32_t ctx[T];
+            for (size_t i = 0; i < T * qd; i++) q[i] = (float)rnd(&rng) * 4 - 2;
+            for (size_t i = 0; i < 2 * NPOS * kd; i++) {
+                kv[i] = (float)rnd(&rng) * 4 - 2;
+                kvh[i] = eng_dp_bf16(kv[i]);
+            }
+            for (size_t p = 0; p < NPOS; p++) { /* rows out of order, as in blocks */
+                size_t slot = (p * 7919) % NPOS;
+                if (bf) {
+                    kr[p].h = kvh + slot * 2 * kd;
+                    vr[p].h = kvh + slot * 2 * kd + kd;
+                } else {
+                    kr[p].f = kv + slot * 2 * kd;
+                    vr[p].f = kv + slot * 2 * kd + kd;
+                }
+            }
+            for (size_t t = 0; t < T; t++) {
+                tk[t] = kr;
+                tv[t] = vr;
+                ctx[t] = ctxs[t];
+            }
+            eng_attn_t at = {T, nh, nkv, hd, 1.0f / sqrtf((float)hd), q, o0, ctx, tk, tv, bf};
+            TT_ASSERT_EQ_INT(ref.iface->attention(ref.ctx, &at), CM_OK);
+            at.out = o1;
+            TT_ASSERT_EQ_INT(cpu->iface->attention(cpu->ctx, &at), CM_OK);
+            for (size_t i = 0; i < T * qd; i++)
+                TT_ASSERT_MSG(fabsf(o0[i] - o1[i]) <= tol,
+                              "%s kv %s hd %u heads %u/%u: [%zu] %g vs %g", name,
+                              bf ? "bf16" : "f32", hd, nh, nkv, i, o0[i], o1[i]);
+            for (size_t t = 0; t < T; t++) {
+                eng_attn_t one = {1,  nh,      nkv,    hd,     at.scale, q + t * qd,
+                                  o2, ctx + t, tk + t, tv + t, bf};
+                TT_ASSERT_EQ_INT(cpu->iface->attention(cpu->ctx, &one), CM_OK);
+                TT_ASSERT_MSG(memcmp(o2, o1 + t * qd, qd * 4) == 0,
+                              "%s kv %s hd %u heads %u/%u: token %zu differs alone", name,
+                              bf ? "bf16" : "f32", hd, nh, nkv, t);
+            }
+            /* bf16 rows are not f32 rows: the result moved. */
+            if (bf) {
+                eng_attn_t f = at;
+                for (size_t p = 0; p < NPOS; p++) {
+                    size_t slot = (p * 7919) % NPOS;
+                    kr[p].f = kv + slot * 2 * kd;
+                    vr[p].f = kv + slot * 2 * kd + kd;
+                }
+                f.kv_bf16 = false;
+                f.out = o0;
+                TT_ASSERT_EQ_INT(ref.iface->attention(ref.ctx, &f), CM_OK);
+                TT_ASSERT(memcmp(o0, o1, T * qd * 4) != 0);
+            }
+            free(q), free(o0), free(o1), free(o2), free(kv), free(kvh);
+        }
+}
+
+/* The cpu backend's attention on every instruction-set path, f32 and bf16
+ * K/V rows: the ref backend's up to summation order. */
+TT_TEST(engine, cpu_attention_matches_ref_on_every_isa) {
     int tested = 0;
     for (size_t ii = 0; ii < 3; ii++) {
         if (!eng_cpu_isa_available(k_isas[ii])) continue;
         eng_backend_t cpu;
         TT_ASSERT_EQ_INT(cpu_backend_on(k_isas[ii], &cpu), CM_OK);
-        for (int bf = 0; bf < 2; bf++)
-            for (size_t a = 0; a < 4; a++)
-                for (size_t b = 0; b < 4; b++) {
-                    uint32_t hd = hds[a], nh = heads[b][0], nkv = heads[b][1];
-                    size_t qd = (size_t)nh * hd, kd = (size_t)nkv * hd;
-                    float *q = malloc(T * qd * 4), *o0 = malloc(T * qd * 4),
-                          *o1 = malloc(T * qd * 4);
-                    float *o2 = malloc(qd * 4), *kv = malloc(2 * NPOS * kd * 4);
-                    uint16_t *kvh = malloc(2 * NPOS * kd * 2);
-                    eng_kv_row_t kr[NPOS], vr[NPOS];
-                    const eng_kv_row_t *tk[T], *tv[T];
-                    uint32_t ctx[T];
-                    for (size_t i = 0; i < T * qd; i++) q[i] = (float)rnd(&rng) * 4 - 2;
-                    for (size_t i = 0; i < 2 * NPOS * kd; i++) {
-                        kv[i] = (float)rnd(&rng) * 4 - 2;
-                        kvh[i] = eng_dp_bf16(kv[i]);
-                    }
-                    for (size_t p = 0; p < NPOS; p++) { /* rows out of order, as in blocks */
-                        size_t slot = (p * 7919) % NPOS;
-                        if (bf) {
-                            kr[p].h = kvh + slot * 2 * kd;
-                            vr[p].h = kvh + slot * 2 * kd + kd;
-                        } else {
-                            kr[p].f = kv + slot * 2 * kd;
-                            vr[p].f = kv + slot * 2 * kd + kd;
-                        }
-                    }
-                    for (size_t t = 0; t < T; t++) {
-                        tk[t] = kr;
-                        tv[t] = vr;
-                        ctx[t] = ctxs[t];
-                    }
-                    eng_attn_t at = {T,   nh, nkv, hd, 1.0f / sqrtf((float)hd), q, o0,
-                                     ctx, tk, tv,  bf};
-                    TT_ASSERT_EQ_INT(ref.iface->attention(ref.ctx, &at), CM_OK);
-                    at.out = o1;
-                    TT_ASSERT_EQ_INT(cpu.iface->attention(cpu.ctx, &at), CM_OK);
-                    for (size_t i = 0; i < T * qd; i++)
-                        TT_ASSERT_MSG(fabsf(o0[i] - o1[i]) <= 1e-5f,
-                                      "%s kv %s hd %u heads %u/%u: [%zu] %g vs %g", k_isas[ii],
-                                      bf ? "bf16" : "f32", hd, nh, nkv, i, o0[i], o1[i]);
-                    for (size_t t = 0; t < T; t++) {
-                        eng_attn_t one = {1,  nh,      nkv,    hd,     at.scale, q + t * qd,
-                                          o2, ctx + t, tk + t, tv + t, bf};
-                        TT_ASSERT_EQ_INT(cpu.iface->attention(cpu.ctx, &one), CM_OK);
-                        TT_ASSERT_MSG(memcmp(o2, o1 + t * qd, qd * 4) == 0,
-                                      "%s kv %s hd %u: token %zu differs alone", k_isas[ii],
-                                      bf ? "bf16" : "f32", hd, t);
-                    }
-                    /* bf16 rows are not f32 rows: the result moved. */
-                    if (bf) {
-                        eng_attn_t f = at;
-                        for (size_t p = 0; p < NPOS; p++) {
-                            size_t slot = (p * 7919) % NPOS;
-                            kr[p].f = kv + slot * 2 * kd;
-                            vr[p].f = kv + slot * 2 * kd + kd;
-                        }
-                        f.kv_bf16 = false;
-                        f.out = o0;
-                        TT_ASSERT_EQ_INT(ref.iface->attention(ref.ctx, &f), CM_OK);
-                        TT_ASSERT(memcmp(o0, o1, T * qd * 4) != 0);
-                    }
-                    free(q), free(o0), free(o1), free(o2), free(kv), free(kvh);
-                }
+        for (int bf = 0; bf < 2; bf++) check_attention(&cpu, k_isas[ii], bf, 1e-5f);
         cpu.iface->free(cpu.ctx);
         tested++;
     }
     TT_ASSERT(tested >= 1);
+}
+
+/* With TANDEM_CPU_AMX=1 and bf16 K/V, attention runs on AMX tiles (head
+ * sizes 64 and 128; 40 and 8 stay on the vector kernels) with q and the
+ * probabilities rounded to bf16: within 2e-2 of the ref backend's f32
+ * arithmetic on outputs up to 2 (bf16 keeps 8 bits), a token's rows the
+ * same bits alone and in a block. With f32 K/V, the vector kernels. */
+TT_TEST(engine, cpu_attention_on_amx_tiles_close_to_ref) {
+    if (!eng_amx_available()) TT_SKIP("no AMX-BF16 on this CPU (or the kernel refuses tile data)");
+    setenv("TANDEM_CPU_PRECISION", "bf16", 1);
+    setenv("TANDEM_CPU_AMX", "1", 1);
+    eng_backend_t cpu;
+    TT_ASSERT_EQ_INT(eng_backend_cpu_new(&cpu), CM_OK);
+    TT_ASSERT_STR_EQ(eng_cpu_precision(&cpu), "bf16-amx");
+    check_attention(&cpu, "amx", 1, 2e-2f);
+    check_attention(&cpu, "amx", 0, 1e-5f);
+    cpu.iface->free(cpu.ctx);
+    unsetenv("TANDEM_CPU_PRECISION");
+    unsetenv("TANDEM_CPU_AMX");
 }
 
 /* The cpu backend's SwiGLU and RMSNorm on every instruction-set path
