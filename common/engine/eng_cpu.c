@@ -617,9 +617,10 @@ typedef struct {
     bool amx;        /* and TANDEM_CPU_AMX=1: eng_amx_mm instead */
     float *xp;       /* x in pair-split order for it, xp_cap floats, 64-byte aligned */
     size_t xp_cap;
-    uint32_t head_w; /* floats per vector of head: head_dim must be a multiple */
-    float *sc;       /* attention scores, (n + 1) * 2 * ENG_ATTN_QB * sc_stride floats */
-    size_t sc_stride;
+    uint32_t head_w;  /* floats per vector of head: head_dim must be a multiple */
+    float *sc;        /* attention scratch, (n + 1) * sc_per floats */
+    size_t sc_stride; /* scores per row: sc_per >= ENG_ATTN_QB * sc_stride */
+    size_t sc_per;
     size_t *blk; /* token blocks of the attention in progress, blk_cap entries */
     size_t blk_cap;
     cm_hpool_t *weights; /* pack's panels: huge pages, freed with the backend */
@@ -950,6 +951,7 @@ typedef struct {
     const eng_attn_t *a;
     size_t nblk;          /* blocks of tokens: [blk[b], blk[b + 1]) */
     _Atomic size_t *next; /* the next (block, kv head) item to hand out */
+    bool amx;             /* on AMX tiles (eng_head_amx) */
 } attn_job_t;
 
 /* The ref backend's attention, one token at a time, as a eng_head_fn. */
@@ -970,20 +972,21 @@ static void attn_slice(const void *arg, int part, int parts) {
     const eng_attn_t *a = j->a;
     const size_t stride = j->pool->sc_stride;
     const uint32_t g = a->n_heads / a->kv_heads;
-    float *sc = j->pool->sc + (size_t)part * 2 * ENG_ATTN_QB * stride;
+    float *sc = j->pool->sc + (size_t)part * j->pool->sc_per;
     const bool vec = a->head_dim % j->pool->head_w == 0;
     eng_head_fn head = vec ? j->pool->head[a->kv_bf16] : head_ref;
     eng_heads_fn heads = vec && g > 1 ? j->pool->heads[a->kv_bf16] : NULL;
-    if (j->pool->amx && a->kv_bf16 && eng_amx_attn_ok(a->head_dim)) { /* on tiles */
-        head = eng_head_amx;
-        heads = g > 1 ? eng_heads_amx : NULL;
-    }
     for (;;) {
         size_t i = atomic_fetch_add_explicit(j->next, 1, memory_order_relaxed);
         if (i >= j->nblk * a->kv_heads) return;
         size_t b = i / a->kv_heads, t0 = j->pool->blk[b];
         uint32_t h0 = (uint32_t)(i % a->kv_heads) * g, nq = (uint32_t)(j->pool->blk[b + 1] - t0);
-        if (nq == 1 && heads) /* one token: its query heads as the rows of a block */
+        if (j->amx && nq == 1 && g > 1) /* on tiles: a token's heads as rows */
+            for (uint32_t h = h0; h < h0 + g; h += ENG_ATTN_QB)
+                eng_heads_amx(a, t0, h, h0 + g - h < ENG_ATTN_QB ? h0 + g - h : ENG_ATTN_QB, sc);
+        else if (j->amx) /* on tiles: V's tiles built once for the kv head's query heads */
+            eng_head_amx(a, t0, nq, h0, g, sc);
+        else if (nq == 1 && heads) /* one token: its query heads as the rows of a block */
             for (uint32_t h = h0; h < h0 + g; h += ENG_ATTN_QB)
                 heads(a, t0, h, h0 + g - h < ENG_ATTN_QB ? h0 + g - h : ENG_ATTN_QB, sc, stride);
         else
@@ -995,14 +998,18 @@ static cm_status_t cpu_attention(void *ctx, const eng_attn_t *a) {
     cpu_t *p = ctx;
     size_t most = 1;
     for (size_t t = 0; t < a->T; t++) most = a->ctx[t] > most ? a->ctx[t] : most;
-    if (most > p->sc_stride) {
-        size_t stride = most + 1024;
-        /* Twice a block's rows: eng_head_amx keeps P's tiles after S^T. */
-        float *sc =
-            cm_realloc_array(p->sc, stride * 2 * ENG_ATTN_QB * (size_t)(p->n + 1), sizeof *sc);
+    const bool amx = p->amx && a->kv_bf16 && eng_amx_attn_ok(a->head_dim);
+    if (most > p->sc_stride ||
+        (amx && eng_amx_attn_floats((uint32_t)most, a->head_dim) > p->sc_per)) {
+        size_t stride = most > p->sc_stride ? most + 1024 : p->sc_stride,
+               per = ENG_ATTN_QB * stride;
+        if (amx && eng_amx_attn_floats((uint32_t)stride, a->head_dim) > per)
+            per = eng_amx_attn_floats((uint32_t)stride, a->head_dim);
+        float *sc = cm_realloc_array(p->sc, per * (size_t)(p->n + 1), sizeof *sc);
         if (!sc) return CM_ERR_NO_MEMORY;
         p->sc = sc;
         p->sc_stride = stride;
+        p->sc_per = per;
     }
     if (a->T + 1 > p->blk_cap) {
         size_t *blk = cm_realloc_array(p->blk, a->T + 1, sizeof *blk);
@@ -1013,7 +1020,7 @@ static cm_status_t cpu_attention(void *ctx, const eng_attn_t *a) {
     /* Blocks of up to ENG_ATTN_QB consecutive tokens over the same K/V rows
      * (one sequence's tokens share one row array). */
     _Atomic size_t next = 0;
-    attn_job_t j = {p, a, 0, &next};
+    attn_job_t j = {p, a, 0, &next, amx};
     for (size_t t = 0; t < a->T; t++)
         if (!j.nblk || t - p->blk[j.nblk - 1] == ENG_ATTN_QB ||
             a->k[t] != a->k[p->blk[j.nblk - 1]] || a->v[t] != a->v[p->blk[j.nblk - 1]])

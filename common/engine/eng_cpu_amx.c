@@ -213,13 +213,40 @@ static inline bool rows_uniform(const eng_kv_row_t *K, uint32_t p0, ptrdiff_t *r
     return true;
 }
 
-AMXA static void amx_attn_rows(const eng_attn_t *a, const eng_kv_row_t *K, const eng_kv_row_t *V,
+/* V's B tiles for keys [0, npad) (rows past nmax - 1 repeat it; their
+ * probabilities are 0): tile (c, j) at vt + (c * hd / 16 + j) * 256 holds,
+ * for pair kp, the values of columns 16j .. 16j + 15 of key rows 32c + 2kp
+ * and 32c + 2kp + 1 interleaved. Built once for all query heads of a kv
+ * head. */
+AMXA static void amx_v_tiles(const eng_kv_row_t *V, size_t kvo, uint32_t nmax, uint32_t hd,
+                             uint32_t *vt) {
+    const uint32_t npad = (nmax + 31) / 32 * 32, nt = hd / 16;
+    for (uint32_t c = 0; c < npad / 32; c++)
+        for (uint32_t kp = 0; kp < 16; kp++) {
+            uint32_t p0 = c * 32 + 2 * kp, p1 = p0 + 1;
+            const uint16_t *v0 = V[p0 < nmax ? p0 : nmax - 1].h + kvo,
+                           *v1 = V[p1 < nmax ? p1 : nmax - 1].h + kvo;
+            for (uint32_t j = 0; j < nt; j++)
+                _mm512_storeu_si512(
+                    vt + ((size_t)c * nt + j) * 256 + kp * 16,
+                    _mm512_or_si512(
+                        _mm512_cvtepu16_epi32(
+                            _mm256_loadu_si256((const __m256i *)(const void *)(v0 + 16 * j))),
+                        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                                              (const __m256i *)(const void *)(v1 + 16 * j))),
+                                          16)));
+        }
+}
+
+/* Floats of scratch amx_attn_rows needs past the V tiles for @nmax keys. */
+static size_t amx_attn_scratch(uint32_t nmax) { return (size_t)(nmax + 31) / 32 * 32 * 24; }
+
+AMXA static void amx_attn_rows(const eng_attn_t *a, const eng_kv_row_t *K, const uint32_t *vt,
                                size_t kvo, uint32_t nq, const float *const *qv, float *const *ov,
                                const uint32_t *rctx, uint32_t nmax, float *scb) {
     const uint32_t hd = a->head_dim, nc = hd / 32, npad = (nmax + 31) / 32 * 32;
     _Alignas(64) uint32_t qt[8][16][16]; /* Q^T: [chunk c][pair kp][row i] */
     _Alignas(64) uint16_t kb[16][256];   /* key rows that are not evenly spaced */
-    _Alignas(64) uint32_t vb[16][16];    /* a B tile of V pairs */
     _Alignas(64) float ct[16][16];
     float *st = scb;                                              /* S^T, then P^T: [npad][16] */
     uint32_t *pa = (uint32_t *)(void *)(scb + (size_t)npad * 16); /* P: [npad / 32][16][16] */
@@ -291,32 +318,22 @@ AMXA static void amx_attn_rows(const eng_attn_t *a, const eng_kv_row_t *K, const
         _tile_zero(2);
         _tile_zero(3);
         for (uint32_t c = 0; c < npad / 32; c++) {
-            const uint16_t *vr[32];
-            for (uint32_t i = 0; i < 32; i++) {
-                uint32_t p = c * 32 + i;
-                vr[i] = V[p < nmax ? p : nmax - 1].h + kvo;
-            }
+            const uint32_t *v = vt + ((size_t)c * (hd / 16) + g) * 256;
             _tile_loadd(4, pa + (size_t)c * 256, 64);
-#define AMX_PV(T)                                                                                  \
-    if (nt > (T)) {                                                                                \
-        const size_t col = (size_t)(g + (T)) * 16;                                                 \
-        for (uint32_t kp = 0; kp < 16; kp++)                                                       \
-            _mm512_store_si512(                                                                    \
-                vb[kp],                                                                            \
-                _mm512_or_si512(                                                                   \
-                    _mm512_cvtepu16_epi32(                                                         \
-                        _mm256_loadu_si256((const __m256i *)(const void *)(vr[2 * kp] + col))),    \
-                    _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(                    \
-                                          (const __m256i *)(const void *)(vr[2 * kp + 1] + col))), \
-                                      16)));                                                       \
-        _tile_loadd(5, vb, 64);                                                                    \
-        _tile_dpbf16ps(T, 4, 5);                                                                   \
-    }
-            AMX_PV(0)
-            AMX_PV(1)
-            AMX_PV(2)
-            AMX_PV(3)
-#undef AMX_PV
+            _tile_loadd(5, v, 64);
+            _tile_dpbf16ps(0, 4, 5);
+            if (nt > 1) {
+                _tile_loadd(6, v + 256, 64);
+                _tile_dpbf16ps(1, 4, 6);
+            }
+            if (nt > 2) {
+                _tile_loadd(7, v + 512, 64);
+                _tile_dpbf16ps(2, 4, 7);
+            }
+            if (nt > 3) {
+                _tile_loadd(5, v + 768, 64);
+                _tile_dpbf16ps(3, 4, 5);
+            }
         }
 #define AMX_OUT(T)                                                       \
     if (nt > (T)) {                                                      \
@@ -335,31 +352,34 @@ AMXA static void amx_attn_rows(const eng_attn_t *a, const eng_kv_row_t *K, const
 
 bool eng_amx_attn_ok(uint32_t head_dim) { return head_dim % 32 == 0 && head_dim <= 256; }
 
-void eng_head_amx(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *sc,
-                  size_t stride) {
-    (void)stride;
+void eng_head_amx(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h0, uint32_t ng,
+                  float *sc) {
     const uint32_t hd = a->head_dim;
-    const size_t qd = (size_t)a->n_heads * hd;
+    const size_t qd = (size_t)a->n_heads * hd, kvo = (size_t)(h0 / (a->n_heads / a->kv_heads)) * hd;
     const float *qv[16];
     float *ov[16];
     _Alignas(64) uint32_t rctx[16];
     uint32_t nmax = 0;
     for (uint32_t i = 0; i < 16; i++) { /* padding rows repeat the last token */
         size_t ti = t0 + (i < nq ? i : nq - 1);
-        qv[i] = a->q + ti * qd + (size_t)h * hd;
-        ov[i] = a->out + ti * qd + (size_t)h * hd;
         rctx[i] = a->ctx[ti];
         nmax = rctx[i] > nmax ? rctx[i] : nmax;
     }
-    amx_attn_rows(a, a->k[t0], a->v[t0], (size_t)(h / (a->n_heads / a->kv_heads)) * hd, nq, qv, ov,
-                  rctx, nmax, sc);
+    uint32_t *vt = (uint32_t *)(void *)(sc + amx_attn_scratch(nmax));
+    amx_v_tiles(a->v[t0], kvo, nmax, hd, vt);
+    for (uint32_t h = h0; h < h0 + ng; h++) {
+        for (uint32_t i = 0; i < 16; i++) {
+            size_t ti = t0 + (i < nq ? i : nq - 1);
+            qv[i] = a->q + ti * qd + (size_t)h * hd;
+            ov[i] = a->out + ti * qd + (size_t)h * hd;
+        }
+        amx_attn_rows(a, a->k[t0], vt, kvo, nq, qv, ov, rctx, nmax, sc);
+    }
 }
 
-void eng_heads_amx(const eng_attn_t *a, size_t t, uint32_t h0, uint32_t ng, float *sc,
-                   size_t stride) {
-    (void)stride;
+void eng_heads_amx(const eng_attn_t *a, size_t t, uint32_t h0, uint32_t ng, float *sc) {
     const uint32_t hd = a->head_dim;
-    const size_t qd = (size_t)a->n_heads * hd;
+    const size_t qd = (size_t)a->n_heads * hd, kvo = (size_t)(h0 / (a->n_heads / a->kv_heads)) * hd;
     const float *qv[16];
     float *ov[16];
     _Alignas(64) uint32_t rctx[16];
@@ -369,8 +389,13 @@ void eng_heads_amx(const eng_attn_t *a, size_t t, uint32_t h0, uint32_t ng, floa
         ov[i] = a->out + t * qd + (size_t)hi * hd;
         rctx[i] = a->ctx[t];
     }
-    amx_attn_rows(a, a->k[t], a->v[t], (size_t)(h0 / (a->n_heads / a->kv_heads)) * hd, ng, qv, ov,
-                  rctx, a->ctx[t], sc);
+    uint32_t *vt = (uint32_t *)(void *)(sc + amx_attn_scratch(a->ctx[t]));
+    amx_v_tiles(a->v[t], kvo, a->ctx[t], hd, vt);
+    amx_attn_rows(a, a->k[t], vt, kvo, ng, qv, ov, rctx, a->ctx[t], sc);
+}
+
+size_t eng_amx_attn_floats(uint32_t ctx, uint32_t head_dim) {
+    return amx_attn_scratch(ctx) + (size_t)(ctx + 31) / 32 * 32 * head_dim / 2;
 }
 
 #define ARCH_REQ_XCOMP_PERM_ 0x1023
@@ -403,12 +428,15 @@ bool eng_amx_attn_ok(uint32_t head_dim) {
     (void)head_dim;
     return false;
 }
-void eng_head_amx(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *sc,
-                  size_t stride) {
-    (void)a, (void)t0, (void)nq, (void)h, (void)sc, (void)stride;
+void eng_head_amx(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h0, uint32_t ng,
+                  float *sc) {
+    (void)a, (void)t0, (void)nq, (void)h0, (void)ng, (void)sc;
 }
-void eng_heads_amx(const eng_attn_t *a, size_t t, uint32_t h0, uint32_t ng, float *sc,
-                   size_t stride) {
-    (void)a, (void)t, (void)h0, (void)ng, (void)sc, (void)stride;
+void eng_heads_amx(const eng_attn_t *a, size_t t, uint32_t h0, uint32_t ng, float *sc) {
+    (void)a, (void)t, (void)h0, (void)ng, (void)sc;
+}
+size_t eng_amx_attn_floats(uint32_t ctx, uint32_t head_dim) {
+    (void)ctx, (void)head_dim;
+    return 0;
 }
 #endif

@@ -25,15 +25,17 @@ void eng_amx_mm(const uint32_t *xb, size_t rows, size_t in, const uint32_t *P, s
  * process use tile data (asked once, arch_prctl ARCH_REQ_XCOMP_PERM). */
 bool eng_amx_available(void);
 /* Attention on tiles over bf16 K/V (eng_attn_t.kv_bf16) for head sizes
- * eng_amx_attn_ok accepts: eng_head_fn / eng_heads_fn shapes (eng_cpu_ops.h),
- * q and the probabilities rounded to bf16, sums in f32. A token's rows are
- * the same bits alone, in a block of tokens or as one of its heads; not the
- * vector kernels' bits. @sc holds 24 * (ctx rounded up to 32) floats.
- * Needs eng_amx_available(). */
+ * eng_amx_attn_ok accepts, q and the probabilities rounded to bf16, sums
+ * in f32. eng_head_amx: tokens t0 .. t0 + nq - 1 (nq <= 16, one sequence)
+ * and query heads h0 .. h0 + ng - 1 of one kv head; eng_heads_amx: token
+ * t's query heads h0 .. h0 + ng - 1 (ng <= 16) as the rows of one block.
+ * A token's rows are the same bits alone, in a block of tokens or as one
+ * of its heads; not the vector kernels' bits. @sc holds
+ * eng_amx_attn_floats(most context in the call, head_dim) floats. Needs
+ * eng_amx_available(). */
 bool eng_amx_attn_ok(uint32_t head_dim);
-void eng_head_amx(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h, float *sc,
-                  size_t stride);
-void eng_heads_amx(const eng_attn_t *a, size_t t, uint32_t h0, uint32_t ng, float *sc,
-                   size_t stride);
+void eng_head_amx(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h0, uint32_t ng, float *sc);
+void eng_heads_amx(const eng_attn_t *a, size_t t, uint32_t h0, uint32_t ng, float *sc);
+size_t eng_amx_attn_floats(uint32_t ctx, uint32_t head_dim);
 
 #endif /* TANDEM_ENG_CPU_AMX_H */
