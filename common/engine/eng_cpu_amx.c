@@ -238,44 +238,14 @@ AMXA static void amx_v_tiles(const eng_kv_row_t *V, size_t kvo, uint32_t nmax, u
         }
 }
 
-/* Floats of scratch amx_attn_rows needs past the V tiles for @nmax keys. */
-static size_t amx_attn_scratch(uint32_t nmax) { return (size_t)(nmax + 31) / 32 * 32 * 24; }
-
-AMXA static void amx_attn_rows(const eng_attn_t *a, const eng_kv_row_t *K, const uint32_t *vt,
-                               size_t kvo, uint32_t nq, const float *const *qv, float *const *ov,
-                               const uint32_t *rctx, uint32_t nmax, float *scb) {
-    const uint32_t hd = a->head_dim, nc = hd / 32, npad = (nmax + 31) / 32 * 32;
-    _Alignas(64) uint32_t qt[8][16][16]; /* Q^T: [chunk c][pair kp][row i] */
-    _Alignas(64) uint16_t kb[16][256];   /* key rows that are not evenly spaced */
-    _Alignas(64) float ct[16][16];
-    float *st = scb;                                              /* S^T, then P^T: [npad][16] */
-    uint32_t *pa = (uint32_t *)(void *)(scb + (size_t)npad * 16); /* P: [npad / 32][16][16] */
-    for (uint32_t i = 0; i < 16; i++) {
-        uint16_t qh[256]; /* row i in bf16; pair j = values 2j, 2j + 1 */
-        eng_bf16_round_row(qv[i], hd, qh);
-        for (uint32_t j = 0; j < hd / 2; j++) memcpy(&qt[j / 16][j % 16][i], qh + 2 * j, 4);
-    }
-    amx_config(16);
-    /* Scores: 16 keys x 16 rows per C tile. */
-    for (uint32_t k0 = 0; k0 < nmax; k0 += 16) {
-        ptrdiff_t rs = 0;
-        const uint16_t *k = NULL;
-        if (k0 + 16 <= nmax && rows_uniform(K, k0, &rs)) {
-            k = K[k0].h + kvo;
-        } else {
-            for (uint32_t i = 0; i < 16; i++)
-                memcpy(kb[i], K[k0 + i < nmax ? k0 + i : nmax - 1].h + kvo, hd * 2);
-            k = kb[0];
-            rs = 256;
-        }
-        _tile_zero(0);
-        for (uint32_t c = 0; c < nc; c++) {
-            _tile_loadd(4, k + 32 * c, (long)(rs * 2));
-            _tile_loadd(5, qt[c], 64);
-            _tile_dpbf16ps(0, 4, 5);
-        }
-        _tile_stored(0, st + (size_t)k0 * 16, 64);
-    }
+/* One head's 16 rows after their scores (S^T at @st, [npad][16]): softmax
+ * down the rows (lane i stops at rctx[i]), P's tiles after S^T, O = P V
+ * into ov[i] for i < nq. Tiles configured by the caller. */
+AMXA static void amx_softmax_pv(const eng_attn_t *a, const uint32_t *vt, uint32_t nq,
+                                float *const *ov, const uint32_t *rctx, uint32_t nmax, float *st,
+                                float (*ct)[16]) {
+    const uint32_t hd = a->head_dim, npad = (nmax + 31) / 32 * 32;
+    uint32_t *pa = (uint32_t *)(void *)(st + (size_t)npad * 16); /* P: [npad / 32][16][16] */
     /* Softmax down the rows: lane i stops at rctx[i]. */
     const __m512i ctxv = _mm512_loadu_si512(rctx);
     const __m512 scale = _mm512_set1_ps(a->scale);
@@ -347,6 +317,76 @@ AMXA static void amx_attn_rows(const eng_attn_t *a, const eng_kv_row_t *K, const
         AMX_OUT(3)
 #undef AMX_OUT
     }
+}
+
+#define AMX_HEADS 4 /* query heads whose scores share each key tile */
+
+/* Floats of scratch amx_attn_rows needs past the V tiles for @nmax keys:
+ * per head S^T ([npad][16] f32), then P's tiles ([npad / 32][16][16]). */
+static size_t amx_attn_scratch(uint32_t nmax) {
+    return (size_t)(nmax + 31) / 32 * 32 * 24 * AMX_HEADS;
+}
+
+/* @nh <= AMX_HEADS query heads of one kv head over the same 16 rows
+ * (tokens): qv[h][i] / ov[h][i] is row i's q / output of head h. Their
+ * scores take each tile of 16 key rows once; then each head's softmax
+ * and P V on its own (the same steps, per head, as one head alone). */
+AMXA static void amx_attn_rows(const eng_attn_t *a, const eng_kv_row_t *K, const uint32_t *vt,
+                               size_t kvo, uint32_t nq, uint32_t nh,
+                               const float *const qv[AMX_HEADS][16], float *const ov[AMX_HEADS][16],
+                               const uint32_t *rctx, uint32_t nmax, float *scb) {
+    const uint32_t hd = a->head_dim, nc = hd / 32, npad = (nmax + 31) / 32 * 32;
+    _Alignas(64) uint32_t qt[AMX_HEADS][8][16][16]; /* Q^T: [head][chunk c][pair kp][row i] */
+    _Alignas(64) uint16_t kb[16][256];              /* key rows that are not evenly spaced */
+    _Alignas(64) float ct[16][16];
+    for (uint32_t h = 0; h < nh; h++)
+        for (uint32_t i = 0; i < 16; i++) {
+            uint16_t qh[256]; /* row i in bf16; pair j = values 2j, 2j + 1 */
+            eng_bf16_round_row(qv[h][i], hd, qh);
+            for (uint32_t j = 0; j < hd / 2; j++) memcpy(&qt[h][j / 16][j % 16][i], qh + 2 * j, 4);
+        }
+    amx_config(16);
+    /* Scores: 16 keys x 16 rows per C tile, C tile h for head h. */
+    for (uint32_t k0 = 0; k0 < nmax; k0 += 16) {
+        ptrdiff_t rs = 0;
+        const uint16_t *k = NULL;
+        if (k0 + 16 <= nmax && rows_uniform(K, k0, &rs)) {
+            k = K[k0].h + kvo;
+        } else {
+            for (uint32_t i = 0; i < 16; i++)
+                memcpy(kb[i], K[k0 + i < nmax ? k0 + i : nmax - 1].h + kvo, hd * 2);
+            k = kb[0];
+            rs = 256;
+        }
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (uint32_t c = 0; c < nc; c++) {
+            _tile_loadd(4, k + 32 * c, (long)(rs * 2));
+            _tile_loadd(5, qt[0][c], 64);
+            _tile_dpbf16ps(0, 4, 5);
+            if (nh > 1) {
+                _tile_loadd(6, qt[1][c], 64);
+                _tile_dpbf16ps(1, 4, 6);
+            }
+            if (nh > 2) {
+                _tile_loadd(7, qt[2][c], 64);
+                _tile_dpbf16ps(2, 4, 7);
+            }
+            if (nh > 3) {
+                _tile_loadd(5, qt[3][c], 64);
+                _tile_dpbf16ps(3, 4, 5);
+            }
+        }
+        const size_t at = (size_t)k0 * 16, hs = (size_t)npad * 24;
+        _tile_stored(0, scb + at, 64);
+        if (nh > 1) _tile_stored(1, scb + hs + at, 64);
+        if (nh > 2) _tile_stored(2, scb + 2 * hs + at, 64);
+        if (nh > 3) _tile_stored(3, scb + 3 * hs + at, 64);
+    }
+    for (uint32_t h = 0; h < nh; h++)
+        amx_softmax_pv(a, vt, nq, ov[h], rctx, nmax, scb + (size_t)h * npad * 24, ct);
     _tile_release();
 }
 
@@ -356,8 +396,8 @@ void eng_head_amx(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h0, uint
                   float *sc) {
     const uint32_t hd = a->head_dim;
     const size_t qd = (size_t)a->n_heads * hd, kvo = (size_t)(h0 / (a->n_heads / a->kv_heads)) * hd;
-    const float *qv[16];
-    float *ov[16];
+    const float *qv[AMX_HEADS][16];
+    float *ov[AMX_HEADS][16];
     _Alignas(64) uint32_t rctx[16];
     uint32_t nmax = 0;
     for (uint32_t i = 0; i < 16; i++) { /* padding rows repeat the last token */
@@ -367,31 +407,33 @@ void eng_head_amx(const eng_attn_t *a, size_t t0, uint32_t nq, uint32_t h0, uint
     }
     uint32_t *vt = (uint32_t *)(void *)(sc + amx_attn_scratch(nmax));
     amx_v_tiles(a->v[t0], kvo, nmax, hd, vt);
-    for (uint32_t h = h0; h < h0 + ng; h++) {
-        for (uint32_t i = 0; i < 16; i++) {
-            size_t ti = t0 + (i < nq ? i : nq - 1);
-            qv[i] = a->q + ti * qd + (size_t)h * hd;
-            ov[i] = a->out + ti * qd + (size_t)h * hd;
-        }
-        amx_attn_rows(a, a->k[t0], vt, kvo, nq, qv, ov, rctx, nmax, sc);
+    for (uint32_t h = h0; h < h0 + ng; h += AMX_HEADS) {
+        uint32_t nh = h0 + ng - h < AMX_HEADS ? h0 + ng - h : AMX_HEADS;
+        for (uint32_t x = 0; x < nh; x++)
+            for (uint32_t i = 0; i < 16; i++) {
+                size_t ti = t0 + (i < nq ? i : nq - 1);
+                qv[x][i] = a->q + ti * qd + (size_t)(h + x) * hd;
+                ov[x][i] = a->out + ti * qd + (size_t)(h + x) * hd;
+            }
+        amx_attn_rows(a, a->k[t0], vt, kvo, nq, nh, qv, ov, rctx, nmax, sc);
     }
 }
 
 void eng_heads_amx(const eng_attn_t *a, size_t t, uint32_t h0, uint32_t ng, float *sc) {
     const uint32_t hd = a->head_dim;
     const size_t qd = (size_t)a->n_heads * hd, kvo = (size_t)(h0 / (a->n_heads / a->kv_heads)) * hd;
-    const float *qv[16];
-    float *ov[16];
+    const float *qv[AMX_HEADS][16];
+    float *ov[AMX_HEADS][16];
     _Alignas(64) uint32_t rctx[16];
     for (uint32_t i = 0; i < 16; i++) { /* padding rows repeat the last head */
         uint32_t hi = h0 + (i < ng ? i : ng - 1);
-        qv[i] = a->q + t * qd + (size_t)hi * hd;
-        ov[i] = a->out + t * qd + (size_t)hi * hd;
+        qv[0][i] = a->q + t * qd + (size_t)hi * hd;
+        ov[0][i] = a->out + t * qd + (size_t)hi * hd;
         rctx[i] = a->ctx[t];
     }
     uint32_t *vt = (uint32_t *)(void *)(sc + amx_attn_scratch(a->ctx[t]));
     amx_v_tiles(a->v[t], kvo, a->ctx[t], hd, vt);
-    amx_attn_rows(a, a->k[t], vt, kvo, ng, qv, ov, rctx, a->ctx[t], sc);
+    amx_attn_rows(a, a->k[t], vt, kvo, ng, 1, qv, ov, rctx, a->ctx[t], sc);
 }
 
 size_t eng_amx_attn_floats(uint32_t ctx, uint32_t head_dim) {
