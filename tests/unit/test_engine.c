@@ -224,20 +224,30 @@ TT_TEST(engine, qwen3moe_cpu_bf16_precision_close_to_transformers) {
     unsetenv("TANDEM_CPU_PRECISION");
 }
 
+/* TANDEM_CPU_PRECISION=bf16 and TANDEM_CPU_AMX=1 until amx_mode_off (the
+ * test skips without AMX), and a cpu backend in that mode in @cpu. */
+static void amx_mode_on(eng_backend_t *cpu) {
+    if (!eng_amx_available()) TT_SKIP("no AMX-BF16 on this CPU (or the kernel refuses tile data)");
+    setenv("TANDEM_CPU_PRECISION", "bf16", 1);
+    setenv("TANDEM_CPU_AMX", "1", 1);
+    TT_ASSERT_EQ_INT(eng_backend_cpu_new(cpu), CM_OK);
+    TT_ASSERT_STR_EQ(eng_cpu_precision(cpu), "bf16-amx");
+}
+
+static void amx_mode_off(void) {
+    unsetenv("TANDEM_CPU_PRECISION");
+    unsetenv("TANDEM_CPU_AMX");
+}
+
 /* The same with the products on AMX tiles (TANDEM_CPU_AMX=1), whose sums
  * round differently, and attention on tiles (q and probabilities rounded
  * to bf16): logits within 1% again, greedy tokens as above. */
 TT_TEST(engine, qwen3moe_cpu_bf16_amx_close_to_transformers) {
-    if (!eng_amx_available()) TT_SKIP("no AMX-BF16 on this CPU (or the kernel refuses tile data)");
-    setenv("TANDEM_CPU_PRECISION", "bf16", 1);
-    setenv("TANDEM_CPU_AMX", "1", 1);
     eng_backend_t cpu;
-    TT_ASSERT_EQ_INT(eng_backend_cpu_new(&cpu), CM_OK);
-    TT_ASSERT_STR_EQ(eng_cpu_precision(&cpu), "bf16-amx");
+    amx_mode_on(&cpu);
     cpu.iface->free(cpu.ctx);
     check_model_tie("qwen3moe", ENG_BACKEND_CPU, 1e-2, 1e-2);
-    unsetenv("TANDEM_CPU_PRECISION");
-    unsetenv("TANDEM_CPU_AMX");
+    amx_mode_off();
 }
 
 /* A sequence alone and inside a batch with another's prompt chunk and a
@@ -515,17 +525,12 @@ TT_TEST(engine, cpu_attention_matches_ref_on_every_isa) {
  * arithmetic on outputs up to 2 (bf16 keeps 8 bits), a token's rows the
  * same bits alone and in a block. With f32 K/V, the vector kernels. */
 TT_TEST(engine, cpu_attention_on_amx_tiles_close_to_ref) {
-    if (!eng_amx_available()) TT_SKIP("no AMX-BF16 on this CPU (or the kernel refuses tile data)");
-    setenv("TANDEM_CPU_PRECISION", "bf16", 1);
-    setenv("TANDEM_CPU_AMX", "1", 1);
     eng_backend_t cpu;
-    TT_ASSERT_EQ_INT(eng_backend_cpu_new(&cpu), CM_OK);
-    TT_ASSERT_STR_EQ(eng_cpu_precision(&cpu), "bf16-amx");
+    amx_mode_on(&cpu);
     check_attention(&cpu, "amx", 1, 2e-2f);
     check_attention(&cpu, "amx", 0, 1e-5f);
     cpu.iface->free(cpu.ctx);
-    unsetenv("TANDEM_CPU_PRECISION");
-    unsetenv("TANDEM_CPU_AMX");
+    amx_mode_off();
 }
 
 /* The cpu backend's SwiGLU and RMSNorm on every instruction-set path
