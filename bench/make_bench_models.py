@@ -5,6 +5,8 @@ engine` (written to build/bench-models/, never committed).
 Run with the dev venv: build/venv/bin/python bench/make_bench_models.py [name...]
   qwen3-0.6b     Qwen3-0.6B's shape (28 layers, hidden 1024, GQA 16/8, head_dim
                  128, vocab 151936, tied embeddings), bf16, ~1.2 GB
+  qwen3-0.6b-f16 the same shape in f16 (checkpoints published in f16 take the
+                 cpu backend's f16 panels), ~1.2 GB
   qwen3moe-a3b-2l  Qwen3-30B-A3B's layer shape (hidden 2048, 128 experts top-8,
                  expert size 768, GQA 32/4) with 2 layers instead of 48, bf16
   qwen3-8b-4l    Qwen3-8B's shape (hidden 4096, GQA 32/8, head_dim 128, MLP 12288,
@@ -28,6 +30,10 @@ SPECS = {
         vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
         num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=4096,
         tie_word_embeddings=True, rms_norm_eps=1e-6)),
+    "qwen3-0.6b-f16": (tf.Qwen3Config, tf.Qwen3ForCausalLM, dict(
+        vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+        num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=4096,
+        tie_word_embeddings=True, rms_norm_eps=1e-6), torch.float16),
     "qwen3moe-a3b-2l": (tf.Qwen3MoeConfig, tf.Qwen3MoeForCausalLM, dict(
         vocab_size=151936, hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
         num_hidden_layers=2, num_attention_heads=32, num_key_value_heads=4, head_dim=128,
@@ -52,11 +58,12 @@ TOKENIZERS = {"qwen3moe-serve": "qwen3"}
 def main():
     names = sys.argv[1:] or list(SPECS)
     for name in names:
-        cfg_cls, model_cls, kw = SPECS[name]
+        cfg_cls, model_cls, kw, *dtype = SPECS[name]
+        dtype = dtype[0] if dtype else torch.bfloat16
         torch.manual_seed(0)
         # On a GPU machine the random init runs there (seconds, not minutes).
         with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-            model = model_cls(cfg_cls(**kw)).to(torch.bfloat16)
+            model = model_cls(cfg_cls(**kw)).to(dtype)
         d = os.path.join(OUT, name)
         os.makedirs(d, exist_ok=True)
         model.save_pretrained(d, safe_serialization=True, max_shard_size="2GB")

@@ -333,7 +333,12 @@ AVX512 static void mm512_bf16_pairs(const float *xp, size_t rows, size_t in, con
  * rows, 4 x 3, 2 x 4 and 1 x 8 panels for the rest (decode: one row
  * against 8 panels streaming at once, a range's last panels in blocks of
  * 4, 2 and 1). Rows go in tiles of PK_TILE so a tile's x stays in L2
- * while the panels stream. */
+ * while the panels stream.
+ *
+ * f16 weights use the same panels and kernels, a line holding the 16 even
+ * outputs' halves then the 16 odd ones' (pkh_fill): VCVTPH2PS widens each
+ * half of the line exactly, into the lanes the bf16 shift and mask fill,
+ * so the same FMA chains and interleave follow. */
 #define PK_W    32 /* outputs per panel */
 #define PK_TILE 48 /* rows per tile */
 #ifndef PK_PF
@@ -342,11 +347,25 @@ AVX512 static void mm512_bf16_pairs(const float *xp, size_t rows, size_t in, con
 
 static inline size_t pk_panels(size_t out) { return (out + PK_W - 1) / PK_W; }
 
+/* A panel line's even outputs (lane i = output 2i of the panel) and odd
+ * ones, as f32: bf16 (@H false) by shift and mask, f16 by conversion. */
+AVX512 __attribute__((always_inline)) static inline __m512 pk_even(__m512i raw, __m512i hi,
+                                                                   const bool H) {
+    if (H) return _mm512_cvtph_ps(_mm512_castsi512_si256(raw));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+}
+
+AVX512 __attribute__((always_inline)) static inline __m512 pk_odd(__m512i raw, __m512i hi,
+                                                                  const bool H) {
+    if (H) return _mm512_cvtph_ps(_mm512_extracti64x4_epi64(raw, 1));
+    return _mm512_castsi512_ps(_mm512_and_si512(raw, hi));
+}
+
 /* Rows [r, r + R) of x against panels p .. p + NP - 1 (indexes past
  * @p_hi clamped to its last panel: computed, not stored). */
 AVX512 __attribute__((always_inline)) static inline void
 pk_block(const float *x, size_t in, const uint16_t *P, size_t r, size_t p, size_t p_hi,
-         const float *bias, size_t out, float *y, const int R, const int NP) {
+         const float *bias, size_t out, float *y, const int R, const int NP, const bool H) {
     const __m512i hi = _mm512_set1_epi32((int)0xFFFF0000u);
     const uint16_t *pp[8];
 #pragma GCC unroll 8
@@ -369,10 +388,8 @@ pk_block(const float *x, size_t in, const uint16_t *P, size_t r, size_t p, size_
             _mm_prefetch(pp[q] + (k + PK_PF) * PK_W, _MM_HINT_T0);
             __m512i raw = _mm512_load_si512(pp[q] + k * PK_W);
             __asm__("" : "+v"(raw));
-            ae[0][q] =
-                _mm512_fmadd_ps(xb, _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16)), ae[0][q]);
-            ao[0][q] =
-                _mm512_fmadd_ps(xb, _mm512_castsi512_ps(_mm512_and_si512(raw, hi)), ao[0][q]);
+            ae[0][q] = _mm512_fmadd_ps(xb, pk_even(raw, hi, H), ae[0][q]);
+            ao[0][q] = _mm512_fmadd_ps(xb, pk_odd(raw, hi, H), ao[0][q]);
         }
     }
     for (size_t k = 0; R > 1 && k < in; k++) {
@@ -383,8 +400,8 @@ pk_block(const float *x, size_t in, const uint16_t *P, size_t r, size_t p, size_
             /* One load per line: without this GCC folds it into both
              * the shift and the mask. */
             __asm__("" : "+v"(raw));
-            we[q] = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
-            wo[q] = _mm512_castsi512_ps(_mm512_and_si512(raw, hi));
+            we[q] = pk_even(raw, hi, H);
+            wo[q] = pk_odd(raw, hi, H);
         }
 #pragma GCC unroll 16
         for (int i = 0; i < R; i++) {
@@ -419,10 +436,14 @@ pk_block(const float *x, size_t in, const uint16_t *P, size_t r, size_t p, size_
     }
 }
 
-#define PK_SHAPE(R, NP)                                                                           \
-    AVX512 static void pk_##R##x##NP(const void *x, size_t in, const void *P, size_t r, size_t p, \
-                                     size_t p_hi, const float *bias, size_t out, float *y) {      \
-        pk_block(x, in, P, r, p, p_hi, bias, out, y, R, NP);                                      \
+#define PK_SHAPE(R, NP)                                                                            \
+    AVX512 static void pk_##R##x##NP(const void *x, size_t in, const void *P, size_t r, size_t p,  \
+                                     size_t p_hi, const float *bias, size_t out, float *y) {       \
+        pk_block(x, in, P, r, p, p_hi, bias, out, y, R, NP, false);                                \
+    }                                                                                              \
+    AVX512 static void pkh_##R##x##NP(const void *x, size_t in, const void *P, size_t r, size_t p, \
+                                      size_t p_hi, const float *bias, size_t out, float *y) {      \
+        pk_block(x, in, P, r, p, p_hi, bias, out, y, R, NP, true);                                 \
     }
 PK_SHAPE(12, 1)
 PK_SHAPE(4, 3)
@@ -436,16 +457,21 @@ static const eng_blk_shape_t k_pk_shapes[] = {
     {12, 1, pk_12x1}, {4, 3, pk_4x3}, {2, 4, pk_2x4}, {1, 8, pk_1x8}};
 static const eng_blk_shape_t k_pk_row[] = {
     {1, 8, pk_1x8}, {1, 4, pk_1x4}, {1, 2, pk_1x2}, {1, 1, pk_1x1}};
+static const eng_blk_shape_t k_pkh_shapes[] = {
+    {12, 1, pkh_12x1}, {4, 3, pkh_4x3}, {2, 4, pkh_2x4}, {1, 8, pkh_1x8}};
+static const eng_blk_shape_t k_pkh_row[] = {
+    {1, 8, pkh_1x8}, {1, 4, pkh_1x4}, {1, 2, pkh_1x2}, {1, 1, pkh_1x1}};
 
 /* y[r][o] for r < rows and the outputs of panels [p_lo, p_hi); @P the
- * panels of a [out][in] bf16 matrix. */
+ * panels of a [out][in] bf16 or (@f16) f16 matrix. */
 static void mm512_panels(const float *x, size_t rows, size_t in, const uint16_t *P, size_t p_lo,
-                         size_t p_hi, const float *bias, size_t out, float *y) {
+                         size_t p_hi, const float *bias, size_t out, float *y, bool f16) {
     if (rows == 1) { /* decode: blocks of 8 panels, the tail in 4, 2 and 1 */
-        eng_panel_row(k_pk_row, 4, x, in, P, p_lo, p_hi, bias, out, y);
+        eng_panel_row(f16 ? k_pkh_row : k_pk_row, 4, x, in, P, p_lo, p_hi, bias, out, y);
         return;
     }
-    eng_panel_tiles(k_pk_shapes, 4, PK_TILE, x, rows, in, P, p_lo, p_hi, bias, out, y);
+    eng_panel_tiles(f16 ? k_pkh_shapes : k_pk_shapes, 4, PK_TILE, x, rows, in, P, p_lo, p_hi, bias,
+                    out, y);
 }
 
 /* Panels [p_lo, p_hi) of bf16 @w ([out][in]) into @P. */
@@ -457,6 +483,20 @@ static void pk_fill(const uint16_t *w, size_t in, size_t out, size_t p_lo, size_
             size_t o = p * PK_W + j;
             const uint16_t *src = o < out ? w + o * in : NULL;
             for (size_t k = 0; k < in; k++) d[k * PK_W + j] = src ? src[k] : 0;
+        }
+    }
+}
+
+/* The same panels of f16 @w, each line's 32 halves reordered: outputs
+ * 32p + 2i at i, 32p + 2i + 1 at 16 + i (see pk_even / pk_odd). */
+static void pkh_fill(const uint16_t *w, size_t in, size_t out, size_t p_lo, size_t p_hi,
+                     uint16_t *P) {
+    for (size_t p = p_lo; p < p_hi; p++) {
+        uint16_t *d = P + p * in * PK_W;
+        for (size_t j = 0; j < PK_W; j++) {
+            size_t o = p * PK_W + j, at = j % 2 ? PK_W / 2 + j / 2 : j / 2;
+            const uint16_t *src = o < out ? w + o * in : NULL;
+            for (size_t k = 0; k < in; k++) d[k * PK_W + at] = src ? src[k] : 0;
         }
     }
 }
@@ -706,7 +746,7 @@ typedef struct {
     float *y;
     dot_fn dot;
     mm_fn mm;     /* blocked kernel, or NULL: one dot per (row, output) */
-    bool panels;  /* w->packed holds mm512_panels' panels */
+    bool panels;  /* w->packed holds mm512_panels' panels (bf16 or f16) */
     bool dp;      /* w->packed holds eng_dp_mm's panels, x is in bf16 pairs */
     bool amx;     /* dp panels multiplied on AMX tiles (eng_amx_mm) */
     bool guided;  /* one row: chunks shrink towards the end */
@@ -777,7 +817,7 @@ static void run_slice(const void *arg, int part, int parts) {
 #if defined(__x86_64__)
                 else
                     mm512_panels(j->x, j->rows, j->in, m->w->packed, a - j->off[i], b - j->off[i],
-                                 m->bias, m->out, y);
+                                 m->bias, m->out, y, m->w->dtype == MDL_F16);
 #endif
             }
         return;
@@ -842,9 +882,14 @@ static void run_parts(cpu_t *p, part_fn fn, const void *arg, size_t work) {
 /* Which kernel runs a matmul of @w. */
 typedef enum { MM_PLAIN, MM_PANELS, MM_DP } mm_route_t;
 
+/* Whether cpu_pack puts @w into eng_dp_mm's panels (else mm512_panels'). */
+static bool dp_packed(const cpu_t *p, const mdl_tensor_t *w) {
+    return p->dp && !w->exact && w->dtype == MDL_BF16;
+}
+
 static mm_route_t mm_route(const cpu_t *p, const mdl_tensor_t *w) {
     if (!w->packed) return MM_PLAIN;
-    return p->dp && !w->exact ? MM_DP : p->bf16_pairs ? MM_PANELS : MM_PLAIN;
+    return dp_packed(p, w) ? MM_DP : p->bf16_pairs ? MM_PANELS : MM_PLAIN;
 }
 
 #if defined(__x86_64__)
@@ -1083,8 +1128,9 @@ typedef struct {
 static void pack_slice(const void *arg, int part, int parts) {
     const pack_job_t *j = arg;
     size_t out = j->w->shape[0], np = pk_panels(out);
-    pk_fill(j->w->data, j->w->shape[1], out, np * (size_t)part / (size_t)parts,
-            np * (size_t)(part + 1) / (size_t)parts, j->P);
+    (j->w->dtype == MDL_F16 ? pkh_fill : pk_fill)(j->w->data, j->w->shape[1], out,
+                                                  np * (size_t)part / (size_t)parts,
+                                                  np * (size_t)(part + 1) / (size_t)parts, j->P);
 }
 
 static void dp_pack_slice(const void *arg, int part, int parts) {
@@ -1095,16 +1141,19 @@ static void dp_pack_slice(const void *arg, int part, int parts) {
 }
 #endif
 
-/* bf16 matrices of 32 outputs or more go into mm512_panels' layout on the
- * AVX-512 path, or of 16 or more into eng_dp_mm's with
- * TANDEM_CPU_PRECISION=bf16 (not w->exact ones); everything else stays as
- * it is (w->packed NULL). */
+/* bf16 and f16 matrices of 32 outputs or more go into mm512_panels'
+ * layout on the AVX-512 path, or bf16 ones of 16 or more into eng_dp_mm's
+ * with TANDEM_CPU_PRECISION=bf16 (not w->exact ones; f16 weights keep f32
+ * inputs: rounding them to bf16 would lose 3 bits of the weights' own
+ * precision); everything else stays as it is (w->packed NULL). */
 static cm_status_t cpu_pack(void *ctx, mdl_tensor_t *w) {
     cpu_t *p = ctx;
     w->packed = NULL;
 #if defined(__x86_64__)
-    if (!p->bf16_pairs || w->dtype != MDL_BF16 || w->ndim != 2 || !w->shape[1]) return CM_OK;
-    const bool dp = p->dp && !w->exact;
+    if (!p->bf16_pairs || (w->dtype != MDL_BF16 && w->dtype != MDL_F16) || w->ndim != 2 ||
+        !w->shape[1])
+        return CM_OK;
+    const bool dp = dp_packed(p, w);
     if (w->shape[0] < (dp ? DP_W : PK_W)) return CM_OK;
     size_t n, bytes;
     if (dp ? !cm_mul_ok(eng_dp_panels(w->shape[0]), eng_dp_pairs(w->shape[1]), &n) ||

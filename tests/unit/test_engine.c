@@ -156,6 +156,22 @@ TT_TEST(engine, qwen2moe_shared_expert_matches_transformers) {
     check_model("qwen2moe", ENG_BACKEND_REF);
 }
 
+/* An f16 checkpoint, f32 compute on its weights widened exactly: on the
+ * ref backend, the cpu backend (f16 panels on AVX-512) and the cpu
+ * backend's bf16 mode, which leaves f16 weights' inputs in f32 (with an
+ * f32 KV cache here: the goldens' cache). */
+TT_TEST(engine, f16_checkpoint_matches_transformers) {
+    check_model("qwen3f16", ENG_BACKEND_REF);
+    check_model("qwen3f16", ENG_BACKEND_CPU);
+    if (eng_dp_available()) {
+        setenv("TANDEM_CPU_PRECISION", "bf16", 1);
+        setenv("TANDEM_KV_DTYPE", "f32", 1);
+        check_model("qwen3f16", ENG_BACKEND_CPU);
+        unsetenv("TANDEM_CPU_PRECISION");
+        unsetenv("TANDEM_KV_DTYPE");
+    }
+}
+
 /* A bf16 KV cache (TANDEM_KV_DTYPE=bf16) with f32 compute, on the ref and
  * the cpu backend, every fixture: transformers' logits with its cached
  * keys and values rounded to bf16 within 1e-3 (a K/V value next to a
@@ -391,8 +407,8 @@ TT_TEST(engine, cpu_matmul_matches_ref_on_every_isa) {
                         bool with_bias = (a + b + c) % 2;
                         ref.iface->matmul(ref.ctx, x, nr, in, &w, with_bias ? bias : NULL, out, y0);
                         /* As given, then in the backend's packed layout
-                         * where it has one (bf16 on AVX-512): the same
-                         * checks. */
+                         * where it has one (bf16 and f16 on AVX-512): the
+                         * same checks. */
                         for (int pk = 0; pk < 2; pk++) {
                             if (pk) {
                                 TT_ASSERT_EQ_INT(cpu.iface->pack(cpu.ctx, &w), CM_OK);
@@ -423,9 +439,9 @@ TT_TEST(engine, cpu_matmul_matches_ref_on_every_isa) {
     }
     ref.iface->free(ref.ctx);
     TT_ASSERT(tested >= 1);
-    /* Only the avx512 path packs: its bf16 cases with 32+ outputs (7
-     * input sizes x 3 output counts x 7 row counts). */
-    if (eng_cpu_isa_available("avx512")) TT_ASSERT_EQ_INT(packed, 7 * 3 * 7);
+    /* Only the avx512 path packs: its bf16 and f16 cases with 32+ outputs
+     * (2 dtypes x 7 input sizes x 3 output counts x 7 row counts). */
+    if (eng_cpu_isa_available("avx512")) TT_ASSERT_EQ_INT(packed, 2 * 7 * 3 * 7);
 }
 
 /* @cpu's attention against the ref backend's, with f32 (@bf 0) or bf16
