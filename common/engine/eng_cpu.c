@@ -335,10 +335,11 @@ AVX512 static void mm512_bf16_pairs(const float *xp, size_t rows, size_t in, con
  * 4, 2 and 1). Rows go in tiles of PK_TILE so a tile's x stays in L2
  * while the panels stream.
  *
- * f16 weights use the same panels and kernels, a line holding the 16 even
- * outputs' halves then the 16 odd ones' (pkh_fill): VCVTPH2PS widens each
- * half of the line exactly, into the lanes the bf16 shift and mask fill,
- * so the same FMA chains and interleave follow. */
+ * f16 and f32 weights use the same panels and kernels, the 16 even
+ * outputs' weights first, then the 16 odd ones' (pkh_fill, pkf_fill): in
+ * one line of halves that VCVTPH2PS widens exactly, or in two lines of
+ * floats, into the lanes the bf16 shift and mask fill, so the same FMA
+ * chains and interleave follow. */
 #define PK_W    32 /* outputs per panel */
 #define PK_TILE 48 /* rows per tile */
 #ifndef PK_PF
@@ -347,30 +348,45 @@ AVX512 static void mm512_bf16_pairs(const float *xp, size_t rows, size_t in, con
 
 static inline size_t pk_panels(size_t out) { return (out + PK_W - 1) / PK_W; }
 
-/* A panel line's even outputs (lane i = output 2i of the panel) and odd
- * ones, as f32: bf16 (@H false) by shift and mask, f16 by conversion. */
-AVX512 __attribute__((always_inline)) static inline __m512 pk_even(__m512i raw, __m512i hi,
-                                                                   const bool H) {
-    if (H) return _mm512_cvtph_ps(_mm512_castsi512_si256(raw));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
-}
+enum { PK_BF16, PK_F16, PK_F32 }; /* a panel's weight type */
 
-AVX512 __attribute__((always_inline)) static inline __m512 pk_odd(__m512i raw, __m512i hi,
-                                                                  const bool H) {
-    if (H) return _mm512_cvtph_ps(_mm512_extracti64x4_epi64(raw, 1));
-    return _mm512_castsi512_ps(_mm512_and_si512(raw, hi));
+/* uint16_t units per input of a panel of type @T. */
+#define PK_LW(T) ((T) == PK_F32 ? 2 * PK_W : PK_W)
+
+/* Input @k's weights of panel @pp as f32: even outputs (lane i = output
+ * 2i of the panel) in *@e, odd ones in *@o; bf16 by shift and mask, f16 by
+ * conversion, f32 as stored. */
+AVX512 __attribute__((always_inline)) static inline void
+pk_load(const uint16_t *pp, size_t k, __m512i hi, const int T, __m512 *e, __m512 *o) {
+    const uint16_t *l = pp + k * PK_LW(T);
+    if (T == PK_F32) {
+        *e = _mm512_load_ps(l);
+        *o = _mm512_load_ps(l + PK_W);
+        return;
+    }
+    __m512i raw = _mm512_load_si512(l);
+    /* One load per line: without this GCC folds it into both the shift
+     * and the mask. */
+    __asm__("" : "+v"(raw));
+    if (T == PK_F16) {
+        *e = _mm512_cvtph_ps(_mm512_castsi512_si256(raw));
+        *o = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(raw, 1));
+        return;
+    }
+    *e = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+    *o = _mm512_castsi512_ps(_mm512_and_si512(raw, hi));
 }
 
 /* Rows [r, r + R) of x against panels p .. p + NP - 1 (indexes past
  * @p_hi clamped to its last panel: computed, not stored). */
 AVX512 __attribute__((always_inline)) static inline void
 pk_block(const float *x, size_t in, const uint16_t *P, size_t r, size_t p, size_t p_hi,
-         const float *bias, size_t out, float *y, const int R, const int NP, const bool H) {
+         const float *bias, size_t out, float *y, const int R, const int NP, const int T) {
     const __m512i hi = _mm512_set1_epi32((int)0xFFFF0000u);
     const uint16_t *pp[8];
 #pragma GCC unroll 8
     for (int q = 0; q < NP; q++)
-        pp[q] = P + (p + (size_t)q < p_hi ? p + (size_t)q : p_hi - 1) * in * PK_W;
+        pp[q] = P + (p + (size_t)q < p_hi ? p + (size_t)q : p_hi - 1) * in * PK_LW(T);
     __m512 ae[12][8], ao[12][8];
 #pragma GCC unroll 16
     for (int i = 0; i < R; i++)
@@ -385,23 +401,24 @@ pk_block(const float *x, size_t in, const uint16_t *P, size_t r, size_t p, size_
         const __m512 xb = _mm512_set1_ps(xr[k]);
 #pragma GCC unroll 8
         for (int q = 0; q < NP; q++) {
-            _mm_prefetch(pp[q] + (k + PK_PF) * PK_W, _MM_HINT_T0);
-            __m512i raw = _mm512_load_si512(pp[q] + k * PK_W);
-            __asm__("" : "+v"(raw));
-            ae[0][q] = _mm512_fmadd_ps(xb, pk_even(raw, hi, H), ae[0][q]);
-            ao[0][q] = _mm512_fmadd_ps(xb, pk_odd(raw, hi, H), ao[0][q]);
+            _mm_prefetch(pp[q] + (k + PK_PF) * PK_LW(T), _MM_HINT_T0);
+            if (T == PK_F32) _mm_prefetch(pp[q] + (k + PK_PF) * PK_LW(T) + PK_W, _MM_HINT_T0);
+            __m512 we, wo;
+            pk_load(pp[q], k, hi, T, &we, &wo);
+            ae[0][q] = _mm512_fmadd_ps(xb, we, ae[0][q]);
+            ao[0][q] = _mm512_fmadd_ps(xb, wo, ao[0][q]);
         }
     }
     for (size_t k = 0; R > 1 && k < in; k++) {
         __m512 we[8], wo[8];
 #pragma GCC unroll 8
         for (int q = 0; q < NP; q++) {
-            __m512i raw = _mm512_load_si512(pp[q] + k * PK_W);
-            /* One load per line: without this GCC folds it into both
-             * the shift and the mask. */
-            __asm__("" : "+v"(raw));
-            we[q] = pk_even(raw, hi, H);
-            wo[q] = pk_odd(raw, hi, H);
+            /* A few rows (small decode batches) stream the weights too. */
+            if (R <= 4) {
+                _mm_prefetch(pp[q] + (k + PK_PF) * PK_LW(T), _MM_HINT_T0);
+                if (T == PK_F32) _mm_prefetch(pp[q] + (k + PK_PF) * PK_LW(T) + PK_W, _MM_HINT_T0);
+            }
+            pk_load(pp[q], k, hi, T, &we[q], &wo[q]);
         }
 #pragma GCC unroll 16
         for (int i = 0; i < R; i++) {
@@ -439,11 +456,15 @@ pk_block(const float *x, size_t in, const uint16_t *P, size_t r, size_t p, size_
 #define PK_SHAPE(R, NP)                                                                            \
     AVX512 static void pk_##R##x##NP(const void *x, size_t in, const void *P, size_t r, size_t p,  \
                                      size_t p_hi, const float *bias, size_t out, float *y) {       \
-        pk_block(x, in, P, r, p, p_hi, bias, out, y, R, NP, false);                                \
+        pk_block(x, in, P, r, p, p_hi, bias, out, y, R, NP, PK_BF16);                              \
     }                                                                                              \
     AVX512 static void pkh_##R##x##NP(const void *x, size_t in, const void *P, size_t r, size_t p, \
                                       size_t p_hi, const float *bias, size_t out, float *y) {      \
-        pk_block(x, in, P, r, p, p_hi, bias, out, y, R, NP, true);                                 \
+        pk_block(x, in, P, r, p, p_hi, bias, out, y, R, NP, PK_F16);                               \
+    }                                                                                              \
+    AVX512 static void pkf_##R##x##NP(const void *x, size_t in, const void *P, size_t r, size_t p, \
+                                      size_t p_hi, const float *bias, size_t out, float *y) {      \
+        pk_block(x, in, P, r, p, p_hi, bias, out, y, R, NP, PK_F32);                               \
     }
 PK_SHAPE(12, 1)
 PK_SHAPE(4, 3)
@@ -461,17 +482,26 @@ static const eng_blk_shape_t k_pkh_shapes[] = {
     {12, 1, pkh_12x1}, {4, 3, pkh_4x3}, {2, 4, pkh_2x4}, {1, 8, pkh_1x8}};
 static const eng_blk_shape_t k_pkh_row[] = {
     {1, 8, pkh_1x8}, {1, 4, pkh_1x4}, {1, 2, pkh_1x2}, {1, 1, pkh_1x1}};
+static const eng_blk_shape_t k_pkf_shapes[] = {
+    {12, 1, pkf_12x1}, {4, 3, pkf_4x3}, {2, 4, pkf_2x4}, {1, 8, pkf_1x8}};
+static const eng_blk_shape_t k_pkf_row[] = {
+    {1, 8, pkf_1x8}, {1, 4, pkf_1x4}, {1, 2, pkf_1x2}, {1, 1, pkf_1x1}};
 
 /* y[r][o] for r < rows and the outputs of panels [p_lo, p_hi); @P the
- * panels of a [out][in] bf16 or (@f16) f16 matrix. */
+ * panels of a [out][in] matrix of dtype @t (bf16, f16 or f32). */
 static void mm512_panels(const float *x, size_t rows, size_t in, const uint16_t *P, size_t p_lo,
-                         size_t p_hi, const float *bias, size_t out, float *y, bool f16) {
+                         size_t p_hi, const float *bias, size_t out, float *y, mdl_dtype_t t) {
     if (rows == 1) { /* decode: blocks of 8 panels, the tail in 4, 2 and 1 */
-        eng_panel_row(f16 ? k_pkh_row : k_pk_row, 4, x, in, P, p_lo, p_hi, bias, out, y);
+        eng_panel_row(t == MDL_F16   ? k_pkh_row
+                      : t == MDL_F32 ? k_pkf_row
+                                     : k_pk_row,
+                      4, x, in, P, p_lo, p_hi, bias, out, y);
         return;
     }
-    eng_panel_tiles(f16 ? k_pkh_shapes : k_pk_shapes, 4, PK_TILE, x, rows, in, P, p_lo, p_hi, bias,
-                    out, y);
+    eng_panel_tiles(t == MDL_F16   ? k_pkh_shapes
+                    : t == MDL_F32 ? k_pkf_shapes
+                                   : k_pk_shapes,
+                    4, PK_TILE, x, rows, in, P, p_lo, p_hi, bias, out, y);
 }
 
 /* Panels [p_lo, p_hi) of bf16 @w ([out][in]) into @P. */
@@ -497,6 +527,19 @@ static void pkh_fill(const uint16_t *w, size_t in, size_t out, size_t p_lo, size
             size_t o = p * PK_W + j, at = j % 2 ? PK_W / 2 + j / 2 : j / 2;
             const uint16_t *src = o < out ? w + o * in : NULL;
             for (size_t k = 0; k < in; k++) d[k * PK_W + at] = src ? src[k] : 0;
+        }
+    }
+}
+
+/* The same of f32 @w, two lines per input: the even outputs' weights, then
+ * the odd ones'. */
+static void pkf_fill(const float *w, size_t in, size_t out, size_t p_lo, size_t p_hi, float *P) {
+    for (size_t p = p_lo; p < p_hi; p++) {
+        float *d = P + p * in * PK_W;
+        for (size_t j = 0; j < PK_W; j++) {
+            size_t o = p * PK_W + j, at = j % 2 ? PK_W / 2 + j / 2 : j / 2;
+            const float *src = o < out ? w + o * in : NULL;
+            for (size_t k = 0; k < in; k++) d[k * PK_W + at] = src ? src[k] : 0.0f;
         }
     }
 }
@@ -817,7 +860,7 @@ static void run_slice(const void *arg, int part, int parts) {
 #if defined(__x86_64__)
                 else
                     mm512_panels(j->x, j->rows, j->in, m->w->packed, a - j->off[i], b - j->off[i],
-                                 m->bias, m->out, y, m->w->dtype == MDL_F16);
+                                 m->bias, m->out, y, m->w->dtype);
 #endif
             }
         return;
@@ -1127,10 +1170,13 @@ typedef struct {
 
 static void pack_slice(const void *arg, int part, int parts) {
     const pack_job_t *j = arg;
-    size_t out = j->w->shape[0], np = pk_panels(out);
-    (j->w->dtype == MDL_F16 ? pkh_fill : pk_fill)(j->w->data, j->w->shape[1], out,
-                                                  np * (size_t)part / (size_t)parts,
-                                                  np * (size_t)(part + 1) / (size_t)parts, j->P);
+    size_t out = j->w->shape[0], np = pk_panels(out), lo = np * (size_t)part / (size_t)parts,
+           hi = np * (size_t)(part + 1) / (size_t)parts;
+    if (j->w->dtype == MDL_F32)
+        pkf_fill(j->w->data, j->w->shape[1], out, lo, hi, (float *)(void *)j->P);
+    else
+        (j->w->dtype == MDL_F16 ? pkh_fill : pk_fill)(j->w->data, j->w->shape[1], out, lo, hi,
+                                                      j->P);
 }
 
 static void dp_pack_slice(const void *arg, int part, int parts) {
@@ -1141,7 +1187,7 @@ static void dp_pack_slice(const void *arg, int part, int parts) {
 }
 #endif
 
-/* bf16 and f16 matrices of 32 outputs or more go into mm512_panels'
+/* Matrices of 32 outputs or more (bf16, f16, f32) go into mm512_panels'
  * layout on the AVX-512 path, or bf16 ones of 16 or more into eng_dp_mm's
  * with TANDEM_CPU_PRECISION=bf16 (not w->exact ones; f16 weights keep f32
  * inputs: rounding them to bf16 would lose 3 bits of the weights' own
@@ -1150,16 +1196,14 @@ static cm_status_t cpu_pack(void *ctx, mdl_tensor_t *w) {
     cpu_t *p = ctx;
     w->packed = NULL;
 #if defined(__x86_64__)
-    if (!p->bf16_pairs || (w->dtype != MDL_BF16 && w->dtype != MDL_F16) || w->ndim != 2 ||
-        !w->shape[1])
-        return CM_OK;
+    if (!p->bf16_pairs || w->ndim != 2 || !w->shape[1]) return CM_OK;
     const bool dp = dp_packed(p, w);
     if (w->shape[0] < (dp ? DP_W : PK_W)) return CM_OK;
     size_t n, bytes;
     if (dp ? !cm_mul_ok(eng_dp_panels(w->shape[0]), eng_dp_pairs(w->shape[1]), &n) ||
                  !cm_mul_ok(n, DP_W * sizeof(uint32_t), &bytes)
            : !cm_mul_ok(pk_panels(w->shape[0]), w->shape[1], &n) || !cm_mul_ok(n, PK_W, &n) ||
-                 !cm_mul_ok(n, sizeof(uint16_t), &bytes))
+                 !cm_mul_ok(n, mdl_dtype_size(w->dtype), &bytes))
         return CM_ERR_NO_MEMORY;
     if (!p->weights && !(p->weights = cm_hpool_new((size_t)64 << 20))) return CM_ERR_NO_MEMORY;
     uint16_t *P = cm_hpool_alloc(p->weights, 64, bytes);
