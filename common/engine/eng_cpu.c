@@ -413,11 +413,10 @@ pk_block(const float *x, size_t in, const uint16_t *P, size_t r, size_t p, size_
         __m512 we[8], wo[8];
 #pragma GCC unroll 8
         for (int q = 0; q < NP; q++) {
-            /* A few rows (small decode batches) stream the weights too. */
-            if (R <= 4) {
-                _mm_prefetch(pp[q] + (k + PK_PF) * PK_LW(T), _MM_HINT_T0);
-                if (T == PK_F32) _mm_prefetch(pp[q] + (k + PK_PF) * PK_LW(T) + PK_W, _MM_HINT_T0);
-            }
+            /* Decode batches stream the weights from memory too (a
+             * prefill's tile finds them in cache: cheap there). */
+            _mm_prefetch(pp[q] + (k + PK_PF) * PK_LW(T), _MM_HINT_T0);
+            if (T == PK_F32) _mm_prefetch(pp[q] + (k + PK_PF) * PK_LW(T) + PK_W, _MM_HINT_T0);
             pk_load(pp[q], k, hi, T, &we[q], &wo[q]);
         }
 #pragma GCC unroll 16
