@@ -517,7 +517,7 @@ static void pk_fill(const uint16_t *w, size_t in, size_t out, size_t p_lo, size_
 }
 
 /* The same panels of f16 @w, each line's 32 halves reordered: outputs
- * 32p + 2i at i, 32p + 2i + 1 at 16 + i (see pk_even / pk_odd). */
+ * 32p + 2i at i, 32p + 2i + 1 at 16 + i (see pk_load). */
 static void pkh_fill(const uint16_t *w, size_t in, size_t out, size_t p_lo, size_t p_hi,
                      uint16_t *P) {
     for (size_t p = p_lo; p < p_hi; p++) {
@@ -788,7 +788,7 @@ typedef struct {
     float *y;
     dot_fn dot;
     mm_fn mm;     /* blocked kernel, or NULL: one dot per (row, output) */
-    bool panels;  /* w->packed holds mm512_panels' panels (bf16 or f16) */
+    bool panels;  /* w->packed holds mm512_panels' panels (bf16, f16 or f32) */
     bool dp;      /* w->packed holds eng_dp_mm's panels, x is in bf16 pairs */
     bool amx;     /* dp panels multiplied on AMX tiles (eng_amx_mm) */
     bool guided;  /* one row: chunks shrink towards the end */
