@@ -336,7 +336,7 @@ AVX512 static void mm512_bf16_pairs(const float *xp, size_t rows, size_t in, con
  * while the panels stream.
  *
  * f16 and f32 weights use the same panels and kernels, the 16 even
- * outputs' weights first, then the 16 odd ones' (pkh_fill, pkf_fill): in
+ * outputs' weights first, then the 16 odd ones' (pk_fill): in
  * one line of halves that VCVTPH2PS widens exactly, or in two lines of
  * floats, into the lanes the bf16 shift and mask fill, so the same FMA
  * chains and interleave follow. */
@@ -473,74 +473,49 @@ PK_SHAPE(1, 4)
 PK_SHAPE(1, 2)
 PK_SHAPE(1, 1)
 
-static const eng_blk_shape_t k_pk_shapes[] = {
-    {12, 1, pk_12x1}, {4, 3, pk_4x3}, {2, 4, pk_2x4}, {1, 8, pk_1x8}};
-static const eng_blk_shape_t k_pk_row[] = {
-    {1, 8, pk_1x8}, {1, 4, pk_1x4}, {1, 2, pk_1x2}, {1, 1, pk_1x1}};
-static const eng_blk_shape_t k_pkh_shapes[] = {
-    {12, 1, pkh_12x1}, {4, 3, pkh_4x3}, {2, 4, pkh_2x4}, {1, 8, pkh_1x8}};
-static const eng_blk_shape_t k_pkh_row[] = {
-    {1, 8, pkh_1x8}, {1, 4, pkh_1x4}, {1, 2, pkh_1x2}, {1, 1, pkh_1x1}};
-static const eng_blk_shape_t k_pkf_shapes[] = {
-    {12, 1, pkf_12x1}, {4, 3, pkf_4x3}, {2, 4, pkf_2x4}, {1, 8, pkf_1x8}};
-static const eng_blk_shape_t k_pkf_row[] = {
-    {1, 8, pkf_1x8}, {1, 4, pkf_1x4}, {1, 2, pkf_1x2}, {1, 1, pkf_1x1}};
+/* Block shapes per panel type ([PK_BF16], [PK_F16], [PK_F32]). */
+static const eng_blk_shape_t k_pk_shapes[3][4] = {
+    {{12, 1, pk_12x1}, {4, 3, pk_4x3}, {2, 4, pk_2x4}, {1, 8, pk_1x8}},
+    {{12, 1, pkh_12x1}, {4, 3, pkh_4x3}, {2, 4, pkh_2x4}, {1, 8, pkh_1x8}},
+    {{12, 1, pkf_12x1}, {4, 3, pkf_4x3}, {2, 4, pkf_2x4}, {1, 8, pkf_1x8}}};
+static const eng_blk_shape_t k_pk_row[3][4] = {
+    {{1, 8, pk_1x8}, {1, 4, pk_1x4}, {1, 2, pk_1x2}, {1, 1, pk_1x1}},
+    {{1, 8, pkh_1x8}, {1, 4, pkh_1x4}, {1, 2, pkh_1x2}, {1, 1, pkh_1x1}},
+    {{1, 8, pkf_1x8}, {1, 4, pkf_1x4}, {1, 2, pkf_1x2}, {1, 1, pkf_1x1}}};
+
+static int pk_type(mdl_dtype_t t) {
+    return t == MDL_F16 ? PK_F16 : t == MDL_F32 ? PK_F32 : PK_BF16;
+}
 
 /* y[r][o] for r < rows and the outputs of panels [p_lo, p_hi); @P the
  * panels of a [out][in] matrix of dtype @t (bf16, f16 or f32). */
 static void mm512_panels(const float *x, size_t rows, size_t in, const uint16_t *P, size_t p_lo,
                          size_t p_hi, const float *bias, size_t out, float *y, mdl_dtype_t t) {
     if (rows == 1) { /* decode: blocks of 8 panels, the tail in 4, 2 and 1 */
-        eng_panel_row(t == MDL_F16   ? k_pkh_row
-                      : t == MDL_F32 ? k_pkf_row
-                                     : k_pk_row,
-                      4, x, in, P, p_lo, p_hi, bias, out, y);
+        eng_panel_row(k_pk_row[pk_type(t)], 4, x, in, P, p_lo, p_hi, bias, out, y);
         return;
     }
-    eng_panel_tiles(t == MDL_F16   ? k_pkh_shapes
-                    : t == MDL_F32 ? k_pkf_shapes
-                                   : k_pk_shapes,
-                    4, PK_TILE, x, rows, in, P, p_lo, p_hi, bias, out, y);
+    eng_panel_tiles(k_pk_shapes[pk_type(t)], 4, PK_TILE, x, rows, in, P, p_lo, p_hi, bias, out, y);
 }
 
-/* Panels [p_lo, p_hi) of bf16 @w ([out][in]) into @P. */
-static void pk_fill(const uint16_t *w, size_t in, size_t out, size_t p_lo, size_t p_hi,
-                    uint16_t *P) {
-    for (size_t p = p_lo; p < p_hi; p++) {
-        uint16_t *d = P + p * in * PK_W;
+/* Panels [p_lo, p_hi) of @w ([out][in], dtype @t) into @P: per input, the
+ * panel's 32 weights in output order (bf16), or the 16 even outputs'
+ * then the 16 odd ones' (f16, f32: see pk_load). */
+static void pk_fill(const void *w, mdl_dtype_t t, size_t in, size_t out, size_t p_lo, size_t p_hi,
+                    void *P) {
+    const size_t es = mdl_dtype_size(t);
+    for (size_t p = p_lo; p < p_hi; p++)
         for (size_t j = 0; j < PK_W; j++) {
-            size_t o = p * PK_W + j;
-            const uint16_t *src = o < out ? w + o * in : NULL;
-            for (size_t k = 0; k < in; k++) d[k * PK_W + j] = src ? src[k] : 0;
+            size_t o = p * PK_W + j, at = t == MDL_BF16 ? j : j % 2 ? PK_W / 2 + j / 2 : j / 2;
+            const void *src = o < out ? (const char *)w + o * in * es : NULL;
+            void *d = (char *)P + (p * in * PK_W + at) * es;
+            if (es == 4)
+                for (size_t k = 0; k < in; k++)
+                    ((float *)d)[k * PK_W] = src ? ((const float *)src)[k] : 0.0f;
+            else
+                for (size_t k = 0; k < in; k++)
+                    ((uint16_t *)d)[k * PK_W] = src ? ((const uint16_t *)src)[k] : 0;
         }
-    }
-}
-
-/* The same panels of f16 @w, each line's 32 halves reordered: outputs
- * 32p + 2i at i, 32p + 2i + 1 at 16 + i (see pk_load). */
-static void pkh_fill(const uint16_t *w, size_t in, size_t out, size_t p_lo, size_t p_hi,
-                     uint16_t *P) {
-    for (size_t p = p_lo; p < p_hi; p++) {
-        uint16_t *d = P + p * in * PK_W;
-        for (size_t j = 0; j < PK_W; j++) {
-            size_t o = p * PK_W + j, at = j % 2 ? PK_W / 2 + j / 2 : j / 2;
-            const uint16_t *src = o < out ? w + o * in : NULL;
-            for (size_t k = 0; k < in; k++) d[k * PK_W + at] = src ? src[k] : 0;
-        }
-    }
-}
-
-/* The same of f32 @w, two lines per input: the even outputs' weights, then
- * the odd ones'. */
-static void pkf_fill(const float *w, size_t in, size_t out, size_t p_lo, size_t p_hi, float *P) {
-    for (size_t p = p_lo; p < p_hi; p++) {
-        float *d = P + p * in * PK_W;
-        for (size_t j = 0; j < PK_W; j++) {
-            size_t o = p * PK_W + j, at = j % 2 ? PK_W / 2 + j / 2 : j / 2;
-            const float *src = o < out ? w + o * in : NULL;
-            for (size_t k = 0; k < in; k++) d[k * PK_W + at] = src ? src[k] : 0.0f;
-        }
-    }
 }
 
 AVX2 static inline __m256 w8(const void *w, size_t i, mdl_dtype_t t) {
@@ -1169,13 +1144,9 @@ typedef struct {
 
 static void pack_slice(const void *arg, int part, int parts) {
     const pack_job_t *j = arg;
-    size_t out = j->w->shape[0], np = pk_panels(out), lo = np * (size_t)part / (size_t)parts,
-           hi = np * (size_t)(part + 1) / (size_t)parts;
-    if (j->w->dtype == MDL_F32)
-        pkf_fill(j->w->data, j->w->shape[1], out, lo, hi, (float *)(void *)j->P);
-    else
-        (j->w->dtype == MDL_F16 ? pkh_fill : pk_fill)(j->w->data, j->w->shape[1], out, lo, hi,
-                                                      j->P);
+    size_t out = j->w->shape[0], np = pk_panels(out);
+    pk_fill(j->w->data, j->w->dtype, j->w->shape[1], out, np * (size_t)part / (size_t)parts,
+            np * (size_t)(part + 1) / (size_t)parts, j->P);
 }
 
 static void dp_pack_slice(const void *arg, int part, int parts) {
