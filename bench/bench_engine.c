@@ -339,7 +339,7 @@ int bench_engine_main(int argc, char **argv) {
         }
         eng_kv_seq_t **seqs = cm_calloc(B, sizeof *seqs);
         eng_item_t *items = cm_calloc(B, sizeof *items);
-        float *logits = cm_malloc_array((size_t)B * c->vocab, sizeof(float));
+        float *logits = cm_aligned_alloc(64, (size_t)B * c->vocab * sizeof(float));
         int32_t *prompt = cm_malloc_array(P, sizeof *prompt);
         for (uint32_t i = 0; i < P; i++) prompt[i] = (int32_t)((i * 7919u + 13u) % c->vocab);
         for (uint32_t b = 0; b < B; b++) {
@@ -395,7 +395,7 @@ int bench_engine_main(int argc, char **argv) {
         for (uint32_t b = 0; b < B; b++) eng_kv_seq_free(kv, seqs[b]);
         cm_free(seqs);
         cm_free(items);
-        cm_free(logits);
+        cm_aligned_free(logits);
         cm_free(prompt);
         eng_kv_free(kv);
         eng_model_kv_release(m, pool);

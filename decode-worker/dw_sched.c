@@ -93,7 +93,7 @@ void dw_sched_free(dw_sched_t *s) {
     eng_sampler_free(s->sampler);
     cm_free(s->items);
     cm_free(s->item_seq);
-    cm_free(s->logits);
+    cm_aligned_free(s->logits);
     cm_free(s->text);
     cm_free(s);
 }
@@ -290,8 +290,15 @@ static bool grow_items(dw_sched_t *s, size_t n) {
     if (it) s->items = it;
     dw_seq_t **sq = cm_realloc_array(s->item_seq, cap, sizeof *sq);
     if (sq) s->item_seq = sq;
-    float *lg = cm_realloc_array(s->logits, cap * (size_t)s->m.vocab, sizeof *lg);
-    if (lg) s->logits = lg;
+    /* On 64-byte lines (the LM head writes whole lines); rewritten each step. */
+    size_t bytes;
+    float *lg = cm_mul_ok(cap * (size_t)s->m.vocab, sizeof *lg, &bytes)
+                    ? cm_aligned_alloc(64, bytes)
+                    : NULL;
+    if (lg) {
+        cm_aligned_free(s->logits);
+        s->logits = lg;
+    }
     if (!it || !sq || !lg) return false;
     s->cap_items = cap;
     return true;

@@ -328,12 +328,14 @@ AVX512 static void mm512_bf16_pairs(const float *xp, size_t rows, size_t in, con
  * x[r][k] broadcast: y[r][o] is one FMA chain over k in order from 0 --
  * the ref backend's order -- whatever the block shape, batch or thread
  * split (bit-identical rows alone or in any batch). x is read in place
- * (one broadcast per row and input, from L1), a weight line once per
- * block of rows: blocks of 12 rows x 1 panel (24 accumulators) for most
- * rows, 4 x 3, 2 x 4 and 1 x 8 panels for the rest (decode: one row
- * against 8 panels streaming at once, a range's last panels in blocks of
- * 4, 2 and 1). Rows go in tiles of PK_TILE so a tile's x stays in L2
- * while the panels stream.
+ * (one broadcast per row and input), a weight line once per block of
+ * rows. Rows go in tiles of at most PK_TILE (a tile's x stays in L2 while
+ * the panels stream), each weight line fetched from memory once per tile
+ * (eng_panel_tiles): a tile of up to 12 rows is one block (one row: 8
+ * panels streaming at once, a range's last panels in blocks of 4, 2 and
+ * 1; 2 x 4, 3 x 3, 4 x 3, 5 x 2, 6 x 2 panels; 7 to 12 rows x 1 panel,
+ * up to 24 accumulators), a bigger one blocks of 6 to 12 rows x 1 panel,
+ * each panel's blocks one after another.
  *
  * f16 and f32 weights use the same panels and kernels, the 16 even
  * outputs' weights first, then the 16 odd ones' (pk_fill): in
@@ -381,7 +383,7 @@ pk_load(const uint16_t *pp, size_t k, __m512i hi, const int T, __m512 *e, __m512
  * @p_hi clamped to its last panel: computed, not stored). */
 AVX512 __attribute__((always_inline)) static inline void
 pk_block(const float *x, size_t in, const uint16_t *P, size_t r, size_t p, size_t p_hi,
-         const float *bias, size_t out, float *y, const int R, const int NP, const int T) {
+         const float *bias, size_t out, float *y, bool nt, const int R, const int NP, const int T) {
     const __m512i hi = _mm512_set1_epi32((int)0xFFFF0000u);
     const uint16_t *pp[8];
 #pragma GCC unroll 8
@@ -446,42 +448,73 @@ pk_block(const float *x, size_t in, const uint16_t *P, size_t r, size_t p, size_
             float *yr = y + (r + (size_t)i) * out + o0;
             __m512 v0 = _mm512_permutex2var_ps(ae[i][q], ilo, ao[i][q]);
             __m512 v1 = _mm512_permutex2var_ps(ae[i][q], ihi, ao[i][q]);
-            _mm512_mask_storeu_ps(yr, m0, bias ? _mm512_add_ps(v0, b0) : v0);
-            _mm512_mask_storeu_ps(yr + 16, m1, bias ? _mm512_add_ps(v1, b1) : v1);
+            if (bias) v0 = _mm512_add_ps(v0, b0), v1 = _mm512_add_ps(v1, b1);
+            if (nt && n == PK_W && !((uintptr_t)yr & 63)) {
+                _mm512_stream_ps(yr, v0);
+                _mm512_stream_ps(yr + 16, v1);
+            } else {
+                _mm512_mask_storeu_ps(yr, m0, v0);
+                _mm512_mask_storeu_ps(yr + 16, m1, v1);
+            }
         }
     }
 }
 
 #define PK_SHAPE(R, NP)                                                                            \
     AVX512 static void pk_##R##x##NP(const void *x, size_t in, const void *P, size_t r, size_t p,  \
-                                     size_t p_hi, const float *bias, size_t out, float *y) {       \
-        pk_block(x, in, P, r, p, p_hi, bias, out, y, R, NP, PK_BF16);                              \
+                                     size_t p_hi, const float *bias, size_t out, float *y,         \
+                                     bool nt) {                                                    \
+        pk_block(x, in, P, r, p, p_hi, bias, out, y, nt, R, NP, PK_BF16);                          \
     }                                                                                              \
     AVX512 static void pkh_##R##x##NP(const void *x, size_t in, const void *P, size_t r, size_t p, \
-                                      size_t p_hi, const float *bias, size_t out, float *y) {      \
-        pk_block(x, in, P, r, p, p_hi, bias, out, y, R, NP, PK_F16);                               \
+                                      size_t p_hi, const float *bias, size_t out, float *y,        \
+                                      bool nt) {                                                   \
+        pk_block(x, in, P, r, p, p_hi, bias, out, y, nt, R, NP, PK_F16);                           \
     }                                                                                              \
     AVX512 static void pkf_##R##x##NP(const void *x, size_t in, const void *P, size_t r, size_t p, \
-                                      size_t p_hi, const float *bias, size_t out, float *y) {      \
-        pk_block(x, in, P, r, p, p_hi, bias, out, y, R, NP, PK_F32);                               \
+                                      size_t p_hi, const float *bias, size_t out, float *y,        \
+                                      bool nt) {                                                   \
+        pk_block(x, in, P, r, p, p_hi, bias, out, y, nt, R, NP, PK_F32);                           \
     }
-PK_SHAPE(12, 1)
-PK_SHAPE(4, 3)
-PK_SHAPE(2, 4)
 PK_SHAPE(1, 8)
 PK_SHAPE(1, 4)
 PK_SHAPE(1, 2)
 PK_SHAPE(1, 1)
+PK_SHAPE(2, 4)
+PK_SHAPE(3, 3)
+PK_SHAPE(4, 3)
+PK_SHAPE(5, 2)
+PK_SHAPE(6, 2)
+PK_SHAPE(6, 1)
+PK_SHAPE(7, 1)
+PK_SHAPE(8, 1)
+PK_SHAPE(9, 1)
+PK_SHAPE(10, 1)
+PK_SHAPE(11, 1)
+PK_SHAPE(12, 1)
 
-/* Block shapes per panel type ([PK_BF16], [PK_F16], [PK_F32]). */
-static const eng_blk_shape_t k_pk_shapes[3][4] = {
-    {{12, 1, pk_12x1}, {4, 3, pk_4x3}, {2, 4, pk_2x4}, {1, 8, pk_1x8}},
-    {{12, 1, pkh_12x1}, {4, 3, pkh_4x3}, {2, 4, pkh_2x4}, {1, 8, pkh_1x8}},
-    {{12, 1, pkf_12x1}, {4, 3, pkf_4x3}, {2, 4, pkf_2x4}, {1, 8, pkf_1x8}}};
+/* Blocks per panel type ([PK_BF16], [PK_F16], [PK_F32]): a tile of up to
+ * 12 rows in one block (2 x 2R x NP accumulators, NP panels streaming
+ * side by side), bigger ones in blocks of 6 to 12 rows x 1 panel. */
+#define PK_BLK(R, NP, p) \
+    { R, NP, p##_##R##x##NP }
+#define PK_ONE(p)                                                                                 \
+    {                                                                                             \
+        PK_BLK(1, 8, p), PK_BLK(2, 4, p), PK_BLK(3, 3, p), PK_BLK(4, 3, p), PK_BLK(5, 2, p),      \
+            PK_BLK(6, 2, p), PK_BLK(7, 1, p), PK_BLK(8, 1, p), PK_BLK(9, 1, p), PK_BLK(10, 1, p), \
+            PK_BLK(11, 1, p), PK_BLK(12, 1, p)                                                    \
+    }
+#define PK_MANY(p)                                                                            \
+    {                                                                                         \
+        PK_BLK(6, 1, p), PK_BLK(7, 1, p), PK_BLK(8, 1, p), PK_BLK(9, 1, p), PK_BLK(10, 1, p), \
+            PK_BLK(11, 1, p), PK_BLK(12, 1, p)                                                \
+    }
+static const eng_blk_shape_t k_pk_one[3][12] = {PK_ONE(pk), PK_ONE(pkh), PK_ONE(pkf)};
+static const eng_blk_shape_t k_pk_many[3][7] = {PK_MANY(pk), PK_MANY(pkh), PK_MANY(pkf)};
 static const eng_blk_shape_t k_pk_row[3][4] = {
-    {{1, 8, pk_1x8}, {1, 4, pk_1x4}, {1, 2, pk_1x2}, {1, 1, pk_1x1}},
-    {{1, 8, pkh_1x8}, {1, 4, pkh_1x4}, {1, 2, pkh_1x2}, {1, 1, pkh_1x1}},
-    {{1, 8, pkf_1x8}, {1, 4, pkf_1x4}, {1, 2, pkf_1x2}, {1, 1, pkf_1x1}}};
+    {PK_BLK(1, 8, pk), PK_BLK(1, 4, pk), PK_BLK(1, 2, pk), PK_BLK(1, 1, pk)},
+    {PK_BLK(1, 8, pkh), PK_BLK(1, 4, pkh), PK_BLK(1, 2, pkh), PK_BLK(1, 1, pkh)},
+    {PK_BLK(1, 8, pkf), PK_BLK(1, 4, pkf), PK_BLK(1, 2, pkf), PK_BLK(1, 1, pkf)}};
 
 static int pk_type(mdl_dtype_t t) {
     return t == MDL_F16 ? PK_F16 : t == MDL_F32 ? PK_F32 : PK_BF16;
@@ -491,11 +524,19 @@ static int pk_type(mdl_dtype_t t) {
  * panels of a [out][in] matrix of dtype @t (bf16, f16 or f32). */
 static void mm512_panels(const float *x, size_t rows, size_t in, const uint16_t *P, size_t p_lo,
                          size_t p_hi, const float *bias, size_t out, float *y, mdl_dtype_t t) {
-    if (rows == 1) { /* decode: blocks of 8 panels, the tail in 4, 2 and 1 */
-        eng_panel_row(k_pk_row[pk_type(t)], 4, x, in, P, p_lo, p_hi, bias, out, y);
-        return;
-    }
-    eng_panel_tiles(k_pk_shapes[pk_type(t)], 4, PK_TILE, x, rows, in, P, p_lo, p_hi, bias, out, y);
+    const int T = pk_type(t);
+    const eng_panel_plan_t plan = {k_pk_one[T], k_pk_many[T], 12, 12, PK_TILE};
+    if (rows == 1) /* decode: blocks of 8 panels, the tail in 4, 2 and 1 */
+        eng_panel_row(k_pk_row[T], 4, x, in, P, p_lo, p_hi, bias, out, y);
+    else
+        eng_panel_tiles(&plan, x, rows, in, P, p_lo, p_hi, bias, out, y);
+    _mm_sfence(); /* the non-temporal stores, before the job ends */
+}
+
+/* The panel width of mm512_panels' blocks for @rows rows. */
+static size_t pk_width(size_t rows) {
+    const eng_panel_plan_t plan = {k_pk_one[0], k_pk_many[0], 12, 12, PK_TILE};
+    return eng_panel_width(&plan, rows);
 }
 
 /* Panels [p_lo, p_hi) of @w ([out][in], dtype @t) into @P: per input, the
@@ -777,14 +818,15 @@ typedef struct {
 } job_t;
 
 /* Panels per chunk of a panel job over @np panels, @rows rows and @parts
- * threads. Decode (a few rows, memory-bound): about 16 chunks per thread,
- * at least one block of 8 panels, so a large matrix (the LM head) still
- * streams long runs. Else about 8 chunks per thread, whole blocks of
- * every kernel shape (3, 4, 6 and 8 panels). */
-static size_t panel_chunk(size_t np, size_t rows, int parts) {
+ * threads, its kernel's blocks @width panels wide. Up to 4 rows
+ * (memory-bound): about 16 chunks per thread, at least one block of 8
+ * panels, so a large matrix (the LM head) still streams long runs. Else
+ * about 8 chunks per thread, whole blocks: a matrix of 32 panels still
+ * splits evenly between the threads. */
+static size_t panel_chunk(size_t np, size_t rows, int parts, size_t width) {
     if (rows <= 4) return (np + (size_t)parts * 16 * 8 - 1) / ((size_t)parts * 16 * 8) * 8;
     size_t c = (np + (size_t)parts * 8 - 1) / ((size_t)parts * 8);
-    return (c + 23) / 24 * 24;
+    return (c + width - 1) / width * width;
 }
 
 /* The next chunk of a panel job: its first panel in *@lo and its length,
@@ -940,7 +982,8 @@ static void panel_matmuls(cpu_t *p, mm_route_t route, const float *x, size_t row
         j.r0 = r;
         j.parts = p->n + 1;
         j.guided = j.rows == 1;
-        j.chunk = panel_chunk(j.off[n], j.rows, j.parts);
+        j.chunk =
+            panel_chunk(j.off[n], j.rows, j.parts, j.dp ? eng_dp_width(j.rows) : pk_width(j.rows));
         atomic_store_explicit(&next, 0, memory_order_relaxed);
         if (j.dp) {
             perm_job_t pj = {x + r * in, j.rows, in, p->xp};

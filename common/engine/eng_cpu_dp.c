@@ -112,7 +112,7 @@ void eng_dp_xconv_ref(const float *x, size_t r0, size_t r1, size_t in, uint32_t 
  * @p_hi clamped to its last panel: computed, not stored). */
 DP512 __attribute__((always_inline)) static inline void
 dp_block(const uint32_t *xb, size_t np, const uint32_t *P, size_t r, size_t p, size_t p_hi,
-         const float *bias, size_t out, float *y, const int R, const int NP) {
+         const float *bias, size_t out, float *y, bool nt, const int R, const int NP) {
     const uint32_t *pp[8];
 #pragma GCC unroll 8
     for (int q = 0; q < NP; q++)
@@ -149,28 +149,48 @@ dp_block(const uint32_t *xb, size_t np, const uint32_t *P, size_t r, size_t p, s
 #pragma GCC unroll 8
         for (int i = 0; i < R; i++) {
             float *yr = y + (r + (size_t)i) * out + o0;
-            _mm512_mask_storeu_ps(yr, m, bias ? _mm512_add_ps(acc[i][q], b) : acc[i][q]);
+            __m512 v = bias ? _mm512_add_ps(acc[i][q], b) : acc[i][q];
+            if (nt && n == DP_W && !((uintptr_t)yr & 63))
+                _mm512_stream_ps(yr, v);
+            else
+                _mm512_mask_storeu_ps(yr, m, v);
         }
     }
 }
 
 #define DP_SHAPE(R, NP)                                                                           \
     DP512 static void dp_##R##x##NP(const void *xb, size_t np, const void *P, size_t r, size_t p, \
-                                    size_t p_hi, const float *bias, size_t out, float *y) {       \
-        dp_block(xb, np, P, r, p, p_hi, bias, out, y, R, NP);                                     \
+                                    size_t p_hi, const float *bias, size_t out, float *y,         \
+                                    bool nt) {                                                    \
+        dp_block(xb, np, P, r, p, p_hi, bias, out, y, nt, R, NP);                                 \
     }
-DP_SHAPE(8, 3)
-DP_SHAPE(4, 6)
-DP_SHAPE(2, 8)
 DP_SHAPE(1, 8)
 DP_SHAPE(1, 4)
 DP_SHAPE(1, 2)
 DP_SHAPE(1, 1)
+DP_SHAPE(2, 8)
+DP_SHAPE(3, 6)
+DP_SHAPE(4, 6)
+DP_SHAPE(5, 4)
+DP_SHAPE(6, 4)
+DP_SHAPE(4, 3)
+DP_SHAPE(5, 3)
+DP_SHAPE(6, 3)
+DP_SHAPE(7, 3)
+DP_SHAPE(8, 3)
 
-static const eng_blk_shape_t k_dp_shapes[] = {
-    {8, 3, dp_8x3}, {4, 6, dp_4x6}, {2, 8, dp_2x8}, {1, 8, dp_1x8}};
-static const eng_blk_shape_t k_dp_row[] = {
-    {1, 8, dp_1x8}, {1, 4, dp_1x4}, {1, 2, dp_1x2}, {1, 1, dp_1x1}};
+/* A tile of up to 8 rows in one block (R x NP accumulators), bigger ones
+ * in blocks of 4 to 8 rows x 3 panels. */
+#define DP_BLK(R, NP) \
+    { R, NP, dp_##R##x##NP }
+static const eng_blk_shape_t k_dp_one[] = {DP_BLK(1, 8), DP_BLK(2, 8), DP_BLK(3, 6), DP_BLK(4, 6),
+                                           DP_BLK(5, 4), DP_BLK(6, 4), DP_BLK(7, 3), DP_BLK(8, 3)};
+static const eng_blk_shape_t k_dp_many[] = {DP_BLK(4, 3), DP_BLK(5, 3), DP_BLK(6, 3), DP_BLK(7, 3),
+                                            DP_BLK(8, 3)};
+static const eng_blk_shape_t k_dp_row[] = {DP_BLK(1, 8), DP_BLK(1, 4), DP_BLK(1, 2), DP_BLK(1, 1)};
+static const eng_panel_plan_t k_dp_plan = {k_dp_one, k_dp_many, 8, 8, DP_TILE};
+
+size_t eng_dp_width(size_t rows) { return eng_panel_width(&k_dp_plan, rows); }
 
 /* The pairs are x's bf16 values in order, low half first: 32 at a time. */
 DP512 static void xconv512(const float *x, size_t r0, size_t r1, size_t in, uint32_t *xb) {
@@ -201,12 +221,11 @@ void eng_dp_xconv(const float *x, size_t r0, size_t r1, size_t in, uint32_t *xb)
 
 void eng_dp_mm(const uint32_t *xb, size_t rows, size_t in, const uint32_t *P, size_t p_lo,
                size_t p_hi, const float *bias, size_t out, float *y) {
-    if (rows == 1) { /* decode: blocks of 8 panels, the tail in 4, 2 and 1 */
+    if (rows == 1) /* decode: blocks of 8 panels, the tail in 4, 2 and 1 */
         eng_panel_row(k_dp_row, 4, xb, eng_dp_pairs(in), P, p_lo, p_hi, bias, out, y);
-        return;
-    }
-    eng_panel_tiles(k_dp_shapes, 4, DP_TILE, xb, rows, eng_dp_pairs(in), P, p_lo, p_hi, bias, out,
-                    y);
+    else
+        eng_panel_tiles(&k_dp_plan, xb, rows, eng_dp_pairs(in), P, p_lo, p_hi, bias, out, y);
+    _mm_sfence(); /* the non-temporal stores, before the job ends */
 }
 
 bool eng_dp_available(void) {
@@ -226,6 +245,11 @@ void eng_dp_mm(const uint32_t *xb, size_t rows, size_t in, const uint32_t *P, si
 }
 
 bool eng_dp_available(void) { return false; }
+
+size_t eng_dp_width(size_t rows) {
+    (void)rows;
+    return 1;
+}
 
 void eng_dp_xconv(const float *x, size_t r0, size_t r1, size_t in, uint32_t *xb) {
     eng_dp_xconv_ref(x, r0, r1, in, xb);

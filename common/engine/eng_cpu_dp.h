@@ -28,6 +28,9 @@ void eng_dp_xconv_ref(const float *x, size_t r0, size_t r1, size_t in, uint32_t 
  * Needs eng_dp_available(). */
 void eng_dp_mm(const uint32_t *xb, size_t rows, size_t in, const uint32_t *P, size_t p_lo,
                size_t p_hi, const float *bias, size_t out, float *y);
+/* The panel width of eng_dp_mm's blocks for @rows rows (chunks of panels
+ * are multiples of it). */
+size_t eng_dp_width(size_t rows);
 /* True when this CPU runs eng_dp_mm (AVX-512 with AVX512_BF16). */
 bool eng_dp_available(void);
 /* For tests: the bf16 of @f as the conversion rounds it, and one output

@@ -6,37 +6,74 @@
 #ifndef TANDEM_ENG_CPU_TILES_H
 #define TANDEM_ENG_CPU_TILES_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 /* One block of a panel kernel: rows [r, r + R) of @x (row stride @xs
  * elements) against panels p .. p + NP - 1 of @P, indexes past @p_hi
- * clamped to its last panel (computed, not stored). */
+ * clamped to its last panel (computed, not stored). @nt: whole lines of
+ * y written with non-temporal stores (the caller fences). */
 typedef void (*eng_blk_fn)(const void *x, size_t xs, const void *P, size_t r, size_t p, size_t p_hi,
-                           const float *bias, size_t out, float *y);
+                           const float *bias, size_t out, float *y, bool nt);
 
 typedef struct {
     size_t rows, panels; /* R, NP of the block */
     eng_blk_fn fn;
 } eng_blk_shape_t;
 
-/* Rows [0, rows) in tiles of @tile against panels [p_lo, p_hi). In each
- * tile @s[0] takes as many whole blocks of rows as fit, @s[1] as many of
- * the rest, and so on (the last shape has 1 row). Per shape, blocks of
- * panels outer and blocks of rows inner: a block's panels stay in cache
- * while the tile's rows pass. */
-static inline void eng_panel_tiles(const eng_blk_shape_t *s, int ns, size_t tile, const void *x,
-                                   size_t rows, size_t xs, const void *P, size_t p_lo, size_t p_hi,
-                                   const float *bias, size_t out, float *y) {
-    for (size_t r0 = 0; r0 < rows; r0 += tile) {
-        size_t r1 = r0 + tile < rows ? r0 + tile : rows, lo = r0;
-        for (int k = 0; k < ns; k++) {
-            size_t hi = lo + (r1 - lo) / s[k].rows * s[k].rows;
-            for (size_t p = p_lo; lo < hi && p < p_hi; p += s[k].panels)
-                for (size_t r = lo; r < hi; r += s[k].rows)
-                    s[k].fn(x, xs, P, r, p, p_hi, bias, out, y);
-            lo = hi;
+/* The blocks a panel kernel has for a tile of rows: @one[n - 1] takes a
+ * whole tile of n <= @max_one rows in one pass over the panels; bigger
+ * tiles go in blocks of @many[R - @max_many / 2] (R rows, all of one
+ * panel width), R between @max_many / 2 and @max_many. */
+typedef struct {
+    const eng_blk_shape_t *one, *many;
+    int max_one, max_many;
+    size_t tile; /* rows per tile: a tile's x stays in L2 */
+} eng_panel_plan_t;
+
+/* Up to this many rows (decode batches, the weights streaming from
+ * memory) the kernels write y with non-temporal stores: a store to a line
+ * not in cache (y was last written a layer ago) otherwise stalls the
+ * stream (decode 8 and 12 sequences 1.17x); bigger products keep y in
+ * cache for the next op. */
+#define ENG_NT_ROWS 16
+
+/* Rows [0, rows) in tiles of at most @s->tile rows, of sizes within one
+ * of each other (no small last tile), against panels [p_lo, p_hi). Each
+ * weight line comes from memory once per tile, whatever the number of
+ * rows: a tile of up to @max_one rows is one block, a bigger one blocks
+ * of sizes within one of each other, each reading a panel right after the
+ * tile's first block fetched it (from L1 or L2). So a decode batch of 3,
+ * 7 or 13 sequences costs about the memory traffic of one. */
+static inline void eng_panel_tiles(const eng_panel_plan_t *s, const void *x, size_t rows, size_t xs,
+                                   const void *P, size_t p_lo, size_t p_hi, const float *bias,
+                                   size_t out, float *y) {
+    const size_t nt = (rows + s->tile - 1) / s->tile;
+    const bool nts = rows <= ENG_NT_ROWS;
+    for (size_t t = 0; t < nt; t++) {
+        size_t r0 = rows * t / nt, n = rows * (t + 1) / nt - r0;
+        if (n <= (size_t)s->max_one) {
+            const eng_blk_shape_t *b = &s->one[n - 1];
+            for (size_t p = p_lo; p < p_hi; p += b->panels)
+                b->fn(x, xs, P, r0, p, p_hi, bias, out, y, nts);
+            continue;
         }
+        const size_t nb = (n + (size_t)s->max_many - 1) / (size_t)s->max_many,
+                     lo = (size_t)s->max_many / 2;
+        for (size_t p = p_lo; p < p_hi; p += s->many[0].panels)
+            for (size_t i = 0, r = r0; i < nb; i++) {
+                size_t R = (n - (r - r0)) / (nb - i); /* the rest shared out evenly */
+                s->many[R - lo].fn(x, xs, P, r, p, p_hi, bias, out, y, nts);
+                r += R;
+            }
     }
+}
+
+/* The panel width of the blocks eng_panel_tiles runs for @rows rows: a
+ * job's chunks of panels are multiples of it, so no block computes panels
+ * past a chunk's end. */
+static inline size_t eng_panel_width(const eng_panel_plan_t *s, size_t rows) {
+    return rows && rows <= (size_t)s->max_one ? s->one[rows - 1].panels : s->many[0].panels;
 }
 
 /* One row of @x against panels [p_lo, p_hi): blocks of @s[0].panels,
@@ -48,7 +85,7 @@ static inline void eng_panel_row(const eng_blk_shape_t *s, int ns, const void *x
     for (size_t p = p_lo; p < p_hi;) {
         int k = 0;
         while (k + 1 < ns && p_hi - p < s[k].panels) k++;
-        s[k].fn(x, xs, P, 0, p, p_hi, bias, out, y);
+        s[k].fn(x, xs, P, 0, p, p_hi, bias, out, y, true);
         p += s[k].panels;
     }
 }

@@ -319,7 +319,7 @@ void eng_model_free(eng_model_t *m) {
     cm_free(m->layers);
     cm_free(m->final_norm);
     cm_free(m->inv_freq);
-    cm_free(m->buf);
+    cm_aligned_free(m->buf);
     eng_cuda_free(m->cuda);
     if (m->be.iface) m->be.iface->free(m->be.ctx);
     mdl_weights_close(m->w);
@@ -424,10 +424,15 @@ static void mlp_run(eng_model_t *m, const mlp_t *p, const float *x, size_t rows,
     be->matmul(m->be.ctx, g, rows, ff, &p->down, NULL, m->c.hidden, y);
 }
 
+/* The forward pass's scratch (contents not kept), on 64-byte lines: the
+ * matmuls' output rows then start on a line (whole-line stores). */
 static float *scratch(eng_model_t *m, size_t floats) {
+    size_t bytes;
     if (floats > m->buf_cap) {
-        float *b = cm_realloc_array(m->buf, floats, sizeof *b);
+        if (!cm_mul_ok(floats, sizeof(float), &bytes)) return NULL;
+        float *b = cm_aligned_alloc(64, bytes);
         if (!b) return NULL;
+        cm_aligned_free(m->buf);
         m->buf = b;
         m->buf_cap = floats;
     }
@@ -464,12 +469,14 @@ cm_status_t eng_forward_hooked(eng_model_t *m, eng_kv_t *kv, const eng_item_t *i
     uint32_t qd = nh * hd, kd = nkv * hd;
     uint32_t ff = c->intermediate > c->moe_intermediate ? c->intermediate : c->moe_intermediate;
     if (c->shared_intermediate > ff) ff = c->shared_intermediate;
-    /* Scratch layout (floats). */
-    size_t off_x = 0, off_h = off_x + T * H, off_q = off_h + T * H, off_k = off_q + T * qd;
-    size_t off_v = off_k + T * kd, off_a = off_v + T * kd, off_o = off_a + T * qd;
-    size_t off_g = off_o + T * H, off_u = off_g + T * ff;
-    size_t off_r = off_u + T * ff, off_e = off_r + T * (c->n_experts + 1);
-    size_t off_y = off_e + T * H, off_rc = off_y + T * H, total = off_rc + T * hd + 8;
+        /* Scratch layout (floats; each array from a 64-byte line). */
+#define SCR(n) (((n) + 15) / 16 * 16)
+    size_t off_x = 0, off_h = off_x + SCR(T * H), off_q = off_h + SCR(T * H);
+    size_t off_k = off_q + SCR(T * qd), off_v = off_k + SCR(T * kd), off_a = off_v + SCR(T * kd);
+    size_t off_o = off_a + SCR(T * qd), off_g = off_o + SCR(T * H), off_u = off_g + SCR(T * ff);
+    size_t off_r = off_u + SCR(T * ff), off_e = off_r + SCR(T * (c->n_experts + 1));
+    size_t off_y = off_e + SCR(T * H), off_rc = off_y + SCR(T * H), total = off_rc + T * hd + 8;
+#undef SCR
     float *buf = scratch(m, total);
     int32_t *tok = cm_malloc_array(T, sizeof *tok);
     uint32_t *pos = cm_malloc_array(T, sizeof *pos);

@@ -202,8 +202,9 @@ static cm_status_t bf16_backend(eng_backend_t *out) { return bf16_backend_amx(ou
 
 /* The backend's matmul in bf16 mode on awkward shapes (odd inputs, outputs
  * not a multiple of 16 or of the 3- and 6-panel blocks, fewer and more
- * pairs than an AMX tile's 16, row counts hitting every block shape and
- * the tile edges): against plain C (same rounding and order; on AMX tiles
+ * pairs than an AMX tile's 16, row counts hitting every block shape: one
+ * block for up to 8 rows, blocks of 4 to 8 rows above, tiles of 48 split
+ * evenly): against plain C (same rounding and order; on AMX tiles
  * the unit's own order, so within 1e-6 of the products' magnitude), the
  * f64 sum, rows alone bit-identical; exact matrices against the ref
  * backend. */
@@ -214,10 +215,10 @@ static void check_bf16_matmul(bool amx) {
     TT_ASSERT_EQ_INT(eng_backend_ref_new(&ref), CM_OK);
     uint64_t rng = 99;
     static const size_t ins[] = {1, 7, 31, 64, 333, 1024}, outs[] = {16, 17, 100, 250};
-    static const size_t rows_[] = {1, 2, 3, 4, 5, 8, 13, 49, 97};
+    static const size_t rows_[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17, 25, 49, 97};
     for (size_t a = 0; a < 6; a++)
         for (size_t b = 0; b < 4; b++)
-            for (size_t c = 0; c < 9; c++) {
+            for (size_t c = 0; c < 14; c++) {
                 size_t in = ins[a], out = outs[b], nr = rows_[c], np = eng_dp_pairs(in);
                 if (in * out * nr > 4000000) continue;
                 uint16_t *wd = rnd_bf16_matrix(out, in, &rng);
