@@ -70,8 +70,8 @@ static inline void eng_panel_tiles(const eng_panel_plan_t *s, const void *x, siz
 }
 
 /* The panel width of the blocks eng_panel_tiles runs for @rows rows: a
- * job's chunks of panels are multiples of it, so no block computes panels
- * past a chunk's end. */
+ * job's chunks of panels are multiples of it, so no block reaches past a
+ * chunk's end (where it would compute the chunk's last panel again). */
 static inline size_t eng_panel_width(const eng_panel_plan_t *s, size_t rows) {
     return rows && rows <= (size_t)s->max_one ? s->one[rows - 1].panels : s->many[0].panels;
 }
