@@ -516,6 +516,9 @@ PK_SHAPE(12, 1)
     }
 static const eng_blk_shape_t k_pk_one[3][12] = {PK_ONE(pk), PK_ONE(pkh), PK_ONE(pkf)};
 static const eng_blk_shape_t k_pk_many[3][7] = {PK_MANY(pk), PK_MANY(pkh), PK_MANY(pkf)};
+static const eng_panel_plan_t k_pk_plan[3] = {{k_pk_one[0], k_pk_many[0], 12, 12, PK_TILE},
+                                              {k_pk_one[1], k_pk_many[1], 12, 12, PK_TILE},
+                                              {k_pk_one[2], k_pk_many[2], 12, 12, PK_TILE}};
 static const eng_blk_shape_t k_pk_row[3][4] = {
     {PK_BLK(1, 8, pk), PK_BLK(1, 4, pk), PK_BLK(1, 2, pk), PK_BLK(1, 1, pk)},
     {PK_BLK(1, 8, pkh), PK_BLK(1, 4, pkh), PK_BLK(1, 2, pkh), PK_BLK(1, 1, pkh)},
@@ -530,18 +533,16 @@ static int pk_type(mdl_dtype_t t) {
 static void mm512_panels(const float *x, size_t rows, size_t in, const uint16_t *P, size_t p_lo,
                          size_t p_hi, const float *bias, size_t out, float *y, mdl_dtype_t t) {
     const int T = pk_type(t);
-    const eng_panel_plan_t plan = {k_pk_one[T], k_pk_many[T], 12, 12, PK_TILE};
     if (rows == 1) /* decode: blocks of 8 panels, the tail in 4, 2 and 1 */
         eng_panel_row(k_pk_row[T], 4, x, in, P, p_lo, p_hi, bias, out, y);
     else
-        eng_panel_tiles(&plan, x, rows, in, P, p_lo, p_hi, bias, out, y);
+        eng_panel_tiles(&k_pk_plan[T], x, rows, in, P, p_lo, p_hi, bias, out, y);
     _mm_sfence(); /* the non-temporal stores, before the job ends */
 }
 
 /* The panel width of mm512_panels' blocks for @rows rows. */
 static size_t pk_width(size_t rows) {
-    const eng_panel_plan_t plan = {k_pk_one[0], k_pk_many[0], 12, 12, PK_TILE};
-    return eng_panel_width(&plan, rows);
+    return eng_panel_width(&k_pk_plan[PK_BF16], rows); /* the same shapes for every type */
 }
 
 /* Panels [p_lo, p_hi) of @w ([out][in], dtype @t) into @P: per input, the

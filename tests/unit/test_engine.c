@@ -358,6 +358,20 @@ static uint16_t to_bf16(float f) {
     return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
 }
 
+/* @n random weights in [-0.5, 0.5) stored as @dt (bf16 and f16 rounded
+ * to nearest). */
+static void rnd_weights(void *wd, size_t n, mdl_dtype_t dt, uint64_t *rng) {
+    for (size_t i = 0; i < n; i++) {
+        float v = (float)rnd(rng) - 0.5f;
+        if (dt == MDL_F32)
+            ((float *)wd)[i] = v;
+        else if (dt == MDL_BF16)
+            ((uint16_t *)wd)[i] = to_bf16(v);
+        else
+            ((uint16_t *)wd)[i] = to_f16(v);
+    }
+}
+
 /* A cpu backend capped at @isa (TANDEM_CPU_ISA, unset again after). */
 static cm_status_t cpu_backend_on(const char *isa, eng_backend_t *out) {
     setenv("TANDEM_CPU_ISA", isa, 1);
@@ -394,15 +408,7 @@ TT_TEST(engine, cpu_matmul_matches_ref_on_every_isa) {
                         void *wd = malloc(out * in * 4);
                         for (size_t i = 0; i < nr * in; i++) x[i] = (float)rnd(&rng) - 0.5f;
                         for (size_t i = 0; i < out; i++) bias[i] = (float)rnd(&rng);
-                        for (size_t i = 0; i < out * in; i++) {
-                            float v = (float)rnd(&rng) - 0.5f;
-                            if (dts[d] == MDL_F32)
-                                ((float *)wd)[i] = v;
-                            else if (dts[d] == MDL_BF16)
-                                ((uint16_t *)wd)[i] = to_bf16(v);
-                            else
-                                ((uint16_t *)wd)[i] = to_f16(v);
-                        }
+                        rnd_weights(wd, out * in, dts[d], &rng);
                         mdl_tensor_t w = {"w", dts[d], 2, {out, in}, wd, 0, NULL, false};
                         bool with_bias = (a + b + c) % 2;
                         ref.iface->matmul(ref.ctx, x, nr, in, &w, with_bias ? bias : NULL, out, y0);
@@ -472,15 +478,7 @@ TT_TEST(engine, cpu_packed_matmul_every_row_count) {
     for (size_t d = 0; d < 3; d++)
         for (size_t b = 0; b < 2; b++) {
             size_t out = outs[b];
-            for (size_t i = 0; i < out * in; i++) {
-                float v = (float)rnd(&rng) - 0.5f;
-                if (dts[d] == MDL_F32)
-                    ((float *)wd)[i] = v;
-                else if (dts[d] == MDL_BF16)
-                    ((uint16_t *)wd)[i] = to_bf16(v);
-                else
-                    ((uint16_t *)wd)[i] = to_f16(v);
-            }
+            rnd_weights(wd, out * in, dts[d], &rng);
             mdl_tensor_t w = {"w", dts[d], 2, {out, in}, wd, 0, NULL, false};
             TT_ASSERT_EQ_INT(cpu.iface->pack(cpu.ctx, &w), CM_OK);
             TT_ASSERT(w.packed);
