@@ -1,7 +1,8 @@
 /*
  * test_tok.c - the tokenizer against Hugging Face `tokenizers` and
  * transformers' apply_chat_template on the real Qwen3, Llama 3.1 and
- * DeepSeek V3 tokenizers (goldens: tests/fixtures/gen_tok_goldens.py).
+ * DeepSeek V3 tokenizers (goldens: tests/fixtures/gen_tok_goldens.py), on
+ * SentencePiece-style fixtures and on Mistral's own v1 and v3 tokenizers.
  */
 #include <cjson/cJSON.h>
 #include <stdlib.h>
@@ -9,18 +10,24 @@
 #include "tok.h"
 #include "tt.h"
 
-static cJSON *g_golds[2]; /* goldens.json, sp_goldens.json */
+/* Goldens files: the real tokenizers in ../shared/tokenizers, then the
+ * fixtures in tests/fixtures/tok/: SentencePiece-style ones trained here
+ * ("sp_*", tests/fixtures/gen_sp_tokenizers.py) and Mistral's own models
+ * converted by transformers ("mistral_*", gen_mistral_tokenizers.py). */
+static const char *const k_gold_files[] = {"goldens.json", "sp_goldens.json",
+                                           "mistral_goldens.json"};
+static cJSON *g_golds[3];
 
-/* SentencePiece-style fixtures ("sp_*", tests/fixtures/gen_sp_tokenizers.py)
- * live in tests/fixtures/tok/ with their own goldens file. */
-static bool is_sp(const char *name) { return !strncmp(name, "sp_", 3); }
+static int fixture_kind(const char *name) {
+    return !strncmp(name, "sp_", 3) ? 1 : !strncmp(name, "mistral_", 8) ? 2 : 0;
+}
 
 static const cJSON *goldens(const char *name) {
-    cJSON **g = &g_golds[is_sp(name)];
+    cJSON **g = &g_golds[fixture_kind(name)];
     if (!*g) {
         char path[1024];
         snprintf(path, sizeof path, "%s/tests/fixtures/tok/%s", tt_root(),
-                 is_sp(name) ? "sp_goldens.json" : "goldens.json");
+                 k_gold_files[fixture_kind(name)]);
         FILE *f = fopen(path, "rb");
         TT_ASSERT_MSG(f, "cannot open %s", path);
         fseek(f, 0, SEEK_END);
@@ -39,7 +46,7 @@ static const cJSON *goldens(const char *name) {
 
 static tok_t *open_tok(const char *name) {
     char dir[1024], err[512];
-    if (is_sp(name))
+    if (fixture_kind(name))
         snprintf(dir, sizeof dir, "%s/tests/fixtures/tok/%s", tt_root(), name);
     else
         snprintf(dir, sizeof dir, "%s/../shared/tokenizers/%s", tt_root(), name);
@@ -141,6 +148,10 @@ TT_TEST(tok, deepseek_v3_matches_hf_tokenizers) { check_tokenizer("deepseek_v3")
 TT_TEST(tok, sentencepiece_legacy_matches_hf_tokenizers) { check_tokenizer("sp_legacy"); }
 TT_TEST(tok, sentencepiece_metaspace_matches_hf_tokenizers) { check_tokenizer("sp_metaspace"); }
 TT_TEST(tok, sentencepiece_metaspace_split_matches_hf_tokenizers) { check_tokenizer("sp_split"); }
+/* Mistral 7B v0.1 / Mixtral 8x7B (the same tokenizer.model) and the v3
+ * tokenizer with 771 control tokens (Mistral 7B v0.3, Mixtral 8x22B). */
+TT_TEST(tok, mistral_v1_matches_hf_tokenizers) { check_tokenizer("mistral_v1"); }
+TT_TEST(tok, mistral_v3_matches_hf_tokenizers) { check_tokenizer("mistral_v3"); }
 
 static void check_chat(const char *name, tok_chat_t want) {
     tok_t *t = open_tok(name);
@@ -179,6 +190,7 @@ TT_TEST(tok, llama3_chat_matches_transformers) { check_chat("llama3_1", TOK_CHAT
 TT_TEST(tok, deepseek_chat_matches_transformers) { check_chat("deepseek_v3", TOK_CHAT_DEEPSEEK); }
 TT_TEST(tok, mistral_chat_matches_transformers) {
     check_chat("sp_legacy", TOK_CHAT_MISTRAL);
+    check_chat("mistral_v1", TOK_CHAT_MISTRAL);
     /* The template raises for a system turn and for roles out of order. */
     tok_t *t = open_tok("sp_legacy");
     char *out;
