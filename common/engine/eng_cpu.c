@@ -719,6 +719,7 @@ typedef struct {
     bool bf16_pairs; /* bf16 weights go through mm512_bf16_pairs */
     bool dp;         /* TANDEM_CPU_PRECISION=bf16: eng_dp_mm for packed, non-exact bf16 */
     bool amx;        /* and TANDEM_CPU_AMX=1: eng_amx_mm instead */
+    bool dp_fma;     /* or, from DP_FMA_ROWS rows, eng_dp_mm_fma (same bits) */
     float *xp;       /* x in pair-split order for it, xp_cap floats, 64-byte aligned */
     size_t xp_cap;
     uint32_t head_w;  /* floats per vector of head: head_dim must be a multiple */
@@ -813,6 +814,7 @@ typedef struct {
     bool panels;  /* w->packed holds mm512_panels' panels (bf16, f16 or f32) */
     bool dp;      /* w->packed holds eng_dp_mm's panels, x is in bf16 pairs */
     bool amx;     /* dp panels multiplied on AMX tiles (eng_amx_mm) */
+    bool dp_fma;  /* dp panels by eng_dp_mm_fma, x rounded to bf16 as f32 */
     bool guided;  /* one row: chunks shrink towards the end */
     int parts;    /* threads taking chunks */
     size_t chunk; /* panels per chunk (the first ones when guided) */
@@ -875,7 +877,10 @@ static void run_slice(const void *arg, int part, int parts) {
                 if (a >= b) continue;
                 const eng_mm_t *m = &j->mats[i];
                 float *y = m->y + j->r0 * m->out;
-                if (j->dp)
+                if (j->dp_fma)
+                    eng_dp_mm_fma(j->x, j->rows, j->in, m->w->packed, a - j->off[i], b - j->off[i],
+                                  m->bias, m->out, y);
+                else if (j->dp)
                     (j->amx ? eng_amx_mm : eng_dp_mm)((const uint32_t *)j->x, j->rows, j->in,
                                                       m->w->packed, a - j->off[i], b - j->off[i],
                                                       m->bias, m->out, y);
@@ -921,6 +926,12 @@ static void xconv_slice(const void *arg, int part, int parts) {
                  j->rows * (size_t)(part + 1) / (size_t)parts, j->in, (uint32_t *)j->xp);
 }
 
+static void xconvf_slice(const void *arg, int part, int parts) {
+    const perm_job_t *j = arg;
+    eng_dp_xconv_f32(j->x, j->rows * (size_t)part / (size_t)parts,
+                     j->rows * (size_t)(part + 1) / (size_t)parts, j->in, j->xp);
+}
+
 /* Room for @n floats of pair-split x; false when memory ran out. */
 static bool xp_reserve(cpu_t *p, size_t n) {
     if (n <= p->xp_cap) return true;
@@ -943,6 +954,11 @@ static void run_parts(cpu_t *p, part_fn fn, const void *arg, size_t work) {
     else
         pool_run(p, fn, arg);
 }
+
+/* Rows from which cpu_t.dp_fma runs bf16 products as FMAs: 1 and 2 rows
+ * stream 8 panels at once on VDPBF16PS (2 rows 1.05-1.12x the FMA
+ * kernel's speed, 3-6 rows 0.8-0.97x). */
+#define DP_FMA_ROWS 3
 
 /* Which kernel runs a matmul of @w. */
 typedef enum { MM_PLAIN, MM_PANELS, MM_DP } mm_route_t;
@@ -973,7 +989,8 @@ static void panel_matmuls(cpu_t *p, mm_route_t route, const float *x, size_t row
     size_t ch = rows, nxp, work = 0;
     for (size_t i = 0; i < n; i++) work += in * mm[i].out;
     if (j.dp) {
-        const size_t np = eng_dp_pairs(in);
+        /* x as bf16 pairs, or as f32 for eng_dp_mm_fma (twice the room). */
+        const size_t np = eng_dp_pairs(in) * (p->dp_fma && !j.amx && rows >= DP_FMA_ROWS ? 2 : 1);
         while (ch > 0 && !(cm_mul_ok(ch, np, &nxp) && xp_reserve(p, nxp)))
             ch = ch > DP_TILE ? DP_TILE : ch > 1 ? 1 : 0;
         if (!ch) {
@@ -988,12 +1005,15 @@ static void panel_matmuls(cpu_t *p, mm_route_t route, const float *x, size_t row
         j.r0 = r;
         j.parts = p->n + 1;
         j.guided = j.rows == 1;
-        j.chunk =
-            panel_chunk(j.off[n], j.rows, j.parts, j.dp ? eng_dp_width(j.rows) : pk_width(j.rows));
+        j.dp_fma = j.dp && p->dp_fma && !j.amx && j.rows >= DP_FMA_ROWS;
+        j.chunk = panel_chunk(j.off[n], j.rows, j.parts,
+                              j.dp_fma ? eng_dp_fma_width(j.rows)
+                              : j.dp   ? eng_dp_width(j.rows)
+                                       : pk_width(j.rows));
         atomic_store_explicit(&next, 0, memory_order_relaxed);
         if (j.dp) {
             perm_job_t pj = {x + r * in, j.rows, in, p->xp};
-            run_parts(p, xconv_slice, &pj, j.rows * in);
+            run_parts(p, j.dp_fma ? xconvf_slice : xconv_slice, &pj, j.rows * in);
         }
         run_parts(p, run_slice, &j, j.rows * work);
     }
@@ -1367,6 +1387,19 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
         else
             CM_LOG(CM_LOG_WARN, "engine",
                    "TANDEM_CPU_AMX=%s: this CPU or kernel has no AMX-BF16: using AVX512_BF16", amx);
+    }
+    /* bf16 mode without AMX: batches run VDPBF16PS's products as f32 FMAs
+     * (same bits) where this CPU does those twice as fast or more
+     * (AMX-era Xeons retire VDPBF16PS every other cycle): prefill and
+     * batched decode up to 2x. TANDEM_CPU_BF16_FMA=0 / 1 sets it. */
+    if (p->dp && !p->amx) {
+        const char *fma = getenv("TANDEM_CPU_BF16_FMA");
+        double up = fma && *fma ? 0 : eng_dp_fma_speedup();
+        p->dp_fma = fma && *fma ? strcmp(fma, "0") != 0 : up >= 1.5;
+        if (p->dp_fma && up > 0)
+            CM_LOG(CM_LOG_INFO, "engine",
+                   "bf16 batches: VDPBF16PS's products as f32 FMAs (%.1fx the products/s here)",
+                   up);
     }
 #endif
     long cores = sysconf(_SC_NPROCESSORS_ONLN);

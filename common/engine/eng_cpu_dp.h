@@ -31,6 +31,20 @@ void eng_dp_mm(const uint32_t *xb, size_t rows, size_t in, const uint32_t *P, si
 /* The panel width of eng_dp_mm's blocks for @rows rows (chunks of panels
  * are multiples of it). */
 size_t eng_dp_width(size_t rows);
+/* eng_dp_mm's products as f32 FMAs, for CPUs that run VDPBF16PS at a
+ * fraction of their FMA rate (AMX-era Xeons: half the products per
+ * second): the same bits (each pair's odd product, then its even one,
+ * each rounded once; DAZ and FTZ set for the call). @xf is x rounded to
+ * bf16 as f32 (eng_dp_xconv_f32: row stride 2 * eng_dp_pairs(in)).
+ * Chunks of panels are multiples of eng_dp_fma_width(rows). Needs
+ * eng_dp_available(). */
+void eng_dp_mm_fma(const float *xf, size_t rows, size_t in, const uint32_t *P, size_t p_lo,
+                   size_t p_hi, const float *bias, size_t out, float *y);
+void eng_dp_xconv_f32(const float *x, size_t r0, size_t r1, size_t in, float *xf);
+size_t eng_dp_fma_width(size_t rows);
+/* Products per second of VFMADD231PS over those of VDPBF16PS on this CPU,
+ * measured in register-only loops (~1 ms); 0 where not measured. */
+double eng_dp_fma_speedup(void);
 /* True when this CPU runs eng_dp_mm (AVX-512 with AVX512_BF16). */
 bool eng_dp_available(void);
 /* For tests: the bf16 of @f as the conversion rounds it, and one output

@@ -188,14 +188,24 @@ TT_TEST(engine_dp, panels_and_plain_c_kernel_sum_the_rounded_products) {
         }
 }
 
-/* The cpu backend in bf16 mode, its products on AMX tiles when @amx. */
-static cm_status_t bf16_backend_amx(eng_backend_t *out, bool amx) {
+/* How the cpu backend's bf16 mode runs its products. */
+typedef enum { BF16_DP, BF16_FMA, BF16_AMX } bf16_kernel_t;
+
+/* The cpu backend in bf16 mode: batches on VDPBF16PS, as f32 FMAs, or on
+ * AMX tiles (one row always on VDPBF16PS without AMX). */
+static cm_status_t bf16_backend_kind(eng_backend_t *out, bf16_kernel_t k) {
     setenv("TANDEM_CPU_PRECISION", "bf16", 1);
-    setenv("TANDEM_CPU_AMX", amx ? "1" : "0", 1);
+    setenv("TANDEM_CPU_AMX", k == BF16_AMX ? "1" : "0", 1);
+    setenv("TANDEM_CPU_BF16_FMA", k == BF16_FMA ? "1" : "0", 1);
     cm_status_t st = eng_backend_cpu_new(out);
     unsetenv("TANDEM_CPU_PRECISION");
     unsetenv("TANDEM_CPU_AMX");
+    unsetenv("TANDEM_CPU_BF16_FMA");
     return st;
+}
+
+static cm_status_t bf16_backend_amx(eng_backend_t *out, bool amx) {
+    return bf16_backend_kind(out, amx ? BF16_AMX : BF16_DP);
 }
 
 static cm_status_t bf16_backend(eng_backend_t *out) { return bf16_backend_amx(out, false); }
@@ -208,9 +218,10 @@ static cm_status_t bf16_backend(eng_backend_t *out) { return bf16_backend_amx(ou
  * the unit's own order, so within 1e-6 of the products' magnitude), the
  * f64 sum, rows alone bit-identical; exact matrices against the ref
  * backend. */
-static void check_bf16_matmul(bool amx) {
+static void check_bf16_matmul(bf16_kernel_t kind) {
+    const bool amx = kind == BF16_AMX;
     eng_backend_t cpu, ref;
-    TT_ASSERT_EQ_INT(bf16_backend_amx(&cpu, amx), CM_OK);
+    TT_ASSERT_EQ_INT(bf16_backend_kind(&cpu, kind), CM_OK);
     TT_ASSERT_STR_EQ(eng_cpu_precision(&cpu), amx ? "bf16-amx" : "bf16");
     TT_ASSERT_EQ_INT(eng_backend_ref_new(&ref), CM_OK);
     uint64_t rng = 99;
@@ -272,14 +283,81 @@ TT_TEST(engine_dp, cpu_matmul_bf16_matches_plain_c_and_is_batch_invariant) {
     if (!eng_dp_available()) TT_SKIP("no AVX512_BF16 on this CPU");
     const char *cap = getenv("TANDEM_CPU_ISA");
     if (cap && *cap && strcmp(cap, "avx512") != 0) TT_SKIP("TANDEM_CPU_ISA caps below avx512");
-    check_bf16_matmul(false);
+    check_bf16_matmul(BF16_DP);
+}
+
+/* The same products as f32 FMAs (eng_dp_mm_fma, batches of 2 or more
+ * rows): the same bits as plain C and so as VDPBF16PS, a row alone (on
+ * VDPBF16PS) bit-identical to it in a batch. */
+TT_TEST(engine_dp, cpu_matmul_bf16_fma_matches_plain_c_and_is_batch_invariant) {
+    if (!eng_dp_available()) TT_SKIP("no AVX512_BF16 on this CPU");
+    const char *cap = getenv("TANDEM_CPU_ISA");
+    if (cap && *cap && strcmp(cap, "avx512") != 0) TT_SKIP("TANDEM_CPU_ISA caps below avx512");
+    check_bf16_matmul(BF16_FMA);
+}
+
+/* Weights and inputs of every exponent (bf16 denormals, products that
+ * underflow or cancel to zero; none that overflow): VDPBF16PS and the FMA
+ * kernel give the same bits, each equal to plain C with DAZ and FTZ. */
+TT_TEST(engine_dp, bf16_fma_kernel_equals_vdpbf16ps_on_denormals_and_underflow) {
+    if (!eng_dp_available()) TT_SKIP("no AVX512_BF16 on this CPU");
+    const char *cap = getenv("TANDEM_CPU_ISA");
+    if (cap && *cap && strcmp(cap, "avx512") != 0) TT_SKIP("TANDEM_CPU_ISA caps below avx512");
+    eng_backend_t dp, fma;
+    TT_ASSERT_EQ_INT(bf16_backend_kind(&dp, BF16_DP), CM_OK);
+    TT_ASSERT_EQ_INT(bf16_backend_kind(&fma, BF16_FMA), CM_OK);
+    uint64_t rng = 5;
+    const size_t in = 37, out = 50, nr = 9, np = eng_dp_pairs(in);
+    uint16_t *wd = malloc(out * in * 2);
+    float *x = malloc(nr * in * 4), *y0 = malloc(nr * out * 4), *y1 = malloc(nr * out * 4);
+    uint32_t *xb = malloc(nr * np * 4);
+    size_t zeros = 0, tiny = 0;
+    for (int round = 0; round < 40; round++) {
+        /* Weights 2^-127 .. 2^-45 (bf16 denormals below 2^-126), by
+         * round a window of 21 exponents moving up: products from all
+         * below f32's smallest normal (2^-126) to all above it, sums near
+         * it. */
+        const int elo = round * 2 - 8;
+        for (size_t i = 0; i < out * in; i++) {
+            int e = elo + (int)(rnd(&rng) * 21); /* biased exponent, <= 0: denormal */
+            uint32_t sign = rnd(&rng) < 0.5 ? 0x8000u : 0;
+            uint32_t mant = (uint32_t)(rnd(&rng) * 128);
+            wd[i] = (uint16_t)(sign | (uint32_t)(e < 0 ? 0 : e) << 7 | mant);
+        }
+        for (size_t i = 0; i < nr * in; i++) {
+            float v = (float)(rnd(&rng) * 2 - 1) * ldexpf(1.0f, -(int)(rnd(&rng) * 30));
+            x[i] = round % 4 == 0 && i % 5 == 0 ? bits_f(f_bits(v) & 0x807FFFFFu) : v;
+        }
+        mdl_tensor_t w0 = {"w", MDL_BF16, 2, {out, in}, wd, out * in * 2, NULL, false};
+        mdl_tensor_t w1 = w0;
+        TT_ASSERT_EQ_INT(dp.iface->pack(dp.ctx, &w0), CM_OK);
+        TT_ASSERT_EQ_INT(fma.iface->pack(fma.ctx, &w1), CM_OK);
+        dp.iface->matmul(dp.ctx, x, nr, in, &w0, NULL, out, y0);
+        fma.iface->matmul(fma.ctx, x, nr, in, &w1, NULL, out, y1);
+        eng_dp_xconv_ref(x, 0, nr, in, xb);
+        for (size_t r = 0; r < nr; r++)
+            for (size_t o = 0; o < out; o++) {
+                float pc = eng_dp_ref_dot(xb + r * np, w0.packed, in, o);
+                float a = y0[r * out + o], b = y1[r * out + o];
+                TT_ASSERT_MSG(f_bits(a) == f_bits(pc) && f_bits(b) == f_bits(pc),
+                              "[%zu][%zu]: VDPBF16PS %a, FMA %a, plain C %a", r, o, (double)a,
+                              (double)b, (double)pc);
+                zeros += a == 0.0f;
+                tiny += a != 0.0f && fabsf(a) < 0x1p-100f;
+            }
+    }
+    /* The data reached the flushing range, not only ordinary values. */
+    TT_ASSERT_MSG(zeros > 0 && tiny > 0, "%zu zero and %zu tiny outputs", zeros, tiny);
+    free(wd), free(x), free(y0), free(y1), free(xb);
+    dp.iface->free(dp.ctx);
+    fma.iface->free(fma.ctx);
 }
 
 TT_TEST(engine_dp, cpu_matmul_bf16_amx_close_to_plain_c_and_is_batch_invariant) {
     if (!eng_amx_available()) TT_SKIP("no AMX-BF16 on this CPU (or the kernel refuses tile data)");
     const char *cap = getenv("TANDEM_CPU_ISA");
     if (cap && *cap && strcmp(cap, "avx512") != 0) TT_SKIP("TANDEM_CPU_ISA caps below avx512");
-    check_bf16_matmul(true);
+    check_bf16_matmul(BF16_AMX);
 }
 
 /* matmul_n (Q/K/V, gate/up as one job) gives the bits of separate matmul
