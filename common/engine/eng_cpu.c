@@ -1389,9 +1389,10 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
                    "TANDEM_CPU_AMX=%s: this CPU or kernel has no AMX-BF16: using AVX512_BF16", amx);
     }
     /* bf16 mode without AMX: batches run VDPBF16PS's products as f32 FMAs
-     * (same bits) where this CPU does those twice as fast or more
-     * (AMX-era Xeons retire VDPBF16PS every other cycle): prefill and
-     * batched decode up to 2x. TANDEM_CPU_BF16_FMA=0 / 1 sets it. */
+     * (same bits) where a probe finds FMAs at least 1.5x the products per
+     * second (AMX-era Xeons retire VDPBF16PS every other cycle: 2.1-2.2x;
+     * there prefill 1.3-1.5x, decode at 8-64 sequences 1.2-1.4x).
+     * TANDEM_CPU_BF16_FMA=0 / 1 sets it. */
     if (p->dp && !p->amx) {
         const char *fma = getenv("TANDEM_CPU_BF16_FMA");
         double up = fma && *fma ? 0 : eng_dp_fma_speedup();

@@ -204,7 +204,7 @@ size_t eng_dp_width(size_t rows) { return eng_panel_width(&k_dp_plan, rows); }
  * (x rounded to bf16, as f32, padded to 2 * np) against panels p .. p +
  * NP - 1. Per pair, the odd input's product is added first, then the
  * even one's, each rounded once (a bf16 product is exact in f32): the
- * steps of VDPBF16PS, its DAZ/FTZ from the caller's MXCSR. The weights are
+ * steps of VDPBF16PS, with DAZ/FTZ set in MXCSR meanwhile. The weights are
  * widened by a mask (odd) and a shift (even) once per line for all R
  * rows. */
 DP512 __attribute__((always_inline)) static inline void
@@ -221,6 +221,9 @@ dpf_block(const float *xf, size_t np, const uint32_t *P, size_t r, size_t p, siz
 #pragma GCC unroll 8
         for (int q = 0; q < NP; q++) acc[i][q] = _mm512_setzero_ps();
     const float *xr = xf + r * 2 * np;
+    /* DAZ and FTZ for the products only: the bias is added as in dp_block. */
+    const unsigned csr = _mm_getcsr();
+    _mm_setcsr(csr | 0x8040);
     for (size_t kk = 0; kk < np; kk++) {
         __m512 wo[8], we[8];
 #pragma GCC unroll 8
@@ -240,6 +243,7 @@ dpf_block(const float *xf, size_t np, const uint32_t *P, size_t r, size_t p, siz
                 acc[i][q] = _mm512_fmadd_ps(xe, we[q], _mm512_fmadd_ps(xo, wo[q], acc[i][q]));
         }
     }
+    _mm_setcsr(csr);
 #pragma GCC unroll 8
     for (int q = 0; q < NP; q++) {
         if (p + (size_t)q >= p_hi) break;
@@ -311,10 +315,7 @@ void eng_dp_xconv_f32(const float *x, size_t r0, size_t r1, size_t in, float *xf
 
 void eng_dp_mm_fma(const float *xf, size_t rows, size_t in, const uint32_t *P, size_t p_lo,
                    size_t p_hi, const float *bias, size_t out, float *y) {
-    const unsigned csr = _mm_getcsr();
-    _mm_setcsr(csr | 0x8040); /* FTZ | DAZ, as VDPBF16PS */
     eng_panel_tiles(&k_dpf_plan, xf, rows, eng_dp_pairs(in), P, p_lo, p_hi, bias, out, y);
-    _mm_setcsr(csr);
     _mm_sfence(); /* the non-temporal stores, before the job ends */
 }
 

@@ -34,7 +34,7 @@ size_t eng_dp_width(size_t rows);
 /* eng_dp_mm's products as f32 FMAs, for CPUs that run VDPBF16PS at a
  * fraction of their FMA rate (AMX-era Xeons: half the products per
  * second): the same bits (each pair's odd product, then its even one,
- * each rounded once; DAZ and FTZ set for the call). @xf is x rounded to
+ * each rounded once; DAZ and FTZ set for the products). @xf is x rounded to
  * bf16 as f32 (eng_dp_xconv_f32: row stride 2 * eng_dp_pairs(in)).
  * Chunks of panels are multiples of eng_dp_fma_width(rows). Needs
  * eng_dp_available(). */

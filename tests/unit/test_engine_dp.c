@@ -298,7 +298,8 @@ TT_TEST(engine_dp, cpu_matmul_bf16_fma_matches_plain_c_and_is_batch_invariant) {
 
 /* Weights and inputs of every exponent (bf16 denormals, products that
  * underflow or cancel to zero; none that overflow): VDPBF16PS and the FMA
- * kernel give the same bits, each equal to plain C with DAZ and FTZ. */
+ * kernel give the same bits, each equal to plain C with DAZ and FTZ; a
+ * bias (denormals among its values) added after, without them. */
 TT_TEST(engine_dp, bf16_fma_kernel_equals_vdpbf16ps_on_denormals_and_underflow) {
     if (!eng_dp_available()) TT_SKIP("no AVX512_BF16 on this CPU");
     const char *cap = getenv("TANDEM_CPU_ISA");
@@ -310,6 +311,7 @@ TT_TEST(engine_dp, bf16_fma_kernel_equals_vdpbf16ps_on_denormals_and_underflow) 
     const size_t in = 37, out = 50, nr = 9, np = eng_dp_pairs(in);
     uint16_t *wd = malloc(out * in * 2);
     float *x = malloc(nr * in * 4), *y0 = malloc(nr * out * 4), *y1 = malloc(nr * out * 4);
+    float *bias = malloc(out * 4);
     uint32_t *xb = malloc(nr * np * 4);
     size_t zeros = 0, tiny = 0;
     for (int round = 0; round < 40; round++) {
@@ -328,16 +330,22 @@ TT_TEST(engine_dp, bf16_fma_kernel_equals_vdpbf16ps_on_denormals_and_underflow) 
             float v = (float)(rnd(&rng) * 2 - 1) * ldexpf(1.0f, -(int)(rnd(&rng) * 30));
             x[i] = round % 4 == 0 && i % 5 == 0 ? bits_f(f_bits(v) & 0x807FFFFFu) : v;
         }
+        for (size_t o = 0; o < out; o++) /* denormal, or tiny normal */
+            bias[o] =
+                o % 2 ? bits_f((uint32_t)(rnd(&rng) * 0x7FFFFF) | (o % 4 == 1 ? 0x80000000u : 0))
+                      : (float)(rnd(&rng) - 0.5) * 0x1p-120f;
+        const float *bs = round % 2 ? bias : NULL;
         mdl_tensor_t w0 = {"w", MDL_BF16, 2, {out, in}, wd, out * in * 2, NULL, false};
         mdl_tensor_t w1 = w0;
         TT_ASSERT_EQ_INT(dp.iface->pack(dp.ctx, &w0), CM_OK);
         TT_ASSERT_EQ_INT(fma.iface->pack(fma.ctx, &w1), CM_OK);
-        dp.iface->matmul(dp.ctx, x, nr, in, &w0, NULL, out, y0);
-        fma.iface->matmul(fma.ctx, x, nr, in, &w1, NULL, out, y1);
+        dp.iface->matmul(dp.ctx, x, nr, in, &w0, bs, out, y0);
+        fma.iface->matmul(fma.ctx, x, nr, in, &w1, bs, out, y1);
         eng_dp_xconv_ref(x, 0, nr, in, xb);
         for (size_t r = 0; r < nr; r++)
             for (size_t o = 0; o < out; o++) {
                 float pc = eng_dp_ref_dot(xb + r * np, w0.packed, in, o);
+                if (bs) pc += bs[o]; /* without one, -0 stays -0 */
                 float a = y0[r * out + o], b = y1[r * out + o];
                 TT_ASSERT_MSG(f_bits(a) == f_bits(pc) && f_bits(b) == f_bits(pc),
                               "[%zu][%zu]: VDPBF16PS %a, FMA %a, plain C %a", r, o, (double)a,
@@ -348,7 +356,7 @@ TT_TEST(engine_dp, bf16_fma_kernel_equals_vdpbf16ps_on_denormals_and_underflow) 
     }
     /* The data reached the flushing range, not only ordinary values. */
     TT_ASSERT_MSG(zeros > 0 && tiny > 0, "%zu zero and %zu tiny outputs", zeros, tiny);
-    free(wd), free(x), free(y0), free(y1), free(xb);
+    free(wd), free(x), free(y0), free(y1), free(xb), free(bias);
     dp.iface->free(dp.ctx);
     fma.iface->free(fma.ctx);
 }
