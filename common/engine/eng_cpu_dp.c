@@ -116,6 +116,29 @@ void eng_dp_xconv_ref(const float *x, size_t r0, size_t r1, size_t in, uint32_t 
 #define DP_PF 8 /* pairs of a panel prefetched ahead at one row */
 #endif
 
+/* A block's accumulators (lane j of acc[i][q] = output 16 (p + q) + j of
+ * row r + i) + bias into y; panels past @p_hi are not stored. */
+DP512 __attribute__((always_inline)) static inline void
+dp_store(__m512 acc[][8], size_t r, size_t p, size_t p_hi, const float *bias, size_t out, float *y,
+         bool nt, const int R, const int NP) {
+#pragma GCC unroll 8
+    for (int q = 0; q < NP; q++) {
+        if (p + (size_t)q >= p_hi) break;
+        size_t o0 = (p + (size_t)q) * DP_W, n = out - o0 < DP_W ? out - o0 : DP_W;
+        __mmask16 m = (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1);
+        __m512 b = bias ? _mm512_maskz_loadu_ps(m, bias + o0) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++) {
+            float *yr = y + (r + (size_t)i) * out + o0;
+            __m512 v = bias ? _mm512_add_ps(acc[i][q], b) : acc[i][q];
+            if (nt && n == DP_W && !((uintptr_t)yr & 63))
+                _mm512_stream_ps(yr, v);
+            else
+                _mm512_mask_storeu_ps(yr, m, v);
+        }
+    }
+}
+
 /* Rows [r, r + R) of xb against panels p .. p + NP - 1 (indexes past
  * @p_hi clamped to its last panel: computed, not stored). */
 DP512 __attribute__((always_inline)) static inline void
@@ -148,22 +171,7 @@ dp_block(const uint32_t *xb, size_t np, const uint32_t *P, size_t r, size_t p, s
             for (int q = 0; q < NP; q++) acc[i][q] = _mm512_dpbf16_ps(acc[i][q], xv, wv[q]);
         }
     }
-#pragma GCC unroll 8
-    for (int q = 0; q < NP; q++) {
-        if (p + (size_t)q >= p_hi) break;
-        size_t o0 = (p + (size_t)q) * DP_W, n = out - o0 < DP_W ? out - o0 : DP_W;
-        __mmask16 m = (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1);
-        __m512 b = bias ? _mm512_maskz_loadu_ps(m, bias + o0) : _mm512_setzero_ps();
-#pragma GCC unroll 8
-        for (int i = 0; i < R; i++) {
-            float *yr = y + (r + (size_t)i) * out + o0;
-            __m512 v = bias ? _mm512_add_ps(acc[i][q], b) : acc[i][q];
-            if (nt && n == DP_W && !((uintptr_t)yr & 63))
-                _mm512_stream_ps(yr, v);
-            else
-                _mm512_mask_storeu_ps(yr, m, v);
-        }
-    }
+    dp_store(acc, r, p, p_hi, bias, out, y, nt, R, NP);
 }
 
 #define DP_SHAPE(R, NP)                                                                           \
@@ -244,22 +252,7 @@ dpf_block(const float *xf, size_t np, const uint32_t *P, size_t r, size_t p, siz
         }
     }
     _mm_setcsr(csr);
-#pragma GCC unroll 8
-    for (int q = 0; q < NP; q++) {
-        if (p + (size_t)q >= p_hi) break;
-        size_t o0 = (p + (size_t)q) * DP_W, n = out - o0 < DP_W ? out - o0 : DP_W;
-        __mmask16 m = (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1);
-        __m512 b = bias ? _mm512_maskz_loadu_ps(m, bias + o0) : _mm512_setzero_ps();
-#pragma GCC unroll 8
-        for (int i = 0; i < R; i++) {
-            float *yr = y + (r + (size_t)i) * out + o0;
-            __m512 v = bias ? _mm512_add_ps(acc[i][q], b) : acc[i][q];
-            if (nt && n == DP_W && !((uintptr_t)yr & 63))
-                _mm512_stream_ps(yr, v);
-            else
-                _mm512_mask_storeu_ps(yr, m, v);
-        }
-    }
+    dp_store(acc, r, p, p_hi, bias, out, y, nt, R, NP);
 }
 
 #define DPF_SHAPE(R, NP)                                                                           \

@@ -188,6 +188,12 @@ TT_TEST(engine_dp, panels_and_plain_c_kernel_sum_the_rounded_products) {
         }
 }
 
+/* Skips a test of the AVX-512 kernels when TANDEM_CPU_ISA caps below them. */
+static void skip_if_isa_capped(void) {
+    const char *cap = getenv("TANDEM_CPU_ISA");
+    if (cap && *cap && strcmp(cap, "avx512") != 0) TT_SKIP("TANDEM_CPU_ISA caps below avx512");
+}
+
 /* How the cpu backend's bf16 mode runs its products. */
 typedef enum { BF16_DP, BF16_FMA, BF16_AMX } bf16_kernel_t;
 
@@ -281,18 +287,16 @@ static void check_bf16_matmul(bf16_kernel_t kind) {
 
 TT_TEST(engine_dp, cpu_matmul_bf16_matches_plain_c_and_is_batch_invariant) {
     if (!eng_dp_available()) TT_SKIP("no AVX512_BF16 on this CPU");
-    const char *cap = getenv("TANDEM_CPU_ISA");
-    if (cap && *cap && strcmp(cap, "avx512") != 0) TT_SKIP("TANDEM_CPU_ISA caps below avx512");
+    skip_if_isa_capped();
     check_bf16_matmul(BF16_DP);
 }
 
-/* The same products as f32 FMAs (eng_dp_mm_fma, batches of 2 or more
+/* The same products as f32 FMAs (eng_dp_mm_fma, batches of 3 or more
  * rows): the same bits as plain C and so as VDPBF16PS, a row alone (on
  * VDPBF16PS) bit-identical to it in a batch. */
 TT_TEST(engine_dp, cpu_matmul_bf16_fma_matches_plain_c_and_is_batch_invariant) {
     if (!eng_dp_available()) TT_SKIP("no AVX512_BF16 on this CPU");
-    const char *cap = getenv("TANDEM_CPU_ISA");
-    if (cap && *cap && strcmp(cap, "avx512") != 0) TT_SKIP("TANDEM_CPU_ISA caps below avx512");
+    skip_if_isa_capped();
     check_bf16_matmul(BF16_FMA);
 }
 
@@ -302,8 +306,7 @@ TT_TEST(engine_dp, cpu_matmul_bf16_fma_matches_plain_c_and_is_batch_invariant) {
  * bias (denormals among its values) added after, without them. */
 TT_TEST(engine_dp, bf16_fma_kernel_equals_vdpbf16ps_on_denormals_and_underflow) {
     if (!eng_dp_available()) TT_SKIP("no AVX512_BF16 on this CPU");
-    const char *cap = getenv("TANDEM_CPU_ISA");
-    if (cap && *cap && strcmp(cap, "avx512") != 0) TT_SKIP("TANDEM_CPU_ISA caps below avx512");
+    skip_if_isa_capped();
     eng_backend_t dp, fma;
     TT_ASSERT_EQ_INT(bf16_backend_kind(&dp, BF16_DP), CM_OK);
     TT_ASSERT_EQ_INT(bf16_backend_kind(&fma, BF16_FMA), CM_OK);
@@ -363,8 +366,7 @@ TT_TEST(engine_dp, bf16_fma_kernel_equals_vdpbf16ps_on_denormals_and_underflow) 
 
 TT_TEST(engine_dp, cpu_matmul_bf16_amx_close_to_plain_c_and_is_batch_invariant) {
     if (!eng_amx_available()) TT_SKIP("no AMX-BF16 on this CPU (or the kernel refuses tile data)");
-    const char *cap = getenv("TANDEM_CPU_ISA");
-    if (cap && *cap && strcmp(cap, "avx512") != 0) TT_SKIP("TANDEM_CPU_ISA caps below avx512");
+    skip_if_isa_capped();
     check_bf16_matmul(BF16_AMX);
 }
 
