@@ -212,12 +212,14 @@ format-check:
 
 # libFuzzer targets (clang). Not part of `make test`; see tests/fuzz/README.md.
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+# The parsers under test and what they use (no libuv, UCX or ZeroMQ).
+FUZZ_LIB_C := $(filter-out %_cmd.c %_zmq.c %_agent.c,$(filter common/base/% common/cp/% common/tok/% common/model/%,$(LIB_C)))
 fuzz: $(PROTO_C)
 	@mkdir -p $(BUILD)/fuzz
 	@for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
 	  echo "clang $$n"; \
 	  clang -std=gnu11 -O1 -g -fsanitize=fuzzer,address,undefined $(DEFS) $(INCLUDES) $$f \
-	    $(filter common/base/% common/cp/%,$(LIB_C)) $(PROTO_C) -lprotobuf-c -lm \
+	    $(FUZZ_LIB_C) $(PROTO_C) -lprotobuf-c -lcjson -lpcre2-8 -lm \
 	    -o $(BUILD)/fuzz/$$n || exit 1; done
 
 clean:

@@ -204,8 +204,8 @@ static bool report(dw_sched_t *s, dw_seq_t *q, const eng_sample_t *smp) {
     if (!q->stopped && text_room(s, 1024)) {
         if (why != ENG_SAMPLER_STOP_TOKEN)
             len = s->m.detok_push(q->detok, smp->token, s->text, s->text_cap);
-        if (done && text_room(s, len + 1024))
-            len += s->m.detok_flush(q->detok, s->text + len, s->text_cap - len);
+        for (size_t f = done; f && text_room(s, len + 1024); len += f) /* until it is empty */
+            f = s->m.detok_flush(q->detok, s->text + len, s->text_cap - len);
     }
     const char *text = s->text;
     if (q->stop && !q->stopped) {

@@ -52,12 +52,18 @@ cm_status_t tok_decode(const tok_t *t, const int32_t *ids, size_t n, bool skip_s
                        size_t *len);
 
 /* Streaming decoder: push ids one at a time; only complete UTF-8 comes out
- * (incomplete trailing bytes wait for the next id; flush emits them). */
+ * (incomplete trailing bytes wait for the next id; flush emits them). Each
+ * maximal subpart of an ill-formed sequence becomes one U+FFFD, as in HF
+ * tokenizers' decode and Python's bytes.decode("utf-8", "replace"). Ids
+ * outside the vocabulary are ignored. */
 typedef struct tok_stream tok_stream_t;
 tok_stream_t *tok_stream_new(const tok_t *t, bool skip_special);
-/* Appends the newly complete text to @out (at most @cap bytes; more waits
- * for the next call) and returns its length. */
+/* Writes the newly complete text to @out (at most @cap bytes; text that
+ * does not fit waits for the next call: with @cap >= 4 each call makes
+ * progress) and returns its length. */
 size_t tok_stream_push(tok_stream_t *s, int32_t id, char *out, size_t cap);
+/* Writes what is left, an incomplete sequence as U+FFFD; call until it
+ * returns 0 when @cap may be smaller than the text held back. */
 size_t tok_stream_flush(tok_stream_t *s, char *out, size_t cap);
 void tok_stream_free(tok_stream_t *s);
 

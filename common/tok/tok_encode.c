@@ -343,9 +343,11 @@ cm_status_t tok_decode(const tok_t *t, const int32_t *ids, size_t n, bool skip_s
 struct tok_stream {
     const tok_t *t;
     bool skip_special;
-    char pend[64]; /* an incomplete UTF-8 sequence waiting for more bytes */
-    size_t n_pend;
     bool started; /* an id was pushed (SentencePiece: no leading space then) */
+    /* Bytes not yet written out: text that did not fit in the caller's
+     * buffer, then an incomplete UTF-8 sequence waiting for more bytes. */
+    char *buf;
+    size_t n, cap;
 };
 
 tok_stream_t *tok_stream_new(const tok_t *t, bool skip_special) {
@@ -357,93 +359,97 @@ tok_stream_t *tok_stream_new(const tok_t *t, bool skip_special) {
     return s;
 }
 
-void tok_stream_free(tok_stream_t *s) { cm_free(s); }
+void tok_stream_free(tok_stream_t *s) {
+    if (s) cm_free(s->buf);
+    cm_free(s);
+}
 
-/* Length of the UTF-8 sequence starting with byte @c (0 = invalid lead). */
-static size_t seq_len(unsigned char c) {
+/* The well-formed UTF-8 sequence at @p (Unicode Table 3-7): its length,
+ * or 0 with *@sub the length of its maximal subpart (the bytes one
+ * U+FFFD replaces) and *@open whether the bytes end before the sequence
+ * does (more bytes may still complete it). */
+static size_t wf_len(const unsigned char *p, size_t n, size_t *sub, bool *open) {
+    unsigned c = p[0], lo = 0x80, hi = 0xBF;
+    size_t L;
+    *open = false;
     if (c < 0x80) return 1;
-    if (c >= 0xC2 && c <= 0xDF) return 2;
-    if (c >= 0xE0 && c <= 0xEF) return 3;
-    if (c >= 0xF0 && c <= 0xF4) return 4;
+    if (c >= 0xC2 && c <= 0xDF) {
+        L = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        L = 3;
+        lo = c == 0xE0 ? 0xA0 : 0x80;
+        hi = c == 0xED ? 0x9F : 0xBF;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        L = 4;
+        lo = c == 0xF0 ? 0x90 : 0x80;
+        hi = c == 0xF4 ? 0x8F : 0xBF;
+    } else {
+        *sub = 1;
+        return 0;
+    }
+    size_t k = 1;
+    for (; k < L && k < n; k++) {
+        unsigned b = p[k];
+        if (b < (k == 1 ? lo : 0x80u) || b > (k == 1 ? hi : 0xBFu)) break;
+    }
+    if (k == L) return L;
+    *sub = k;
+    *open = k == n;
     return 0;
 }
 
-/* Moves complete characters from @in to @out; invalid bytes become U+FFFD;
- * an incomplete tail stays in s->pend. Returns bytes written. */
-static size_t emit(tok_stream_t *s, const char *in, size_t n, char *out, size_t cap) {
+/* Writes the complete text of s->buf to @out (at most @cap bytes), each
+ * maximal subpart of an ill-formed sequence as one U+FFFD (as Python's
+ * bytes.decode("utf-8", "replace") and Rust's from_utf8_lossy, which HF
+ * tokenizers' decode uses); an incomplete tail is kept unless @final.
+ * What does not fit stays for the next call. Returns bytes written. */
+static size_t emit(tok_stream_t *s, char *out, size_t cap, bool final) {
+    const unsigned char *in = (const unsigned char *)s->buf;
     size_t w = 0, i = 0;
-    while (i < n) {
-        size_t L = seq_len((unsigned char)in[i]);
-        if (L == 0) {
-            if (w + 3 > cap) break;
-            memcpy(out + w, "\xEF\xBF\xBD", 3);
-            w += 3;
-            i++;
-            continue;
-        }
-        if (i + L > n) { /* incomplete: keep for later if it can still be valid */
-            if (n - i < sizeof s->pend) {
-                bool prefix_ok = true;
-                for (size_t k = 1; k < n - i; k++)
-                    prefix_ok &= ((unsigned char)in[i + k] & 0xC0) == 0x80;
-                if (prefix_ok) {
-                    memcpy(s->pend, in + i, n - i);
-                    s->n_pend = n - i;
-                    return w;
-                }
-            }
-            if (w + 3 > cap) break;
-            memcpy(out + w, "\xEF\xBF\xBD", 3);
-            w += 3;
-            i++;
-            continue;
-        }
-        if (!cm_utf8_valid(in + i, L)) {
-            if (w + 3 > cap) break;
-            memcpy(out + w, "\xEF\xBF\xBD", 3);
-            w += 3;
-            i++;
-            continue;
-        }
-        if (w + L > cap) break;
-        memcpy(out + w, in + i, L);
-        w += L;
-        i += L;
+    while (i < s->n) {
+        size_t sub = 0;
+        bool open;
+        size_t L = wf_len(in + i, s->n - i, &sub, &open);
+        if (!L && open && !final) break;
+        const char *src = L ? (const char *)in + i : "\xEF\xBF\xBD";
+        size_t sl = L ? L : 3;
+        if (w + sl > cap) break;
+        memcpy(out + w, src, sl);
+        w += sl;
+        i += L ? L : sub;
     }
-    s->n_pend = 0;
+    memmove(s->buf, s->buf + i, s->n - i);
+    s->n -= i;
     return w;
 }
 
 size_t tok_stream_push(tok_stream_t *s, int32_t id, char *out, size_t cap) {
     const tok_t *t = s->t;
-    if (id < 0 || (uint32_t)id >= t->n_ids || !t->id_bytes[id]) return 0;
-    if (s->skip_special && t->id_special[id]) return 0;
-    const char *b = t->id_bytes[id];
-    size_t bl = t->id_len[id];
-    if (!s->started && t->sp_strip_lead && bl && b[0] == ' ') {
-        b++;
-        bl--;
+    if (id >= 0 && (uint32_t)id < t->n_ids && t->id_bytes[id] &&
+        !(s->skip_special && t->id_special[id])) {
+        const char *b = t->id_bytes[id];
+        size_t bl = t->id_len[id];
+        if (!s->started && t->sp_strip_lead && bl && b[0] == ' ') {
+            b++;
+            bl--;
+        }
+        s->started = true;
+        if (s->n + bl > s->cap) {
+            size_t nc = s->cap ? s->cap : 64;
+            while (nc < s->n + bl) nc *= 2;
+            char *nb = cm_realloc_array(s->buf, nc, 1);
+            if (!nb) return emit(s, out, cap, false); /* the token is lost */
+            s->buf = nb;
+            s->cap = nc;
+        }
+        if (bl) memcpy(s->buf + s->n, b, bl);
+        s->n += bl;
     }
-    s->started = true;
-    size_t n = s->n_pend + bl;
-    char local[256];
-    char *buf = n <= sizeof local ? local : cm_malloc(n ? n : 1);
-    if (!buf) return 0;
-    memcpy(buf, s->pend, s->n_pend);
-    if (bl) memcpy(buf + s->n_pend, b, bl);
-    size_t w = emit(s, buf, n, out, cap);
-    if (buf != local) cm_free(buf);
-    return w;
+    return emit(s, out, cap, false);
 }
 
 size_t tok_stream_flush(tok_stream_t *s, char *out, size_t cap) {
     /* An incomplete sequence at the end is one replacement character, as
      * Python's decode(errors="replace") gives. */
-    size_t w = 0;
-    if (s->n_pend && cap >= 3) {
-        memcpy(out, "\xEF\xBF\xBD", 3);
-        w = 3;
-    }
-    s->n_pend = 0;
-    return w;
+    return emit(s, out, cap, true);
 }

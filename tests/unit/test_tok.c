@@ -22,25 +22,28 @@ static int fixture_kind(const char *name) {
     return !strncmp(name, "sp_", 3) ? 1 : !strncmp(name, "mistral_", 8) ? 2 : 0;
 }
 
+/* tests/fixtures/tok/@file, parsed. */
+static cJSON *read_json(const char *file) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tests/fixtures/tok/%s", tt_root(), file);
+    FILE *f = fopen(path, "rb");
+    TT_ASSERT_MSG(f, "cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    TT_ASSERT(fread(b, 1, (size_t)n, f) == (size_t)n);
+    b[n] = '\0';
+    fclose(f);
+    cJSON *j = cJSON_Parse(b);
+    free(b);
+    TT_ASSERT(j);
+    return j;
+}
+
 static const cJSON *goldens(const char *name) {
     cJSON **g = &g_golds[fixture_kind(name)];
-    if (!*g) {
-        char path[1024];
-        snprintf(path, sizeof path, "%s/tests/fixtures/tok/%s", tt_root(),
-                 k_gold_files[fixture_kind(name)]);
-        FILE *f = fopen(path, "rb");
-        TT_ASSERT_MSG(f, "cannot open %s", path);
-        fseek(f, 0, SEEK_END);
-        long n = ftell(f);
-        fseek(f, 0, SEEK_SET);
-        char *b = malloc((size_t)n + 1);
-        TT_ASSERT(fread(b, 1, (size_t)n, f) == (size_t)n);
-        b[n] = '\0';
-        fclose(f);
-        *g = cJSON_Parse(b);
-        free(b);
-        TT_ASSERT(*g);
-    }
+    if (!*g) *g = read_json(k_gold_files[fixture_kind(name)]);
     return cJSON_GetObjectItem(*g, name);
 }
 
@@ -224,4 +227,67 @@ TT_TEST(tok, nfc_matches_hf_tokenizers) {
         n++;
     }
     TT_ASSERT(changed > 100); /* the cases do exercise composition */
+}
+
+/* Ids whose bytes are not well-formed UTF-8 (lone continuation bytes,
+ * overlong forms, surrogates, sequences cut short...) against HF
+ * tokenizers' decode (tests/fixtures/gen_tok_lossy_goldens.py): decode
+ * gives the raw bytes; the streaming decoder gives HF's text, one U+FFFD
+ * per maximal subpart, whatever its output capacity (text that does not
+ * fit waits for the next call). */
+static void check_lossy(const char *name) {
+    static cJSON *all;
+    if (!all) all = read_json("lossy_goldens.json");
+    tok_t *t = open_tok(name);
+    const cJSON *e;
+    size_t n_cases = 0;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(all, name)) {
+        const cJSON *jids = cJSON_GetObjectItem(e, "ids");
+        const char *hex = cJSON_GetObjectItem(e, "bytes")->valuestring;
+        const char *want = cJSON_GetObjectItem(e, "decoded")->valuestring;
+        size_t n = (size_t)cJSON_GetArraySize(jids), wl = strlen(want);
+        int32_t ids[64];
+        TT_ASSERT(n <= 64);
+        for (size_t i = 0; i < n; i++) ids[i] = cJSON_GetArrayItem(jids, (int)i)->valueint;
+        char *raw;
+        size_t rl;
+        TT_ASSERT_EQ_INT(tok_decode(t, ids, n, false, &raw, &rl), CM_OK);
+        TT_ASSERT(rl * 2 == strlen(hex));
+        for (size_t i = 0; i < rl; i++) {
+            unsigned v;
+            TT_ASSERT(sscanf(hex + 2 * i, "%2x", &v) == 1 && (unsigned char)raw[i] == v);
+        }
+        cm_free(raw);
+        static const size_t caps[] = {4, 5, 7, 512};
+        for (size_t c = 0; c < 4; c++) {
+            tok_stream_t *s = tok_stream_new(t, false);
+            char got[1024], piece[512];
+            size_t gl = 0, pl;
+            for (size_t i = 0; i < n; i++) {
+                pl = tok_stream_push(s, ids[i], piece, caps[c]);
+                TT_ASSERT(pl <= caps[c] && gl + pl <= sizeof got);
+                TT_ASSERT_MSG(cm_utf8_valid(piece, pl), "%s: broken UTF-8 piece", name);
+                memcpy(got + gl, piece, pl);
+                gl += pl;
+            }
+            while ((pl = tok_stream_flush(s, piece, caps[c])) > 0) {
+                TT_ASSERT(pl <= caps[c] && gl + pl <= sizeof got);
+                memcpy(got + gl, piece, pl);
+                gl += pl;
+            }
+            tok_stream_free(s);
+            TT_ASSERT_MSG(gl == wl && !memcmp(got, want, wl),
+                          "%s: bytes %s, capacity %zu: streamed '%.*s', HF decodes '%s'", name, hex,
+                          caps[c], (int)gl, got, want);
+        }
+        n_cases++;
+    }
+    TT_ASSERT(n_cases >= 80);
+    tok_free(t);
+}
+
+TT_TEST(tok, qwen3_stream_decode_of_ill_formed_utf8_matches_hf) { check_lossy("qwen3"); }
+TT_TEST(tok, llama3_stream_decode_of_ill_formed_utf8_matches_hf) { check_lossy("llama3_1"); }
+TT_TEST(tok, deepseek_v3_stream_decode_of_ill_formed_utf8_matches_hf) {
+    check_lossy("deepseek_v3");
 }
