@@ -418,8 +418,10 @@ static size_t emit(tok_stream_t *s, char *out, size_t cap, bool final) {
         w += sl;
         i += L ? L : sub;
     }
-    memmove(s->buf, s->buf + i, s->n - i);
-    s->n -= i;
+    if (i) {
+        memmove(s->buf, s->buf + i, s->n - i);
+        s->n -= i;
+    }
     return w;
 }
 

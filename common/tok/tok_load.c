@@ -208,8 +208,10 @@ void tok_free(tok_t *t) {
 static cm_status_t add_split(tok_t *t, const char *pattern, char *err, size_t errlen) {
     int ec;
     PCRE2_SIZE eo;
+    /* The pattern is checked (cJSON does not check strings are UTF-8); the
+     * texts matched are, before each match. */
     pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED,
-                                   PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK, &ec, &eo, NULL);
+                                   PCRE2_UTF | PCRE2_UCP, &ec, &eo, NULL);
     if (!re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(ec, msg, sizeof msg);
@@ -502,10 +504,11 @@ cm_status_t tok_load(const char *dir, tok_t **out, char *err, size_t errlen) {
         bool after = false;
         cJSON_ArrayForEach(e, cJSON_GetObjectItem(tp, "single")) {
             const cJSON *sp = cJSON_GetObjectItem(e, "SpecialToken");
+            const cJSON *sid = cJSON_GetObjectItem(sp, "id");
             if (cJSON_GetObjectItem(e, "Sequence")) {
                 after = true;
-            } else if (sp) {
-                int32_t id = tok_token_id(t, cJSON_GetObjectItem(sp, "id")->valuestring);
+            } else if (cJSON_IsString(sid)) {
+                int32_t id = tok_token_id(t, sid->valuestring);
                 if (id < 0) continue;
                 if (!after && t->n_prefix < 4) t->prefix[t->n_prefix++] = id;
                 if (after && t->n_suffix < 4) t->suffix[t->n_suffix++] = id;

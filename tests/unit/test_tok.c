@@ -291,3 +291,75 @@ TT_TEST(tok, llama3_stream_decode_of_ill_formed_utf8_matches_hf) { check_lossy("
 TT_TEST(tok, deepseek_v3_stream_decode_of_ill_formed_utf8_matches_hf) {
     check_lossy("deepseek_v3");
 }
+
+/* Malformed tokenizer.json files: refused with a message, or loaded and
+ * usable; never a crash. The first two cases crashed before (found by
+ * tests/fuzz/fuzz_tok_load.c): a post-processor SpecialToken without a
+ * string id, and a pre-tokenizer regex that is not UTF-8. */
+static cm_status_t load_json_text(const char *text, size_t len, tok_t **t, char *err,
+                                  size_t errlen) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tokenizer.json", tt_tmpdir());
+    FILE *f = fopen(path, "wb");
+    TT_ASSERT(f && fwrite(text, 1, len, f) == len);
+    fclose(f);
+    err[0] = '\0';
+    return tok_load(tt_tmpdir(), t, err, errlen);
+}
+
+static const char k_tiny_fmt[] =
+    "{\"added_tokens\":[{\"id\":3,\"content\":\"<s>\",\"special\":true}],\"normalizer\":null,"
+    "\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":"
+    "{\"Regex\":\"%s\"},\"behavior\":\"Isolated\",\"invert\":false},{\"type\":\"ByteLevel\","
+    "\"add_prefix_space\":false,\"use_regex\":false}]},\"post_processor\":{\"type\":"
+    "\"TemplateProcessing\",\"single\":[%s,{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}]},"
+    "\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,"
+    "\"ab\":2,\" \":4},\"merges\":[\"a b\"]}}";
+
+static void expect_tiny_ids(const char *regex, const char *special, const int32_t *want,
+                            size_t n_want) {
+    char text[2048], err[512];
+    snprintf(text, sizeof text, k_tiny_fmt, regex, special);
+    tok_t *t;
+    TT_ASSERT_MSG(load_json_text(text, strlen(text), &t, err, sizeof err) == CM_OK, "%s", err);
+    int32_t *ids;
+    size_t n;
+    TT_ASSERT_EQ_INT(tok_encode(t, "ab", 2, true, &ids, &n), CM_OK);
+    TT_ASSERT_MSG(n == n_want && !memcmp(ids, want, n * sizeof *ids), "%s: %zu ids", special, n);
+    cm_free(ids);
+    tok_free(t);
+}
+
+TT_TEST(tok, malformed_tokenizer_json_is_refused_or_loaded) {
+    const int32_t with_bos[] = {3, 2}, plain[] = {2};
+    expect_tiny_ids("\\\\s+|[ab]+", "{\"SpecialToken\":{\"id\":\"<s>\",\"type_id\":0}}", with_bos,
+                    2);
+    expect_tiny_ids("\\\\s+|[ab]+", "{\"SpecialToken\":{}}", plain, 1);
+    expect_tiny_ids("\\\\s+|[ab]+", "{\"SpecialToken\":{\"id\":7}}", plain, 1);
+    expect_tiny_ids("\\\\s+|[ab]+", "{\"SpecialToken\":\"<s>\"}", plain, 1);
+    char text[2048], err[512];
+    tok_t *t;
+    snprintf(text, sizeof text, k_tiny_fmt, "\\\\s+|\xfb\x01[ab]+", "{\"Sequence\":{}}");
+    TT_ASSERT_EQ_INT(load_json_text(text, strlen(text), &t, err, sizeof err), CM_ERR_BAD_FORMAT);
+    TT_ASSERT_MSG(strstr(err, "regex"), "message: %s", err);
+    /* Every truncation of a valid file. */
+    snprintf(text, sizeof text, k_tiny_fmt, "\\\\s+|[ab]+",
+             "{\"SpecialToken\":{\"id\":\"<s>\",\"type_id\":0}}");
+    size_t full = strlen(text), loaded = 0;
+    for (size_t len = 0; len < full; len++) {
+        cm_status_t st = load_json_text(text, len, &t, err, sizeof err);
+        if (st != CM_OK) {
+            TT_ASSERT_MSG(err[0], "truncated at %zu: status %d without a message", len, (int)st);
+            continue;
+        }
+        int32_t *ids;
+        size_t n;
+        TT_ASSERT_EQ_INT(tok_encode(t, "ab ab", 5, true, &ids, &n), CM_OK);
+        for (size_t i = 0; i < n; i++)
+            TT_ASSERT(ids[i] >= 0 && (uint32_t)ids[i] < tok_vocab_size(t));
+        cm_free(ids);
+        tok_free(t);
+        loaded++;
+    }
+    TT_ASSERT(loaded == 0); /* no prefix of the file is a whole JSON document */
+}
