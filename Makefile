@@ -210,15 +210,16 @@ format:
 format-check:
 	clang-format --dry-run --Werror $(FORMAT_SRC)
 
-# libFuzzer targets (clang). Not part of `make test`; see tests/fuzz/README.md.
+# libFuzzer targets (clang, for the build machine: -march=native). Not part of
+# `make test`; see tests/fuzz/README.md.
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
-# The parsers under test and what they use (no libuv, UCX or ZeroMQ).
-FUZZ_LIB_C := $(filter-out %_cmd.c %_zmq.c %_agent.c,$(filter common/base/% common/cp/% common/tok/% common/model/%,$(LIB_C)))
+# The code under test and what it uses (no libuv, UCX or ZeroMQ).
+FUZZ_LIB_C := $(filter-out %_cmd.c %_zmq.c %_agent.c,$(filter common/base/% common/cp/% common/tok/% common/model/% common/engine/eng_sampler.c,$(LIB_C)))
 fuzz: $(PROTO_C)
 	@mkdir -p $(BUILD)/fuzz
 	@for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
 	  echo "clang $$n"; \
-	  clang -std=gnu11 -O1 -g -fsanitize=fuzzer,address,undefined $(DEFS) $(INCLUDES) $$f \
+	  clang -std=gnu11 -O1 -g -march=native -fsanitize=fuzzer,address,undefined $(DEFS) $(INCLUDES) $$f \
 	    $(FUZZ_LIB_C) $(PROTO_C) -lprotobuf-c -lcjson -lpcre2-8 -lm \
 	    -o $(BUILD)/fuzz/$$n || exit 1; done
 

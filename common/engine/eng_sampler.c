@@ -518,6 +518,18 @@ static float nucleus_floor(const float *e, uint32_t V, double z, float top_p) {
     return b == 0 ? 1e-45f : thr;
 }
 
+/* Every finite logit of the row overflowed to -inf (huge negative logits
+ * under a repetition penalty or a tiny temperature), so exp(v - max) has
+ * no finite reference: the distribution is concentrated on the largest
+ * logit of the row as given; take the first, as the +inf case does. */
+static cm_status_t all_overflowed(const float *logits, uint32_t V, int32_t *greedy_tok) {
+    uint32_t best = 0;
+    for (uint32_t i = 1; i < V; i++)
+        if (logits[i] > logits[best]) best = i;
+    *greedy_tok = (int32_t)best;
+    return CM_OK;
+}
+
 /*
  * Runs the pipeline on @logits. For greedy parameters sets *greedy_tok.
  * Otherwise leaves the survivors in s->cand[0..*n_cand) with e = exp(v - max)
@@ -536,6 +548,7 @@ static cm_status_t prepare(eng_sampler_t *s, const eng_sampler_params_t *p, cons
 
     float m = row_max(w, V);
     *greedy_tok = -1;
+    if (m == -INFINITY) return all_overflowed(logits, V, greedy_tok);
     if (eng_sampler_params_greedy(p) || m == INFINITY) {
         uint32_t best = 0;
         while (w[best] != m) best++;
@@ -546,6 +559,7 @@ static cm_status_t prepare(eng_sampler_t *s, const eng_sampler_params_t *p, cons
         row_div(w, V, p->temperature);
         m = m / p->temperature; /* division by a positive number keeps the maximum */
     }
+    if (m == -INFINITY) return all_overflowed(logits, V, greedy_tok);
     if (m == INFINITY) {
         /* A logit overflowed (huge logits under a tiny temperature or
          * penalty): the distribution is concentrated on the overflowing

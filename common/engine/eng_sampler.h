@@ -133,7 +133,7 @@ uint32_t eng_sampler_vocab(const eng_sampler_t *s);
  * history @h (may be NULL), at generation step @step (0 for the first
  * generated token). Writes *out on success. Returns CM_OK,
  * CM_ERR_INVALID_ARG, or CM_ERR_OUT_OF_RANGE when the row has no finite
- * logit or contains NaN.
+ * logit or contains NaN or +inf.
  */
 cm_status_t eng_sampler_sample(eng_sampler_t *s, const eng_sampler_params_t *p, const float *logits,
                                const eng_sampler_history_t *h, uint64_t step, eng_sample_t *out);

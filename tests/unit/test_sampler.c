@@ -591,3 +591,39 @@ TT_TEST(sampler, overflowing_logits_stay_defined) {
     TT_ASSERT(probs[1] > 0.99f && probs[5] == 0.0f);
     eng_sampler_free(s);
 }
+
+/* The other direction (found by tests/fuzz/fuzz_sampler.c): every finite
+ * logit overflows to -inf under a tiny temperature or a repetition
+ * penalty. Before, exp(v - max) was NaN and the sampler returned CM_OK
+ * with token -1; now the largest logit as given wins, as in the limit. */
+TT_TEST(sampler, logits_overflowing_to_minus_inf_pick_the_largest) {
+    float row[4] = {-INFINITY, -3.1e38f, -3e38f, -INFINITY};
+    eng_sampler_t *s;
+    TT_ASSERT_EQ_INT(eng_sampler_new(4, &s), CM_OK);
+    eng_sampler_params_t p;
+    eng_sampler_params_default(&p);
+    p.temperature = 0.05f; /* -3e38 / 0.05 overflows to -inf */
+    p.logprobs = true;
+    p.top_logprobs = 2;
+    eng_sample_t out;
+    float probs[4];
+    for (uint64_t st = 0; st < 8; st++) {
+        TT_ASSERT_EQ_INT(eng_sampler_sample(s, &p, row, NULL, st, &out), CM_OK);
+        TT_ASSERT_EQ_INT(out.token, 2);
+        TT_ASSERT(out.logprob <= 0.0f && !isnan(out.logprob));
+    }
+    TT_ASSERT_EQ_INT(eng_sampler_probs(s, &p, row, NULL, probs), CM_OK);
+    TT_ASSERT(probs[2] == 1.0f && probs[1] == 0.0f && probs[0] == 0.0f);
+    /* A repetition penalty of 10 on seen tokens 1 and 2: both -inf. */
+    int32_t seen[2] = {1, 2};
+    eng_sampler_history_t h = {seen, 2, NULL, 0};
+    p.repetition_penalty = 10.0f;
+    p.temperature = 1.0f;
+    float pen[4] = {-INFINITY, -3.1e38f, -3e38f, -INFINITY};
+    TT_ASSERT_EQ_INT(eng_sampler_sample(s, &p, pen, &h, 0, &out), CM_OK);
+    TT_ASSERT_EQ_INT(out.token, 2);
+    p.temperature = 0.0f; /* greedy: not the first -inf of the row either */
+    TT_ASSERT_EQ_INT(eng_sampler_sample(s, &p, pen, &h, 0, &out), CM_OK);
+    TT_ASSERT_EQ_INT(out.token, 2);
+    eng_sampler_free(s);
+}
