@@ -253,6 +253,12 @@ int dw_cmd_generate(int argc, char **argv) {
     else if (getrandom(&q.params.seed, sizeof q.params.seed, 0) != (ssize_t)sizeof q.params.seed)
         q.params.seed = cm_time_wall_ns();
     if (!g_ignore_eos) q.params.n_stop = dw_runner_eos(r, q.params.stop_ids, ENG_SAMPLER_MAX_STOP);
+    char perr[256];
+    if (eng_sampler_params_validate(&q.params, 0, perr, sizeof perr) != CM_OK) {
+        fprintf(stderr, "tandem generate: %s\n", perr); /* e.g. --top-p 0 */
+        rcode = CM_EXIT_USAGE;
+        goto out;
+    }
     cm_status_t st = dw_sched_add(dw_runner_sched(r), &q);
     if (st != CM_OK) {
         fprintf(stderr, "tandem generate: %s (context limit %u tokens)\n", cm_strerror(st),

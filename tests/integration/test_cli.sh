@@ -52,6 +52,15 @@ err=$(TANDEM_SIZE=lots "$bin" bench hash 2>&1); rc=$?
 err=$(TANDEM_LOG_LEVEL=chatty "$bin" bench hash 2>&1); rc=$?
 [ "$rc" -eq 2 ] && grep -q "TANDEM_LOG_LEVEL" <<<"$err" || fail "bad global env: rc=$rc $err"
 
+# generate: a value the flag's range allows but the sampler does not
+# (top-p 0) is refused with the sampler's sentence and exit 2, as an
+# out-of-range flag is.
+model="$(dirname "$0")/../fixtures/models/qwen3"
+err=$("$bin" generate --model "$model" --prompt hi --top-p 0 2>&1); rc=$?
+[ "$rc" -eq 2 ] && grep -q "top_p must be in (0, 1], got 0" <<<"$err" || fail "top-p 0: rc=$rc $err"
+err=$("$bin" generate --model "$model" --prompt hi --temperature -1 2>&1); rc=$?
+[ "$rc" -eq 2 ] && grep -q "bad value '-1' for --temperature" <<<"$err" || fail "temperature: rc=$rc $err"
+
 # Help shows the environment variable of each flag.
 "$bin" bench hash --help | grep -q 'env: TANDEM_MIN_TIME' || fail "help lacks env names"
 echo "cli contract ok"
