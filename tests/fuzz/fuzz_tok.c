@@ -24,6 +24,11 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+/* Tokenizer directories, relative to FUZZ_TOK_ROOT (the checkout; the
+ * unit suite's replay, tests/unit/test_fuzz_replay_tok.c, sets it). */
+#ifndef FUZZ_TOK_ROOT
+#define FUZZ_TOK_ROOT "."
+#endif
 static const char *const k_dirs[] = {
     "../shared/tokenizers/qwen3",       "../shared/tokenizers/llama3_1",
     "../shared/tokenizers/deepseek_v3", "tests/fixtures/tok/mistral_v1",
@@ -35,10 +40,11 @@ static tok_t *g_tok[N_DIRS];
 static size_t g_n;
 
 static void load_all(void) {
-    char err[512];
+    char err[512], dir[1024];
     for (size_t i = 0; i < N_DIRS; i++) {
         tok_t *t;
-        if (tok_load(k_dirs[i], &t, err, sizeof err) == CM_OK)
+        snprintf(dir, sizeof dir, "%s/%s", FUZZ_TOK_ROOT, k_dirs[i]);
+        if (tok_load(dir, &t, err, sizeof err) == CM_OK)
             g_tok[g_n++] = t;
         else
             fprintf(stderr, "fuzz_tok: skipping %s: %s\n", k_dirs[i], err);
