@@ -75,7 +75,15 @@ typedef struct {
 
 typedef struct mdl_weights mdl_weights_t;
 
-/* Maps every safetensors file of @dir and indexes its tensors. */
+/*
+ * Maps every safetensors file of @dir and indexes its tensors. A file is
+ * refused, with the file and tensor named in @err, when its header is not a
+ * JSON object of {dtype, shape, data_offsets} entries, a dtype is not F32,
+ * F16 or BF16 (CM_ERR_UNSUPPORTED), a tensor's data does not lie inside the
+ * file (CM_ERR_TRUNCATED) or does not match product(shape) * dtype size
+ * (CM_ERR_BAD_FORMAT). Tensor data is aligned to its dtype size: a tensor
+ * the file does not align gets an aligned copy.
+ */
 cm_status_t mdl_weights_open(const char *dir, mdl_weights_t **out, char *err, size_t errlen);
 void mdl_weights_close(mdl_weights_t *w);
 /* Tells the kernel the mapped pages of @t's data are not needed for now

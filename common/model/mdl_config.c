@@ -1,5 +1,6 @@
 /* mdl_config.c - config.json and generation_config.json of HF models. */
 #include <cjson/cJSON.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -44,9 +45,20 @@ static uint32_t get_u32(const cJSON *o, const char *k, uint32_t def, bool *ok) {
     return (uint32_t)v->valuedouble;
 }
 
-static float get_f(const cJSON *o, const char *k, float def) {
+/* Number field as float; *ok false when present but not a number above
+ * @min >= 0 (or at least @min when @incl) that a float holds. */
+static float get_f(const cJSON *o, const char *k, float def, double min, bool incl, bool *ok) {
     const cJSON *v = get(o, k);
-    return cJSON_IsNumber(v) ? (float)v->valuedouble : def;
+    if (!v || cJSON_IsNull(v)) return def;
+    double d = cJSON_IsNumber(v) ? v->valuedouble : NAN;
+    bool in = (incl ? d >= min : d > min) && d <= FLT_MAX;
+    float f = in ? (float)d : def;
+    /* Checked again as a float: 1e-320 becomes 0. */
+    if (!in || !(incl ? f >= min : f > min)) {
+        *ok = false;
+        return def;
+    }
+    return f;
 }
 
 static bool get_b(const cJSON *o, const char *k, bool def) {
@@ -54,19 +66,41 @@ static bool get_b(const cJSON *o, const char *k, bool def) {
     return cJSON_IsBool(v) ? cJSON_IsTrue(v) : def;
 }
 
-/* eos_token_id: an integer or a list. */
-static void read_eos(const cJSON *v, mdl_config_t *c) {
+/* A token id: an integer in [0, INT32_MAX]. */
+static bool token_id(const cJSON *v, int32_t *out) {
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0) || v->valuedouble > 2147483647.0 ||
+        v->valuedouble != floor(v->valuedouble))
+        return false;
+    *out = (int32_t)v->valuedouble;
+    return true;
+}
+
+/* eos_token_id: an integer or a list of them (null: none given; ids past
+ * MDL_MAX_EOS are dropped). False when it is anything else. */
+static bool read_eos(const cJSON *v, mdl_config_t *c) {
+    if (!v || cJSON_IsNull(v)) return true;
     if (cJSON_IsNumber(v)) {
-        c->eos[0] = (int32_t)v->valuedouble;
+        if (!token_id(v, &c->eos[0])) return false;
         c->n_eos = 1;
-    } else if (cJSON_IsArray(v)) {
-        c->n_eos = 0;
-        const cJSON *e;
-        cJSON_ArrayForEach(e, v) {
-            if (cJSON_IsNumber(e) && c->n_eos < MDL_MAX_EOS)
-                c->eos[c->n_eos++] = (int32_t)e->valuedouble;
-        }
+        return true;
     }
+    if (!cJSON_IsArray(v)) return false;
+    int32_t ids[MDL_MAX_EOS];
+    uint32_t n = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, v) {
+        int32_t id;
+        if (!token_id(e, &id)) return false;
+        if (n < MDL_MAX_EOS) ids[n++] = id;
+    }
+    memcpy(c->eos, ids, n * sizeof ids[0]);
+    c->n_eos = n;
+    return true;
+}
+
+/* bos_token_id: an integer (null or absent: @c keeps its own). */
+static bool read_bos(const cJSON *v, mdl_config_t *c) {
+    return !v || cJSON_IsNull(v) || token_id(v, &c->bos);
 }
 
 static const struct {
@@ -134,13 +168,14 @@ cm_status_t mdl_config_load(const char *dir, mdl_config_t *out, char *err, size_
     c.head_dim = get_u32(j, "head_dim", c.n_heads ? c.hidden / c.n_heads : 0, &ok);
     c.intermediate = get_u32(j, "intermediate_size", 0, &ok);
     c.max_position = get_u32(j, "max_position_embeddings", 4096, &ok);
-    c.rms_eps = get_f(j, "rms_norm_eps", 1e-6f);
+    c.rms_eps = get_f(j, "rms_norm_eps", 1e-6f, 0, true, &ok);
     c.tie_embeddings = get_b(j, "tie_word_embeddings", false);
     /* RoPE: transformers 5 writes rope_parameters; earlier versions (and
      * most published checkpoints) rope_theta + rope_scaling. */
     const cJSON *rp = get(j, "rope_parameters");
     const cJSON *rs = cJSON_IsObject(rp) ? rp : get(j, "rope_scaling");
-    c.rope_theta = get_f(j, "rope_theta", get_f(rp, "rope_theta", 10000.0f));
+    c.rope_theta =
+        get_f(j, "rope_theta", get_f(rp, "rope_theta", 10000.0f, 0, false, &ok), 0, false, &ok);
     const cJSON *rt = get(rs, "rope_type");
     if (!cJSON_IsString(rt)) rt = get(rs, "type");
     if (cJSON_IsString(rt) && strcmp(rt->valuestring, "default") != 0) {
@@ -151,10 +186,20 @@ cm_status_t mdl_config_load(const char *dir, mdl_config_t *out, char *err, size_
             goto done;
         }
         c.rope_llama3 = true;
-        c.rope_factor = get_f(rs, "factor", 8.0f);
-        c.rope_low_freq = get_f(rs, "low_freq_factor", 1.0f);
-        c.rope_high_freq = get_f(rs, "high_freq_factor", 4.0f);
-        c.rope_orig_max = get_u32(rs, "original_max_position_embeddings", 8192, &ok);
+        bool rok = true;
+        c.rope_factor = get_f(rs, "factor", 8.0f, 0, false, &rok);
+        c.rope_low_freq = get_f(rs, "low_freq_factor", 1.0f, 0, false, &rok);
+        c.rope_high_freq = get_f(rs, "high_freq_factor", 4.0f, 0, false, &rok);
+        c.rope_orig_max = get_u32(rs, "original_max_position_embeddings", 8192, &rok);
+        /* rope_init divides by each of these and by high - low. */
+        if (!rok || !c.rope_orig_max || !(c.rope_high_freq > c.rope_low_freq)) {
+            snprintf(err, errlen,
+                     "%s: llama3 rope_scaling needs factor > 0, 0 < low_freq_factor < "
+                     "high_freq_factor and original_max_position_embeddings > 0",
+                     path);
+            st = CM_ERR_BAD_FORMAT;
+            goto done;
+        }
     }
     c.qk_norm = c.arch == MDL_ARCH_QWEN3 || c.arch == MDL_ARCH_QWEN3MOE;
     if (c.arch == MDL_ARCH_MIXTRAL || c.arch == MDL_ARCH_QWEN2MOE || c.arch == MDL_ARCH_QWEN3MOE) {
@@ -172,17 +217,28 @@ cm_status_t mdl_config_load(const char *dir, mdl_config_t *out, char *err, size_
                 c.mlp_only_layers |= 1ull << (int)e->valuedouble;
         }
     }
-    c.bos = (int32_t)get_u32(j, "bos_token_id", 0, &ok);
-    read_eos(get(j, "eos_token_id"), &c);
+    if (!read_bos(get(j, "bos_token_id"), &c) || !read_eos(get(j, "eos_token_id"), &c)) {
+        snprintf(err, errlen, "%s: bos_token_id/eos_token_id must be token ids (0 to 2^31-1)",
+                 path);
+        st = CM_ERR_BAD_FORMAT;
+        goto done;
+    }
+    /* Bounds keep the engine's products (heads * head_dim, rows * cols)
+     * far from overflowing. */
+    const uint64_t qd = (uint64_t)c.n_heads * c.head_dim;
     if (!ok || !c.vocab || !c.hidden || !c.n_layers || !c.n_heads || !c.n_kv_heads || !c.head_dim ||
         c.n_heads % c.n_kv_heads != 0 || (!c.n_experts && !c.intermediate) ||
         (c.n_experts && (!c.top_k || c.top_k > c.n_experts || !c.moe_intermediate)) ||
-        c.vocab > (1u << 24) || c.n_layers > 1024 || c.hidden > (1u << 20)) {
+        c.vocab > (1u << 24) || c.n_layers > 1024 || c.hidden > (1u << 20) ||
+        c.head_dim > (1u << 16) || qd > (1u << 20) || c.intermediate > (1u << 24) ||
+        c.moe_intermediate > (1u << 24) || c.shared_intermediate > (1u << 24) ||
+        c.n_experts > (1u << 16) || !c.max_position || c.max_position > (1u << 26)) {
         snprintf(err, errlen,
-                 "%s: missing or inconsistent sizes (vocab %u, hidden %u, layers %u, "
-                 "heads %u/%u, head_dim %u, intermediate %u, experts %u top-%u)",
+                 "%s: missing, out-of-range or inconsistent values (vocab %u, hidden %u, "
+                 "layers %u, heads %u/%u, head_dim %u, intermediate %u, experts %u top-%u, "
+                 "max_position %u)",
                  path, c.vocab, c.hidden, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim,
-                 c.intermediate, c.n_experts, c.top_k);
+                 c.intermediate, c.n_experts, c.top_k, c.max_position);
         st = CM_ERR_BAD_FORMAT;
         goto done;
     }
@@ -192,12 +248,17 @@ cm_status_t mdl_config_load(const char *dir, mdl_config_t *out, char *err, size_
     if (gtext) {
         cJSON *g = cJSON_Parse(gtext);
         cm_free(gtext);
-        if (cJSON_IsObject(g)) {
-            if (get(g, "eos_token_id")) read_eos(get(g, "eos_token_id"), &c);
-            bool gok = true;
-            c.bos = (int32_t)get_u32(g, "bos_token_id", (uint32_t)c.bos, &gok);
-        }
+        const char *why = NULL;
+        if (!cJSON_IsObject(g))
+            why = "not a JSON object";
+        else if (!read_eos(get(g, "eos_token_id"), &c) || !read_bos(get(g, "bos_token_id"), &c))
+            why = "bos_token_id/eos_token_id must be token ids (0 to 2^31-1)";
         cJSON_Delete(g);
+        if (why) {
+            snprintf(err, errlen, "%s: %s", path, why);
+            st = CM_ERR_BAD_FORMAT;
+            goto done;
+        }
     }
     *out = c;
 done:

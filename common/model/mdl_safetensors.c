@@ -4,11 +4,15 @@
  * Format: u64 little-endian header length N, N bytes of JSON
  * {"name": {"dtype", "shape", "data_offsets": [begin, end]}, ...}, then the
  * data. Every offset is checked against the file size and the shape's byte
- * count, so a truncated or lying file is refused, never read past.
+ * count, so a truncated or lying file is refused, never read past. The
+ * engine reads the data as float or uint16_t: a tensor that does not start
+ * aligned to its dtype (files written before safetensors padded its header
+ * to 8 bytes) is read from an aligned copy.
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -18,7 +22,6 @@
 #include "mdl.h"
 
 typedef struct {
-    char *path;
     void *map;
     size_t size;
 } shard_t;
@@ -26,6 +29,7 @@ typedef struct {
 typedef struct {
     char *name;
     mdl_tensor_t t;
+    void *copy; /* the aligned copy t.data points to, or NULL (in the mapping) */
 } entry_t;
 
 struct mdl_weights {
@@ -79,15 +83,103 @@ static cm_status_t table_grow(mdl_weights_t *w) {
     return CM_OK;
 }
 
+/* True when JSON number @v is an integer in [0, @max]. */
+static bool is_uint(const cJSON *v, double max, uint64_t *out) {
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0) || v->valuedouble > max ||
+        v->valuedouble != floor(v->valuedouble))
+        return false;
+    *out = (uint64_t)v->valuedouble;
+    return true;
+}
+
+/*
+ * Checks header entry @e (the tensor @e->string) of @path, whose data
+ * section is @data_size bytes, and fills @t but for
+ * its name and data. CM_ERR_BAD_FORMAT, CM_ERR_UNSUPPORTED or (data past
+ * the end) CM_ERR_TRUNCATED with the reason in @err.
+ */
+static cm_status_t parse_entry(const cJSON *e, const char *path, size_t data_size, mdl_tensor_t *t,
+                               uint64_t *begin, char *err, size_t errlen) {
+    const char *name = e->string;
+    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
+    const cJSON *sh = cJSON_GetObjectItemCaseSensitive(e, "shape");
+    const cJSON *off = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
+    if (!cJSON_IsString(dt) || !cJSON_IsArray(sh) || !cJSON_IsArray(off) ||
+        cJSON_GetArraySize(off) != 2 || cJSON_GetArraySize(sh) > 4) {
+        snprintf(err, errlen, "%s: tensor '%s': malformed header entry", path, name);
+        return CM_ERR_BAD_FORMAT;
+    }
+    memset(t, 0, sizeof *t);
+    if (!strcmp(dt->valuestring, "F32"))
+        t->dtype = MDL_F32;
+    else if (!strcmp(dt->valuestring, "F16"))
+        t->dtype = MDL_F16;
+    else if (!strcmp(dt->valuestring, "BF16"))
+        t->dtype = MDL_BF16;
+    else {
+        snprintf(err, errlen, "%s: tensor '%s': unsupported dtype %.32s (F32, F16, BF16)", path,
+                 name, dt->valuestring);
+        return CM_ERR_UNSUPPORTED;
+    }
+    /* The byte count of the shape, without wrapping around. */
+    const size_t esize = mdl_dtype_size(t->dtype);
+    uint64_t nbytes = esize;
+    bool overflow = false;
+    const cJSON *d;
+    cJSON_ArrayForEach(d, sh) {
+        uint64_t n;
+        if (!is_uint(d, 1e12, &n)) {
+            snprintf(err, errlen, "%s: tensor '%s': shape entry %d is not a size", path, name,
+                     (int)t->ndim);
+            return CM_ERR_BAD_FORMAT;
+        }
+        t->shape[t->ndim++] = n;
+        overflow |= __builtin_mul_overflow(nbytes, n, &nbytes);
+    }
+    uint64_t b, en;
+    if (!is_uint(cJSON_GetArrayItem(off, 0), 1e18, &b) ||
+        !is_uint(cJSON_GetArrayItem(off, 1), 1e18, &en) || en < b) {
+        snprintf(err, errlen, "%s: tensor '%s': data_offsets are not [begin, end] byte offsets",
+                 path, name);
+        return CM_ERR_BAD_FORMAT;
+    }
+    if (en > data_size) {
+        snprintf(err, errlen,
+                 "%s: tensor '%s': data [%llu, %llu) past the end of the file (%zu data bytes; "
+                 "truncated?)",
+                 path, name, (unsigned long long)b, (unsigned long long)en, data_size);
+        return CM_ERR_TRUNCATED;
+    }
+    if (overflow || en - b != nbytes) {
+        snprintf(err, errlen, "%s: tensor '%s': data [%llu, %llu) does not fit its shape", path,
+                 name, (unsigned long long)b, (unsigned long long)en);
+        return CM_ERR_BAD_FORMAT;
+    }
+    t->nbytes = (size_t)nbytes;
+    *begin = b;
+    return CM_OK;
+}
+
 /* Maps @path and indexes its tensors. */
 static cm_status_t add_shard(mdl_weights_t *w, const char *path, char *err, size_t errlen) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO named like a shard must not hang the open. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return CM_ERR_NOT_FOUND;
     }
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || sb.st_size < 8) {
+    if (fstat(fd, &sb) != 0) {
+        snprintf(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
+        close(fd);
+        return CM_ERR_IO;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        snprintf(err, errlen, "%s: not a regular file", path);
+        return CM_ERR_BAD_FORMAT;
+    }
+    if (sb.st_size < 8) {
         close(fd);
         snprintf(err, errlen, "%s: truncated (%lld bytes, no header)", path, (long long)sb.st_size);
         return CM_ERR_TRUNCATED;
@@ -102,11 +194,11 @@ static cm_status_t add_shard(mdl_weights_t *w, const char *path, char *err, size
     shard_t *s = cm_realloc_array(w->shards, w->n_shards + 1, sizeof *s);
     if (!s) {
         munmap(map, size);
+        snprintf(err, errlen, "%s: out of memory", path);
         return CM_ERR_NO_MEMORY;
     }
     w->shards = s;
     s = &w->shards[w->n_shards++];
-    s->path = cm_strdup(path);
     s->map = map;
     s->size = size;
     const uint8_t *p = map;
@@ -129,61 +221,42 @@ static cm_status_t add_shard(mdl_weights_t *w, const char *path, char *err, size
     const cJSON *e;
     cJSON_ArrayForEach(e, h) {
         if (!strcmp(e->string, "__metadata__")) continue;
-        const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
-        const cJSON *sh = cJSON_GetObjectItemCaseSensitive(e, "shape");
-        const cJSON *off = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
-        if (!cJSON_IsString(dt) || !cJSON_IsArray(sh) || !cJSON_IsArray(off) ||
-            cJSON_GetArraySize(off) != 2 || cJSON_GetArraySize(sh) > 4) {
-            snprintf(err, errlen, "%s: tensor '%s': malformed header entry", path, e->string);
-            st = CM_ERR_BAD_FORMAT;
-            break;
-        }
-        mdl_tensor_t t = {0};
-        if (!strcmp(dt->valuestring, "F32"))
-            t.dtype = MDL_F32;
-        else if (!strcmp(dt->valuestring, "F16"))
-            t.dtype = MDL_F16;
-        else if (!strcmp(dt->valuestring, "BF16"))
-            t.dtype = MDL_BF16;
-        else {
-            snprintf(err, errlen, "%s: tensor '%s': unsupported dtype %s (F32, F16, BF16)", path,
-                     e->string, dt->valuestring);
-            st = CM_ERR_UNSUPPORTED;
-            break;
-        }
-        uint64_t numel = 1;
-        const cJSON *d;
-        cJSON_ArrayForEach(d, sh) {
-            if (!cJSON_IsNumber(d) || d->valuedouble < 0 || d->valuedouble > 1e12) {
-                st = CM_ERR_BAD_FORMAT;
+        mdl_tensor_t t;
+        uint64_t b;
+        st = parse_entry(e, path, data_size, &t, &b, err, errlen);
+        if (st != CM_OK) break;
+        t.data = data + b;
+        void *copy = NULL;
+        if ((uintptr_t)t.data % mdl_dtype_size(t.dtype)) { /* the mapping is page-aligned */
+            if (!(copy = cm_aligned_alloc(64, t.nbytes ? t.nbytes : 1))) {
+                snprintf(err, errlen, "%s: out of memory", path);
+                st = CM_ERR_NO_MEMORY;
                 break;
             }
-            t.shape[t.ndim++] = (uint64_t)d->valuedouble;
-            numel *= (uint64_t)d->valuedouble;
+            memcpy(copy, t.data, t.nbytes);
+            t.data = copy;
         }
-        double b = cJSON_GetArrayItem(off, 0)->valuedouble;
-        double en = cJSON_GetArrayItem(off, 1)->valuedouble;
-        if (st != CM_OK || b < 0 || en < b || en > (double)data_size ||
-            (uint64_t)(en - b) != numel * mdl_dtype_size(t.dtype)) {
-            snprintf(err, errlen,
-                     "%s: tensor '%s': data [%.0f, %.0f) does not fit its shape or the file "
-                     "(%zu data bytes; truncated?)",
-                     path, e->string, b, en, data_size);
-            st = en > (double)data_size ? CM_ERR_TRUNCATED : CM_ERR_BAD_FORMAT;
+        if ((w->n + 1) * 2 > w->cap && (st = table_grow(w)) != CM_OK) {
+            cm_aligned_free(copy);
+            snprintf(err, errlen, "%s: out of memory", path);
             break;
         }
-        t.data = data + (size_t)b;
-        t.nbytes = (size_t)(en - b);
-        if ((w->n + 1) * 2 > w->cap && (st = table_grow(w)) != CM_OK) break;
         size_t i = slot_of(w, e->string);
         if (w->table[i].name) {
+            cm_aligned_free(copy);
             snprintf(err, errlen, "%s: tensor '%s' appears twice", path, e->string);
             st = CM_ERR_BAD_FORMAT;
             break;
         }
-        w->table[i].name = cm_strdup(e->string);
+        if (!(w->table[i].name = cm_strdup(e->string))) {
+            cm_aligned_free(copy);
+            snprintf(err, errlen, "%s: out of memory", path);
+            st = CM_ERR_NO_MEMORY;
+            break;
+        }
         t.name = w->table[i].name;
         w->table[i].t = t;
+        w->table[i].copy = copy;
         w->n++;
         w->bytes += t.nbytes;
     }
@@ -195,34 +268,77 @@ void mdl_weights_close(mdl_weights_t *w) {
     if (!w) return;
     for (size_t i = 0; i < w->n_shards; i++) {
         munmap(w->shards[i].map, w->shards[i].size);
-        cm_free(w->shards[i].path);
     }
-    for (size_t i = 0; i < w->cap; i++) cm_free(w->table[i].name);
+    for (size_t i = 0; i < w->cap; i++) {
+        cm_free(w->table[i].name);
+        cm_aligned_free(w->table[i].copy);
+    }
     cm_free(w->shards);
     cm_free(w->table);
     cm_free(w);
 }
 
+/*
+ * Parses the JSON file @path (a regular file under 64 MiB) into *@out.
+ * CM_ERR_NOT_FOUND when it does not exist (no message); otherwise an error
+ * with the reason in @err.
+ */
+static cm_status_t read_json(const char *path, cJSON **out, char *err, size_t errlen) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+        if (errno == ENOENT || errno == ENOTDIR) return CM_ERR_NOT_FOUND;
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return CM_ERR_IO;
+    }
+    struct stat sb;
+    cm_status_t st = CM_OK;
+    char *text = NULL;
+    size_t n = 0;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size <= 0 ||
+        sb.st_size >= (64l << 20)) {
+        snprintf(err, errlen, "%s: not a regular file of 1 byte to 64 MiB", path);
+        st = CM_ERR_BAD_FORMAT;
+    } else if (!(text = cm_malloc((size_t)sb.st_size))) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        st = CM_ERR_NO_MEMORY;
+    } else {
+        while (n < (size_t)sb.st_size) {
+            ssize_t r = read(fd, text + n, (size_t)sb.st_size - n);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) break;
+            n += (size_t)r;
+        }
+        if (n != (size_t)sb.st_size) {
+            snprintf(err, errlen, "%s: short read", path);
+            st = CM_ERR_IO;
+        }
+    }
+    close(fd);
+    if (st == CM_OK && !(*out = cJSON_ParseWithLength(text, n))) {
+        snprintf(err, errlen, "%s: not valid JSON", path);
+        st = CM_ERR_BAD_FORMAT;
+    }
+    cm_free(text);
+    return st;
+}
+
 cm_status_t mdl_weights_open(const char *dir, mdl_weights_t **out, char *err, size_t errlen) {
     mdl_weights_t *w = cm_calloc(1, sizeof *w);
-    if (!w) return CM_ERR_NO_MEMORY;
-    cm_status_t st = table_grow(w);
+    cm_status_t st = w ? table_grow(w) : CM_ERR_NO_MEMORY;
+    if (st != CM_OK) {
+        snprintf(err, errlen, "%s: out of memory", dir);
+        mdl_weights_close(w);
+        return st;
+    }
     char path[4096];
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
-    FILE *f = st == CM_OK ? fopen(path, "rb") : NULL;
-    if (f) {
+    cJSON *idx = NULL;
+    st = read_json(path, &idx, err, errlen);
+    if (st == CM_OK) {
         /* Sharded: every distinct file of the weight map. */
-        fseek(f, 0, SEEK_END);
-        long n = ftell(f);
-        fseek(f, 0, SEEK_SET);
-        char *text = n > 0 && n < (64l << 20) ? cm_malloc((size_t)n + 1) : NULL;
-        size_t got = text ? fread(text, 1, (size_t)n, f) : 0;
-        fclose(f);
-        cJSON *idx = text && got == (size_t)n ? cJSON_ParseWithLength(text, got) : NULL;
-        cm_free(text);
         const cJSON *map = cJSON_GetObjectItemCaseSensitive(idx, "weight_map");
         if (!cJSON_IsObject(map)) {
-            snprintf(err, errlen, "%s: no \"weight_map\"", path);
+            snprintf(err, errlen, "%s: no \"weight_map\" object", path);
             st = CM_ERR_BAD_FORMAT;
         }
         const cJSON *e;
@@ -230,7 +346,9 @@ cm_status_t mdl_weights_open(const char *dir, mdl_weights_t **out, char *err, si
         size_t n_done = 0;
         cJSON_ArrayForEach(e, map) {
             if (st != CM_OK) break;
-            if (!cJSON_IsString(e) || strchr(e->valuestring, '/')) {
+            /* A file of @dir itself: no path, no "." or "..". */
+            if (!cJSON_IsString(e) || !e->valuestring[0] || !strcmp(e->valuestring, ".") ||
+                !strcmp(e->valuestring, "..") || strchr(e->valuestring, '/')) {
                 snprintf(err, errlen, "%s: bad file name for '%s'", path, e->string);
                 st = CM_ERR_BAD_FORMAT;
                 break;
@@ -240,6 +358,7 @@ cm_status_t mdl_weights_open(const char *dir, mdl_weights_t **out, char *err, si
             if (seen) continue;
             char **nd = cm_realloc_array(done, n_done + 1, sizeof *nd);
             if (!nd) {
+                snprintf(err, errlen, "%s: out of memory", path);
                 st = CM_ERR_NO_MEMORY;
                 break;
             }
@@ -260,7 +379,7 @@ cm_status_t mdl_weights_open(const char *dir, mdl_weights_t **out, char *err, si
             }
         }
         cJSON_Delete(idx);
-    } else if (st == CM_OK) {
+    } else if (st == CM_ERR_NOT_FOUND) {
         snprintf(path, sizeof path, "%s/model.safetensors", dir);
         st = add_shard(w, path, err, errlen);
     }
@@ -285,10 +404,11 @@ cm_status_t mdl_weights_find(const mdl_weights_t *w, const char *name, uint32_t 
     if (!ok) {
         char want[96] = "", got[96] = "";
         size_t a = 0, b = 0;
-        for (uint32_t i = 0; i < ndim; i++)
+        /* Stops at a full buffer (snprintf returns what it would write). */
+        for (uint32_t i = 0; i < ndim && a < sizeof want; i++)
             a += (size_t)snprintf(want + a, sizeof want - a, "%s%llu", i ? ", " : "",
                                   (unsigned long long)shape[i]);
-        for (uint32_t i = 0; i < e->t.ndim; i++)
+        for (uint32_t i = 0; i < e->t.ndim && b < sizeof got; i++)
             b += (size_t)snprintf(got + b, sizeof got - b, "%s%llu", i ? ", " : "",
                                   (unsigned long long)e->t.shape[i]);
         snprintf(err, errlen, "tensor '%s': shape [%s], expected [%s]", name, got, want);
