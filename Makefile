@@ -214,7 +214,7 @@ format-check:
 # `make test`; see tests/fuzz/README.md.
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 # The code under test and what it uses (no libuv, UCX or ZeroMQ).
-FUZZ_LIB_C := $(filter-out %_cmd.c %_zmq.c %_agent.c,$(filter common/base/% common/cp/% common/tok/% common/model/% common/engine/eng_sampler.c,$(LIB_C)))
+FUZZ_LIB_C := $(filter-out %_cmd.c %_zmq.c %_agent.c,$(filter common/base/% common/cp/% common/tok/% common/model/% common/engine/eng_sampler.c router/rt_openai.c,$(LIB_C)))
 fuzz: $(PROTO_C)
 	@mkdir -p $(BUILD)/fuzz
 	@for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \

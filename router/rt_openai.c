@@ -31,6 +31,8 @@ static cm_status_t bad(rt_oai_error_t *err, const char *param, const char *fmt, 
     va_start(ap, fmt);
     vsnprintf(err->message, sizeof err->message, fmt, ap);
     va_end(ap);
+    /* A long value echoed in the message may be cut inside a character. */
+    err->message[cm_utf8_trim(err->message, strlen(err->message))] = '\0';
     err->status = 400;
     err->type = "invalid_request_error";
     snprintf(err->param, sizeof err->param, "%s", param ? param : "");
@@ -121,11 +123,15 @@ static cm_status_t parse_messages(rt_oai_req_t *r, const cJSON *m, rt_oai_error_
             return bad(err, "messages", "messages[%zu] must be an object with a 'role'.", i);
         const char *rs = role->valuestring;
         if (!strcmp(rs, "developer")) rs = "system";
-        if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant"))
+        if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant")) {
+            /* At most 64 bytes of it, whole characters, so the message
+             * ends with the roles that are. */
+            int shown = (int)cm_utf8_trim(rs, strnlen(rs, 64));
             return bad(err, "messages",
-                       "messages[%zu].role '%s' is not supported (system, "
+                       "messages[%zu].role '%.*s%s' is not supported (system, "
                        "developer, user, assistant).",
-                       i, role->valuestring);
+                       i, shown, rs, rs[shown] ? "..." : "");
+        }
         r->msgs[i].role = rs;
         if (!present(content) && !strcmp(rs, "assistant")) {
             r->msgs[i].content = "";
@@ -211,6 +217,12 @@ cm_status_t rt_oai_parse(rt_oai_kind_t kind, const char *body, size_t len, rt_oa
     rt_oai_req_t *r = cm_calloc(1, sizeof *r);
     if (!r) return bad(err, NULL, "Out of memory.");
     r->kind = kind;
+    /* JSON text is UTF-8 (RFC 8259); values echoed in errors and in the
+     * response (model, roles) must stay so. */
+    if (!cm_utf8_valid(body, len)) {
+        bad(err, NULL, "The request body is not valid UTF-8.");
+        goto fail;
+    }
     cJSON *root = r->root = cJSON_ParseWithLength(body, len);
     const cJSON *v;
     int64_t iv;
@@ -446,6 +458,7 @@ rt_oai_resp_t *rt_oai_resp_new(const rt_oai_req_t *req, const char *id, uint64_t
     r->kind = req->kind;
     snprintf(r->id, sizeof r->id, "%s", id);
     snprintf(r->model, sizeof r->model, "%s", req->gen.model);
+    r->model[cm_utf8_trim(r->model, strlen(r->model))] = '\0';
     r->created = created;
     r->include_usage = req->include_usage;
     r->logprobs = req->gen.sampling.logprobs;

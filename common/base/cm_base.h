@@ -243,6 +243,9 @@ const char *cm_build_commit(void);
 /* Returns true when @s[0..len) is well-formed UTF-8 (no overlongs, no
  * surrogates, no code points above U+10FFFF). */
 bool cm_utf8_valid(const char *s, size_t len);
+/* Length of the longest prefix of @s[0..len) that does not end inside a
+ * UTF-8 sequence (drops a character a fixed-size snprintf cut short). */
+size_t cm_utf8_trim(const char *s, size_t len);
 
 #ifdef __cplusplus
 }

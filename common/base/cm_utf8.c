@@ -36,3 +36,15 @@ bool cm_utf8_valid(const char *s, size_t len) {
     }
     return true;
 }
+
+size_t cm_utf8_trim(const char *s, size_t len) {
+    const unsigned char *p = (const unsigned char *)s;
+    /* Back over at most 3 continuation bytes to the lead byte of the last
+     * character; drop it when the bytes after it are fewer than it needs. */
+    size_t i = len, back = 0;
+    while (i > 0 && back < 3 && (p[i - 1] & 0xC0) == 0x80) i--, back++;
+    if (i == 0) return len;
+    unsigned char c = p[i - 1];
+    size_t need = c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : c >= 0xC0 ? 1 : 0;
+    return need > back ? i - 1 : len;
+}

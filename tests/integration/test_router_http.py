@@ -115,6 +115,15 @@ try:
     err("missing messages", 400, "POST", "/v1/chat/completions", {"model": "tiny"}, "messages")
     err("bad role", 400, "POST", "/v1/chat/completions",
         {"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}, "messages")
+    # Error bodies stay UTF-8 JSON: a body that is not UTF-8 is refused, and
+    # a long non-ASCII value echoed in a message is not cut inside a
+    # character (both found by tests/fuzz/fuzz_oai.c).
+    err("body not UTF-8", 400, "POST", "/v1/chat/completions",
+        b'{"model": "tiny", "messages": [{"role": "us\xfe\xd7er", "content": "x"}]}', None,
+        "not valid UTF-8")
+    err("long non-ASCII role", 400, "POST", "/v1/chat/completions",
+        {"model": "tiny", "messages": [{"role": "\u4e2d" * 200, "content": "x"}]}, "messages",
+        "is not supported")
     err("unknown path", 404, "GET", "/v2/everything", None)
     err("wrong method", 405, "GET", "/v1/completions", None)
     err("body too large", 413, "POST", "/v1/completions",

@@ -129,6 +129,22 @@ TT_TEST(utf8, accepts_valid_rejects_invalid) {
     TT_ASSERT(!cm_utf8_valid("a\xffz", 3));
 }
 
+/* A character cut short at the end is dropped, nothing else: every prefix
+ * of a string of 1- to 4-byte characters trims to a valid one, the last
+ * whole character kept. */
+TT_TEST(utf8, trim_drops_a_cut_character_only) {
+    static const char s[] = "a\xc3\xa9\xe4\xb8\xad\xf0\x9f\x98\x80z";
+    static const size_t bounds[] = {0, 1, 3, 6, 10, 11}; /* character starts */
+    for (size_t len = 0; len <= sizeof s - 1; len++) {
+        size_t want = 0;
+        for (size_t b = 0; b < 6; b++)
+            if (bounds[b] <= len) want = bounds[b];
+        TT_ASSERT_EQ_U64(cm_utf8_trim(s, len), want);
+        TT_ASSERT(cm_utf8_valid(s, cm_utf8_trim(s, len)));
+    }
+    TT_ASSERT_EQ_U64(cm_utf8_trim("\x80\x80", 2), 2); /* not UTF-8 at all: untouched */
+}
+
 TT_TEST(alloc, overflow_is_refused) {
     TT_ASSERT(cm_malloc_array(SIZE_MAX / 2, 3) == NULL);
     TT_ASSERT(cm_calloc(SIZE_MAX / 8, 16) == NULL);

@@ -127,3 +127,80 @@ TT_TEST_T(fuzz_replay, sampler_inputs_that_found_bugs_and_random_bytes, 120) {
         fuzz_sampler_one(buf, n);
     }
 }
+
+/* tests/fuzz/fuzz_oai.c */
+#define LLVMFuzzerTestOneInput fuzz_oai_one
+#include "../fuzz/fuzz_oai.c"
+#undef LLVMFuzzerTestOneInput
+
+/* A request body: a valid base for the endpoint (@chat), then random
+ * known fields, each with a value that is valid for it half the time and a
+ * JSON value of any type, in range or not, otherwise; a NUL; generated
+ * text. */
+static size_t random_request(uint64_t *s, bool chat, uint8_t *out, size_t cap) {
+    static const struct {
+        const char *key, *good;
+    } fields[] = {
+        {"max_tokens", "5"},
+        {"temperature", "0.7"},
+        {"temperature", "0"},
+        {"top_p", "0.5"},
+        {"top_k", "5"},
+        {"min_p", "0.1"},
+        {"n", "1"},
+        {"stream", "true"},
+        {"stop", "\"\\n\""},
+        {"stop", "[\"a\",\"\\u4e2d\"]"},
+        {"stop_token_ids", "[1,2]"},
+        {"seed", "42"},
+        {"logprobs", "3"},
+        {"logprobs", "true"},
+        {"top_logprobs", "2"},
+        {"ignore_eos", "true"},
+        {"stream_options", "{\"include_usage\":true}"},
+        {"presence_penalty", "0.5"},
+        {"frequency_penalty", "-0.5"},
+        {"repetition_penalty", "1.1"},
+        {"user", "\"u\""},
+        {"return_tokens_as_token_ids", "true"},
+        {"max_completion_tokens", "7"},
+        {"model", "\"\\u4e2d\\u6587\""},
+        {"best_of", "2"},
+        {"echo", "true"},
+    };
+    static const char *const odd[] = {
+        "\"\"",  "0",  "-1",         "2.5",          "21",
+        "1e309", "-0", "4294967296", "false",        "null",
+        "[]",    "{}", "[[1,2]]",    "\"\\u0000x\"", "[{\"role\":\"robot\",\"content\":\"x\"}]",
+    };
+    size_t n = (size_t)snprintf(
+        (char *)out, cap, "{\"model\":\"m\",%s",
+        chat              ? "\"messages\":[{\"role\":\"system\",\"content\":[{\"type\":\"text\","
+                            "\"text\":\"a\"}]},{\"role\":\"user\",\"content\":\"b\"}]"
+        : rng_next(s) & 1 ? "\"prompt\":\"Hello \\u4e16\\u754c\""
+                          : "\"prompt\":[[1,2,3]]");
+    for (size_t k = rng_next(s) % 6; k > 0 && n + 200 < cap; k--) {
+        size_t f = rng_next(s) % (sizeof fields / sizeof fields[0]);
+        const char *v =
+            rng_next(s) & 1 ? fields[f].good : odd[rng_next(s) % (sizeof odd / sizeof odd[0])];
+        n += (size_t)snprintf((char *)out + n, cap - n, ",\"%s\":%s", fields[f].key, v);
+    }
+    n += (size_t)snprintf((char *)out + n, cap - n, "}");
+    out[n++] = '\0';
+    n += random_text(s, out + n, cap - n);
+    return n;
+}
+
+TT_TEST_T(fuzz_replay, oai_inputs_that_found_bugs_and_random_requests, 120) {
+    /* A role with bytes that are not UTF-8, echoed into the error body. */
+    static const char bad_role[] = "\x03{\"model\":\"m\",\"messages\":[{\"role\":\"us\xfe\xd7"
+                                   "er\",\"content\":\"q\"}],\"n\":0}";
+    fuzz_oai_one((const uint8_t *)bad_role, sizeof bad_role - 1);
+    uint8_t buf[2048];
+    uint64_t seed = 77;
+    for (int i = 0; i < 20000; i++) {
+        buf[0] = (uint8_t)rng_next(&seed);
+        size_t n = 1 + random_request(&seed, buf[0] & 1, buf + 1, sizeof buf - 1);
+        fuzz_oai_one(buf, n);
+    }
+}
