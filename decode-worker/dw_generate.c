@@ -107,6 +107,7 @@ typedef struct {
     size_t len;
     dw_finish_t finish;
     cm_status_t error;
+    const char *why; /* static text, or NULL */
     bool done;
 } gen_t;
 
@@ -143,6 +144,7 @@ static void on_event(void *ud, const dw_event_t *e) {
         g->done = true;
         g->finish = e->finish;
         g->error = e->error;
+        g->why = e->why;
     }
 }
 
@@ -269,7 +271,7 @@ int dw_cmd_generate(int argc, char **argv) {
     while (!g.done && dw_sched_step(dw_runner_sched(r))) {
     }
     if (g.finish == DW_FINISH_ERROR) {
-        fprintf(stderr, "tandem generate: %s\n", cm_strerror(g.error));
+        fprintf(stderr, "tandem generate: %s\n", g.why ? g.why : cm_strerror(g.error));
         goto out;
     }
     if (g_json) {

@@ -304,11 +304,12 @@ static bool grow_items(dw_sched_t *s, size_t n) {
     return true;
 }
 
-static void finish_error(dw_sched_t *s, dw_seq_t *q, cm_status_t st) {
+static void finish_error_why(dw_sched_t *s, dw_seq_t *q, cm_status_t st, const char *why) {
     unlink_seq(s, q);
     dw_event_t e = {.id = q->id,
                     .finish = DW_FINISH_ERROR,
                     .error = st,
+                    .why = why,
                     .prompt_tokens = q->n_prompt,
                     .completion_tokens = q->n_out};
     if (q->streamed) {
@@ -317,6 +318,10 @@ static void finish_error(dw_sched_t *s, dw_seq_t *q, cm_status_t st) {
     }
     s->emit(s->ud, &e);
     seq_free(s, q);
+}
+
+static void finish_error(dw_sched_t *s, dw_seq_t *q, cm_status_t st) {
+    finish_error_why(s, q, st, NULL);
 }
 
 /* The forward pass's layer hook: announces the layer for every item that
@@ -431,7 +436,13 @@ bool dw_sched_step(dw_sched_t *s) {
         eng_sample_t smp;
         st = eng_sampler_sample(s->sampler, &q->params, lg, &h, q->n_out, &smp);
         if (st != CM_OK) {
-            finish_error(s, q, st);
+            const char *why = st == CM_ERR_OUT_OF_RANGE
+                                  ? "the model's logits hold NaN or +inf, or no finite value "
+                                    "(overflowing weights or activations)"
+                                  : NULL;
+            cm_log_error("sched", "request %llu, output token %u: %s", (unsigned long long)q->id,
+                         q->n_out, why ? why : cm_strerror(st));
+            finish_error_why(s, q, st, why);
             continue;
         }
         if (report(s, q, &smp)) {

@@ -81,6 +81,7 @@ typedef struct {
     size_t top_per_token;
     dw_finish_t finish;
     cm_status_t error; /* for DW_FINISH_ERROR */
+    const char *why;   /* ... and what failed (static text), or NULL: cm_strerror(error) */
     uint32_t prompt_tokens, completion_tokens;
     uint32_t cached_tokens; /* prompt tokens served from the prefix cache */
     /* DW_FINISH_PREFILL: the prompt's KV, now owned by the receiver; also

@@ -137,6 +137,7 @@ typedef struct evt {
     size_t top_per_token;
     dw_finish_t finish;
     cm_status_t error;
+    const char *why; /* static text (dw_event_t.why), or NULL */
     uint32_t prompt_tokens, completion_tokens;
 } evt_t;
 
@@ -235,6 +236,7 @@ static void on_sched_event(void *ud, const dw_event_t *e) {
     v->id = e->id;
     v->finish = e->finish;
     v->error = e->error;
+    v->why = e->why;
     v->prompt_tokens = e->prompt_tokens;
     v->completion_tokens = e->completion_tokens;
     v->cached_tokens = e->cached_tokens;
@@ -679,7 +681,7 @@ static void on_prefill_error(wk_t *w, evt_t *v) {
     job_t *j = job_find(w, v->id);
     if (!j) {
         if (v->seq) free_seq_later(w, v->seq);
-        send_error(w, v->id, v->error, cm_strerror(v->error));
+        send_error(w, v->id, v->error, v->why ? v->why : cm_strerror(v->error));
         live_remove(w, v->id);
         return;
     }
@@ -687,7 +689,7 @@ static void on_prefill_error(wk_t *w, evt_t *v) {
     j->prefill_done = true;
     if (j->err == CM_OK) {
         j->err = v->error;
-        j->why = cm_strerror(v->error);
+        j->why = v->why ? v->why : cm_strerror(v->error);
     }
     job_try_finish(w, j);
 }

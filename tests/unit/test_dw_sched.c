@@ -5,6 +5,9 @@
  * are final and before the next layer is written; only the prompt's last
  * chunk streams; the first token is the same with and without it.
  */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "dw_runner.h"
@@ -106,4 +109,90 @@ TT_TEST(dw_sched, layer_notices_come_as_each_layer_is_written) {
     run(&off, false, 40, 16);
     TT_ASSERT_EQ_INT(off.n_notices, 0);
     TT_ASSERT_EQ_INT(on.first, off.first);
+}
+
+/* A checkpoint whose final norm weights are NaN: every logit is NaN. The
+ * request must fail with the reason (not hang, not sample), and its KV
+ * blocks must all come back. */
+typedef struct {
+    int finish, n_events;
+    cm_status_t error;
+    const char *why;
+} nan_rec_t;
+
+static void on_nan_event(void *ud, const dw_event_t *e) {
+    nan_rec_t *r = ud;
+    r->n_events++;
+    if (e->finish != DW_FINISH_NONE) {
+        r->finish = e->finish;
+        r->error = e->error;
+        r->why = e->why;
+    }
+}
+
+/* Copies fixture @name to the test's scratch directory with tensor
+ * @tensor (F32) overwritten by NaN; returns the directory. */
+static const char *nan_copy(const char *name, const char *tensor) {
+    static char dst[1024];
+    char cmd[3200];
+    snprintf(dst, sizeof dst, "%s/nanmodel", tt_tmpdir());
+    snprintf(cmd, sizeof cmd, "cp -r '%s/tests/fixtures/models/%s' '%s'", tt_root(), name, dst);
+    TT_ASSERT(system(cmd) == 0);
+    char path[1100];
+    snprintf(path, sizeof path, "%s/model.safetensors", dst);
+    FILE *f = fopen(path, "r+b");
+    TT_ASSERT(f);
+    uint8_t len8[8];
+    TT_ASSERT(fread(len8, 1, 8, f) == 8);
+    uint64_t hlen = 0;
+    for (int i = 0; i < 8; i++) hlen |= (uint64_t)len8[i] << (8 * i);
+    char *h = malloc(hlen + 1);
+    TT_ASSERT(h && fread(h, 1, hlen, f) == hlen);
+    h[hlen] = '\0';
+    cJSON *j = cJSON_Parse(h), *t = cJSON_GetObjectItem(j, tensor);
+    TT_ASSERT_MSG(t && !strcmp(cJSON_GetObjectItem(t, "dtype")->valuestring, "F32"), "%s", tensor);
+    const cJSON *off = cJSON_GetObjectItem(t, "data_offsets");
+    size_t b = (size_t)cJSON_GetArrayItem(off, 0)->valuedouble,
+           e = (size_t)cJSON_GetArrayItem(off, 1)->valuedouble;
+    TT_ASSERT(fseek(f, (long)(8 + hlen + b), SEEK_SET) == 0);
+    for (size_t i = b; i < e; i += 4) {
+        const float nan = NAN;
+        TT_ASSERT(fwrite(&nan, 4, 1, f) == 1);
+    }
+    fclose(f);
+    cJSON_Delete(j);
+    free(h);
+    return dst;
+}
+
+TT_TEST(dw_sched, nan_logits_fail_the_request_with_the_reason_and_free_its_blocks) {
+    const char *dir = nan_copy("qwen3", "model.norm.weight");
+    char err[512];
+    dw_runner_config_t cfg = {.model_dir = dir,
+                              .model_id = "qwen3",
+                              .backend = ENG_BACKEND_CPU,
+                              .kv_pool_bytes = 8u << 20,
+                              .max_batch_tokens = 64};
+    nan_rec_t r = {0};
+    dw_runner_t *run;
+    TT_ASSERT_MSG(dw_runner_new(&cfg, on_nan_event, &r, &run, err, sizeof err) == CM_OK, "%s", err);
+    eng_kv_stats_t before, after;
+    eng_kv_stats(dw_runner_kv(run), &before);
+    int32_t prompt[20];
+    for (int i = 0; i < 20; i++) prompt[i] = 3 + i;
+    dw_request_t q = {.id = 9, .prompt = prompt, .n_prompt = 20};
+    eng_sampler_params_default(&q.params);
+    q.params.max_tokens = 8;
+    TT_ASSERT_EQ_INT(dw_sched_add(dw_runner_sched(run), &q), CM_OK);
+    for (int steps = 0; !r.finish && steps < 20; steps++) dw_sched_step(dw_runner_sched(run));
+    TT_ASSERT_EQ_INT(r.finish, DW_FINISH_ERROR);
+    TT_ASSERT_EQ_INT(r.error, CM_ERR_OUT_OF_RANGE);
+    TT_ASSERT_MSG(r.why && strstr(r.why, "NaN"), "why: %s", r.why ? r.why : "(none)");
+    TT_ASSERT_EQ_INT(r.n_events, 1); /* no token was reported */
+    eng_kv_stats(dw_runner_kv(run), &after);
+    TT_ASSERT_EQ_INT(after.n_used, 0);
+    TT_ASSERT_EQ_INT(after.n_seqs, 0);
+    TT_ASSERT_EQ_INT(after.n_free + after.n_cached, before.n_free + before.n_cached);
+    TT_ASSERT_EQ_INT(eng_kv_check(dw_runner_kv(run)), CM_OK);
+    dw_runner_free(run);
 }
