@@ -247,6 +247,20 @@ bool cm_utf8_valid(const char *s, size_t len);
  * UTF-8 sequence (drops a character a fixed-size snprintf cut short). */
 size_t cm_utf8_trim(const char *s, size_t len);
 
+/* ------------------------------------------------------------------------ */
+/* Files                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* Reads the regular file @path whole into *@out (cm_malloc'ed and
+ * NUL-terminated; *@len its bytes when @len is not NULL). The open never
+ * blocks: a FIFO or device named like the file is refused, not waited on.
+ * Returns CM_OK; CM_ERR_NOT_FOUND when it does not exist (no message);
+ * otherwise CM_ERR_BAD_FORMAT (not a regular file), CM_ERR_TOO_LARGE (over
+ * @max bytes), CM_ERR_IO or CM_ERR_NO_MEMORY with the reason, naming
+ * @path, in @err. */
+cm_status_t cm_read_file(const char *path, size_t max, char **out, size_t *len, char *err,
+                         size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

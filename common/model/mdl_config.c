@@ -7,28 +7,6 @@
 
 #include "mdl.h"
 
-/* Reads a whole file (NUL-terminated). */
-static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char *buf = NULL;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        long n = ftell(f);
-        if (n >= 0 && n < (64l << 20) && fseek(f, 0, SEEK_SET) == 0) {
-            buf = cm_malloc((size_t)n + 1);
-            if (buf && fread(buf, 1, (size_t)n, f) == (size_t)n) {
-                buf[n] = '\0';
-                if (len) *len = (size_t)n;
-            } else {
-                cm_free(buf);
-                buf = NULL;
-            }
-        }
-    }
-    fclose(f);
-    return buf;
-}
-
 static const cJSON *get(const cJSON *o, const char *k) {
     return o ? cJSON_GetObjectItemCaseSensitive(o, k) : NULL;
 }
@@ -121,11 +99,10 @@ bool mdl_config_layer_is_moe(const mdl_config_t *c, uint32_t l) {
 cm_status_t mdl_config_load(const char *dir, mdl_config_t *out, char *err, size_t errlen) {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
-    char *text = read_file(path, NULL);
-    if (!text) {
-        snprintf(err, errlen, "%s: cannot read", path);
-        return CM_ERR_NOT_FOUND;
-    }
+    char *text = NULL;
+    cm_status_t rst = cm_read_file(path, 64u << 20, &text, NULL, err, errlen);
+    if (rst == CM_ERR_NOT_FOUND) snprintf(err, errlen, "%s: cannot read: no such file", path);
+    if (rst != CM_OK) return rst;
     cJSON *j = cJSON_Parse(text);
     cm_free(text);
     if (!cJSON_IsObject(j)) {
@@ -244,8 +221,13 @@ cm_status_t mdl_config_load(const char *dir, mdl_config_t *out, char *err, size_
     }
     /* generation_config.json overrides the stop tokens when present. */
     snprintf(path, sizeof path, "%s/generation_config.json", dir);
-    char *gtext = read_file(path, NULL);
-    if (gtext) {
+    char *gtext = NULL;
+    st = cm_read_file(path, 64u << 20, &gtext, NULL, err, errlen);
+    if (st == CM_ERR_NOT_FOUND) {
+        st = CM_OK; /* optional */
+    } else if (st != CM_OK) {
+        goto done;
+    } else {
         cJSON *g = cJSON_Parse(gtext);
         cm_free(gtext);
         const char *why = NULL;

@@ -279,41 +279,14 @@ void mdl_weights_close(mdl_weights_t *w) {
 }
 
 /*
- * Parses the JSON file @path (a regular file under 64 MiB) into *@out.
+ * Parses the JSON file @path (a regular file of at most 64 MiB) into *@out.
  * CM_ERR_NOT_FOUND when it does not exist (no message); otherwise an error
  * with the reason in @err.
  */
 static cm_status_t read_json(const char *path, cJSON **out, char *err, size_t errlen) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) {
-        if (errno == ENOENT || errno == ENOTDIR) return CM_ERR_NOT_FOUND;
-        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        return CM_ERR_IO;
-    }
-    struct stat sb;
-    cm_status_t st = CM_OK;
     char *text = NULL;
     size_t n = 0;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size <= 0 ||
-        sb.st_size >= (64l << 20)) {
-        snprintf(err, errlen, "%s: not a regular file of 1 byte to 64 MiB", path);
-        st = CM_ERR_BAD_FORMAT;
-    } else if (!(text = cm_malloc((size_t)sb.st_size))) {
-        snprintf(err, errlen, "%s: out of memory", path);
-        st = CM_ERR_NO_MEMORY;
-    } else {
-        while (n < (size_t)sb.st_size) {
-            ssize_t r = read(fd, text + n, (size_t)sb.st_size - n);
-            if (r < 0 && errno == EINTR) continue;
-            if (r <= 0) break;
-            n += (size_t)r;
-        }
-        if (n != (size_t)sb.st_size) {
-            snprintf(err, errlen, "%s: short read", path);
-            st = CM_ERR_IO;
-        }
-    }
-    close(fd);
+    cm_status_t st = cm_read_file(path, 64u << 20, &text, &n, err, errlen);
     if (st == CM_OK && !(*out = cJSON_ParseWithLength(text, n))) {
         snprintf(err, errlen, "%s: not valid JSON", path);
         st = CM_ERR_BAD_FORMAT;

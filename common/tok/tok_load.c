@@ -6,22 +6,6 @@
 
 #include "tok_impl.h"
 
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = n >= 0 && n < (512l << 20) ? cm_malloc((size_t)n + 1) : NULL;
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        cm_free(b);
-        b = NULL;
-    }
-    if (b) b[n] = '\0';
-    fclose(f);
-    return b;
-}
-
 static size_t utf8_put(uint32_t cp, char *o) {
     if (cp < 0x80) {
         o[0] = (char)cp;
@@ -307,11 +291,10 @@ static tok_chat_t detect_chat(const char *tpl) {
 cm_status_t tok_load(const char *dir, tok_t **out, char *err, size_t errlen) {
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
-    char *text = slurp(path);
-    if (!text) {
-        snprintf(err, errlen, "%s: cannot read", path);
-        return CM_ERR_NOT_FOUND;
-    }
+    char *text = NULL;
+    cm_status_t rst = cm_read_file(path, 512u << 20, &text, NULL, err, errlen);
+    if (rst == CM_ERR_NOT_FOUND) snprintf(err, errlen, "%s: cannot read: no such file", path);
+    if (rst != CM_OK) return rst;
     cJSON *j = cJSON_Parse(text);
     cm_free(text);
     tok_t *t = cm_calloc(1, sizeof *t);
@@ -517,7 +500,12 @@ cm_status_t tok_load(const char *dir, tok_t **out, char *err, size_t errlen) {
     }
     /* tokenizer_config.json: bos/eos and the chat template family. */
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    char *ctext = slurp(path);
+    char *ctext = NULL;
+    cm_status_t cst = cm_read_file(path, 64u << 20, &ctext, NULL, err, errlen);
+    if (cst != CM_OK && cst != CM_ERR_NOT_FOUND) { /* optional, but not unreadable */
+        st = cst;
+        goto done;
+    }
     if (ctext) {
         cJSON *cfg = cJSON_Parse(ctext);
         cm_free(ctext);

@@ -990,4 +990,19 @@ TT_TEST(model_fuzz, config_regressions) {
     expect_cfg(dir, "\"intermediate_size\":4294967295,", NULL, CM_ERR_BAD_FORMAT, sizes);
     expect_cfg(dir, "\"max_position_embeddings\":0,", NULL, CM_ERR_BAD_FORMAT, sizes);
     expect_cfg(dir, "\"vocab_size\":1.5,", NULL, CM_ERR_BAD_FORMAT, sizes);
+    /* FIFOs named like the configs: refused, not waited on (the open of
+     * either hung forever, as the weights' did). */
+    expect_cfg(dir, "", NULL, CM_OK, "");
+    char path[2048], err[512] = "";
+    mdl_config_t c;
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    TT_ASSERT(mkfifo(path, 0600) == 0);
+    TT_ASSERT_EQ_INT(mdl_config_load(dir, &c, err, sizeof err), CM_ERR_BAD_FORMAT);
+    TT_ASSERT_MSG(strstr(err, "generation_config.json: not a regular file"), "%s", err);
+    TT_ASSERT(unlink(path) == 0);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    TT_ASSERT(unlink(path) == 0 && mkfifo(path, 0600) == 0);
+    TT_ASSERT_EQ_INT(mdl_config_load(dir, &c, err, sizeof err), CM_ERR_BAD_FORMAT);
+    TT_ASSERT_MSG(strstr(err, "config.json: not a regular file"), "%s", err);
+    TT_ASSERT(unlink(path) == 0);
 }

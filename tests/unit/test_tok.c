@@ -6,6 +6,8 @@
  */
 #include <cjson/cJSON.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "tok.h"
 #include "tt.h"
@@ -362,4 +364,17 @@ TT_TEST(tok, malformed_tokenizer_json_is_refused_or_loaded) {
         loaded++;
     }
     TT_ASSERT(loaded == 0); /* no prefix of the file is a whole JSON document */
+    /* FIFOs named like the files: refused, not waited on (the open hung). */
+    char path[1100];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", tt_tmpdir());
+    TT_ASSERT(mkfifo(path, 0600) == 0);
+    snprintf(text, sizeof text, k_tiny_fmt, "\\\\s+|[ab]+", "{\"Sequence\":{}}");
+    TT_ASSERT_EQ_INT(load_json_text(text, strlen(text), &t, err, sizeof err), CM_ERR_BAD_FORMAT);
+    TT_ASSERT_MSG(strstr(err, "tokenizer_config.json: not a regular file"), "%s", err);
+    TT_ASSERT(unlink(path) == 0);
+    snprintf(path, sizeof path, "%s/tokenizer.json", tt_tmpdir());
+    TT_ASSERT(unlink(path) == 0 && mkfifo(path, 0600) == 0);
+    err[0] = '\0';
+    TT_ASSERT_EQ_INT(tok_load(tt_tmpdir(), &t, err, sizeof err), CM_ERR_BAD_FORMAT);
+    TT_ASSERT_MSG(strstr(err, "tokenizer.json: not a regular file"), "%s", err);
 }
