@@ -44,6 +44,11 @@ const char *tt_tmpdir(void);
 /* Repository root (where tests/ lives) and build directory. */
 const char *tt_root(void);
 const char *tt_build(void);
+/* The whole file @path, malloc'ed and NUL-terminated (*@len its bytes when
+ * @len is not NULL); fails the test when it cannot be read. */
+char *tt_read_file(const char *path, size_t *len);
+/* A deterministic xorshift64 step for seeded random tests (@state != 0). */
+uint64_t tt_rng_next(uint64_t *state);
 
 /*
  * Child programs: a test that needs other processes (a worker, a peer)

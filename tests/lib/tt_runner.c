@@ -410,3 +410,25 @@ int main(int argc, char **argv) {
     free(jobs);
     return failed ? 1 : 0;
 }
+
+char *tt_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    TT_ASSERT_MSG(f, "cannot open %s", path);
+    TT_ASSERT(fseek(f, 0, SEEK_END) == 0);
+    long n = ftell(f);
+    TT_ASSERT(n >= 0 && fseek(f, 0, SEEK_SET) == 0);
+    char *buf = malloc((size_t)n + 1);
+    TT_ASSERT_MSG(buf && fread(buf, 1, (size_t)n, f) == (size_t)n, "cannot read %s", path);
+    buf[n] = '\0';
+    fclose(f);
+    if (len) *len = (size_t)n;
+    return buf;
+}
+
+uint64_t tt_rng_next(uint64_t *state) {
+    uint64_t x = *state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *state = x;
+}

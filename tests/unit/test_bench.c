@@ -16,23 +16,10 @@
 #include "bench_load.h"
 #include "tt.h"
 
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    TT_ASSERT_MSG(f, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    TT_ASSERT(buf && fread(buf, 1, (size_t)n, f) == (size_t)n);
-    buf[n] = 0;
-    fclose(f);
-    return buf;
-}
-
 static cJSON *load_goldens(void) {
     char path[4096];
     snprintf(path, sizeof path, "%s/tests/fixtures/bench_goldens.json", tt_root());
-    char *t = read_text(path);
+    char *t = tt_read_file(path, NULL);
     cJSON *j = cJSON_Parse(t);
     free(t);
     TT_ASSERT_MSG(j, "cannot parse %s", path);
@@ -630,7 +617,7 @@ TT_TEST(bench_compare, rows_match_python) {
     char pa[4096], pb[4096];
     snprintf(pa, sizeof pa, "%s/tests/fixtures/bench_result_a.json", tt_root());
     snprintf(pb, sizeof pb, "%s/tests/fixtures/bench_result_b.json", tt_root());
-    char *ta = read_text(pa), *tb = read_text(pb), err[256];
+    char *ta = tt_read_file(pa, NULL), *tb = tt_read_file(pb, NULL), err[256];
     bench_cmp_row_t *rows;
     size_t n;
     TT_ASSERT_EQ_INT(bench_compare_build(ta, tb, &rows, &n, err, sizeof err), CM_OK);

@@ -450,15 +450,6 @@ TT_TEST(cp, oversized_and_amplifying_input_is_bounded) {
     cm_cp_decoder_free(dec);
 }
 
-/* Deterministic xorshift for the fuzz loop. */
-static uint64_t rng_next(uint64_t *s) {
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *s = x;
-}
-
 TT_TEST_T(cp, fuzz_mutated_messages, 120) {
     msgs_t m;
     uint64_t seed = 0x9E3779B97F4A7C15ull;
@@ -474,14 +465,14 @@ TT_TEST_T(cp, fuzz_mutated_messages, 120) {
     int accepted = 0, refused = 0;
     const int iters = 100000;
     for (int it = 0; it < iters; it++) {
-        int which = (int)(rng_next(&seed) % N_CASES);
+        int which = (int)(tt_rng_next(&seed) % N_CASES);
         size_t len = seed_len[which];
         size_t cap = len + 64;
         uint8_t *p = malloc(cap);
         memcpy(p, seeds[which], len);
-        int nmut = 1 + (int)(rng_next(&seed) % 8);
+        int nmut = 1 + (int)(tt_rng_next(&seed) % 8);
         for (int k = 0; k < nmut; k++) {
-            uint64_t r = rng_next(&seed);
+            uint64_t r = tt_rng_next(&seed);
             size_t pos = len ? (size_t)(r >> 8) % len : 0;
             switch (r % 6) {
             case 0: /* flip a bit */
@@ -533,9 +524,9 @@ TT_TEST_T(cp, fuzz_mutated_messages, 120) {
     }
     /* Pure random bytes. */
     for (int it = 0; it < 5000; it++) {
-        size_t len = rng_next(&seed) % 256;
+        size_t len = tt_rng_next(&seed) % 256;
         uint8_t *p = malloc(len ? len : 1);
-        for (size_t i = 0; i < len; i++) p[i] = (uint8_t)rng_next(&seed);
+        for (size_t i = 0; i < len; i++) p[i] = (uint8_t)tt_rng_next(&seed);
         const cm_cp_msg_t *out;
         if (cm_cp_decode(dec, p, len, &out, NULL, 0) == CM_OK)
             accepted++;

@@ -24,15 +24,7 @@ static cJSON *load_golden(const char *model, const char *kv_dtype) {
     char path[1024];
     snprintf(path, sizeof path, "%s/tests/fixtures/models/%s/%s", tt_root(), model,
              strcmp(kv_dtype, "bf16") ? "golden.json" : "golden_kv_bf16.json");
-    FILE *f = fopen(path, "rb");
-    TT_ASSERT_MSG(f, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    TT_ASSERT(fread(buf, 1, (size_t)n, f) == (size_t)n);
-    fclose(f);
-    buf[n] = '\0';
+    char *buf = tt_read_file(path, NULL);
     cJSON *j = cJSON_Parse(buf);
     free(buf);
     TT_ASSERT(j);

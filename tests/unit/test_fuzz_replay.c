@@ -12,13 +12,6 @@
 #include "../fuzz/fuzz_tok.c"
 #undef LLVMFuzzerTestOneInput
 
-static uint64_t rng_next(uint64_t *s) { /* splitmix64 */
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* Text made of pieces tokenizers treat specially: added tokens, runs of
  * spaces and newlines, digits, CJK, emoji, combining marks (NFC), Hangul
  * jamo, ill-formed bytes and cut-off sequences. */
@@ -62,9 +55,9 @@ static size_t random_text(uint64_t *s, uint8_t *out, size_t cap) {
         "def f(x):\n    return x",
         "{\"k\": [1, 2]}",
     };
-    size_t n = 0, k = 1 + rng_next(s) % 24;
+    size_t n = 0, k = 1 + tt_rng_next(s) % 24;
     for (size_t i = 0; i < k; i++) {
-        const char *p = pieces[rng_next(s) % (sizeof pieces / sizeof pieces[0])];
+        const char *p = pieces[tt_rng_next(s) % (sizeof pieces / sizeof pieces[0])];
         size_t l = p[0] ? strlen(p) : 1;
         if (n + l > cap) break;
         memcpy(out + n, p, l);
@@ -86,11 +79,12 @@ TT_TEST_T(fuzz_replay, tok_inputs_that_found_bugs_and_random_text, 120) {
     uint8_t buf[600];
     uint64_t seed = 20261203;
     for (int i = 0; i < 6000; i++) {
-        buf[0] = (uint8_t)rng_next(&seed);
-        buf[1] = (uint8_t)rng_next(&seed);
+        buf[0] = (uint8_t)tt_rng_next(&seed);
+        buf[1] = (uint8_t)tt_rng_next(&seed);
         size_t n = 2;
         if (buf[1] % 3 == 1) /* ids mode: random bytes */
-            for (size_t k = rng_next(&seed) % 120; k > 0; k--) buf[n++] = (uint8_t)rng_next(&seed);
+            for (size_t k = tt_rng_next(&seed) % 120; k > 0; k--)
+                buf[n++] = (uint8_t)tt_rng_next(&seed);
         else
             n += random_text(&seed, buf + 2, sizeof buf - 2);
         fuzz_tok_one(buf, n);
@@ -118,9 +112,9 @@ TT_TEST_T(fuzz_replay, sampler_inputs_that_found_bugs_and_random_bytes, 120) {
     uint8_t buf[400];
     uint64_t seed = 4242;
     for (int i = 0; i < 20000; i++) {
-        size_t n = rng_next(&seed) % sizeof buf;
+        size_t n = tt_rng_next(&seed) % sizeof buf;
         for (size_t k = 0; k < n; k++) {
-            uint64_t r = rng_next(&seed);
+            uint64_t r = tt_rng_next(&seed);
             /* Logit bytes near the special values half the time. */
             buf[k] = (uint8_t)(r & 0x100 ? 251 + (r >> 9) % 5 : r);
         }
@@ -175,14 +169,14 @@ static size_t random_request(uint64_t *s, bool chat, uint8_t *out, size_t cap) {
     };
     size_t n = (size_t)snprintf(
         (char *)out, cap, "{\"model\":\"m\",%s",
-        chat              ? "\"messages\":[{\"role\":\"system\",\"content\":[{\"type\":\"text\","
-                            "\"text\":\"a\"}]},{\"role\":\"user\",\"content\":\"b\"}]"
-        : rng_next(s) & 1 ? "\"prompt\":\"Hello \\u4e16\\u754c\""
-                          : "\"prompt\":[[1,2,3]]");
-    for (size_t k = rng_next(s) % 6; k > 0 && n + 200 < cap; k--) {
-        size_t f = rng_next(s) % (sizeof fields / sizeof fields[0]);
-        const char *v =
-            rng_next(s) & 1 ? fields[f].good : odd[rng_next(s) % (sizeof odd / sizeof odd[0])];
+        chat                 ? "\"messages\":[{\"role\":\"system\",\"content\":[{\"type\":\"text\","
+                               "\"text\":\"a\"}]},{\"role\":\"user\",\"content\":\"b\"}]"
+        : tt_rng_next(s) & 1 ? "\"prompt\":\"Hello \\u4e16\\u754c\""
+                             : "\"prompt\":[[1,2,3]]");
+    for (size_t k = tt_rng_next(s) % 6; k > 0 && n + 200 < cap; k--) {
+        size_t f = tt_rng_next(s) % (sizeof fields / sizeof fields[0]);
+        const char *v = tt_rng_next(s) & 1 ? fields[f].good
+                                           : odd[tt_rng_next(s) % (sizeof odd / sizeof odd[0])];
         n += (size_t)snprintf((char *)out + n, cap - n, ",\"%s\":%s", fields[f].key, v);
     }
     n += (size_t)snprintf((char *)out + n, cap - n, "}");
@@ -199,7 +193,7 @@ TT_TEST_T(fuzz_replay, oai_inputs_that_found_bugs_and_random_requests, 120) {
     uint8_t buf[2048];
     uint64_t seed = 77;
     for (int i = 0; i < 20000; i++) {
-        buf[0] = (uint8_t)rng_next(&seed);
+        buf[0] = (uint8_t)tt_rng_next(&seed);
         size_t n = 1 + random_request(&seed, buf[0] & 1, buf + 1, sizeof buf - 1);
         fuzz_oai_one(buf, n);
     }

@@ -19,16 +19,7 @@
 #include "mdl.h"
 #include "tt.h"
 
-/* Deterministic xorshift for the mutation loops. */
-static uint64_t rng_next(uint64_t *s) {
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *s = x;
-}
-
-static uint64_t rng_below(uint64_t *s, uint64_t n) { return n ? rng_next(s) % n : 0; }
+static uint64_t rng_below(uint64_t *s, uint64_t n) { return n ? tt_rng_next(s) % n : 0; }
 
 typedef struct {
     uint8_t *p;
@@ -36,14 +27,8 @@ typedef struct {
 } bytes_t;
 
 static bytes_t slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    TT_ASSERT_MSG(f, "cannot open %s", path);
-    TT_ASSERT(fseek(f, 0, SEEK_END) == 0);
-    long n = ftell(f);
-    TT_ASSERT(n >= 0 && fseek(f, 0, SEEK_SET) == 0);
-    bytes_t b = {malloc((size_t)n + 1), (size_t)n};
-    TT_ASSERT(b.p && fread(b.p, 1, b.len, f) == b.len);
-    fclose(f);
+    bytes_t b;
+    b.p = (uint8_t *)tt_read_file(path, &b.len);
     return b;
 }
 
@@ -414,7 +399,7 @@ static bytes_t raw_file(const char *text) {
 
 /* One byte-level mutation of @b (capacity grows as needed). */
 static void mutate_bytes(bytes_t *b, uint64_t hdr_end, uint64_t *s) {
-    uint64_t r = rng_next(s);
+    uint64_t r = tt_rng_next(s);
     /* Mostly inside the length prefix and the header. */
     size_t lim = rng_below(s, 4) && hdr_end < b->len ? (size_t)hdr_end : b->len;
     size_t pos = lim ? (size_t)rng_below(s, lim) : 0;

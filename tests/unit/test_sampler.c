@@ -12,15 +12,7 @@
 static cJSON *load_goldens(void) {
     char path[4096];
     snprintf(path, sizeof path, "%s/tests/fixtures/sampler_goldens.json", tt_root());
-    FILE *f = fopen(path, "rb");
-    TT_ASSERT_MSG(f, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    TT_ASSERT(buf && fread(buf, 1, (size_t)n, f) == (size_t)n);
-    buf[n] = 0;
-    fclose(f);
+    char *buf = tt_read_file(path, NULL);
     cJSON *j = cJSON_Parse(buf);
     free(buf);
     TT_ASSERT_MSG(j, "cannot parse %s", path);

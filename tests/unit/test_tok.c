@@ -28,15 +28,7 @@ static int fixture_kind(const char *name) {
 static cJSON *read_json(const char *file) {
     char path[1024];
     snprintf(path, sizeof path, "%s/tests/fixtures/tok/%s", tt_root(), file);
-    FILE *f = fopen(path, "rb");
-    TT_ASSERT_MSG(f, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    TT_ASSERT(fread(b, 1, (size_t)n, f) == (size_t)n);
-    b[n] = '\0';
-    fclose(f);
+    char *b = tt_read_file(path, NULL);
     cJSON *j = cJSON_Parse(b);
     free(b);
     TT_ASSERT(j);
