@@ -15,39 +15,22 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fuzz_files.h"
 #include "mdl.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static char g_dir[256];
-
-static void write_file(const char *name, const uint8_t *p, size_t n) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", g_dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f) abort();
-    if (n && fwrite(p, 1, n, f) != n) abort();
-    if (fclose(f) != 0) abort();
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (!g_dir[0]) {
-        snprintf(g_dir, sizeof g_dir, "%s/fuzz_cfg.XXXXXX",
-                 getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-        if (!mkdtemp(g_dir)) abort();
-    }
     const uint8_t *nul = size ? memchr(data, 0, size) : NULL;
     size_t clen = nul ? (size_t)(nul - data) : size;
-    write_file("config.json", data, clen);
-    char gpath[512];
-    snprintf(gpath, sizeof gpath, "%s/generation_config.json", g_dir);
+    fuzz_put("config.json", data, clen);
     if (nul)
-        write_file("generation_config.json", nul + 1, size - clen - 1);
+        fuzz_put("generation_config.json", nul + 1, size - clen - 1);
     else
-        (void)unlink(gpath);
+        fuzz_drop("generation_config.json");
     mdl_config_t c;
     char err[512] = "";
-    cm_status_t st = mdl_config_load(g_dir, &c, err, sizeof err);
+    cm_status_t st = mdl_config_load(fuzz_dir(), &c, err, sizeof err);
     if (st != CM_OK) {
         if (st > 0 || !err[0]) abort();
         return 0;

@@ -21,26 +21,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fuzz_files.h"
 #include "mdl.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static char g_dir[256];
-
-static void write_file(const char *name, const uint8_t *p, size_t n) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", g_dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f) abort();
-    if (n && fwrite(p, 1, n, f) != n) abort();
-    if (fclose(f) != 0) abort();
-}
-
-static void remove_file(const char *name) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", g_dir, name);
-    (void)unlink(path);
-}
 
 /* The header of safetensors bytes @p (NULL when it does not parse). */
 static cJSON *parse_header(const uint8_t *p, size_t n, uint64_t *hlen) {
@@ -108,11 +92,6 @@ static void check_tensor(const mdl_weights_t *w, const char *name, const uint8_t
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (!g_dir[0]) {
-        snprintf(g_dir, sizeof g_dir, "%s/fuzz_st.XXXXXX",
-                 getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-        if (!mkdtemp(g_dir)) abort();
-    }
     if (size < 1) return 0;
     const bool sharded = data[0] & 1;
     const uint8_t *file = data + 1; /* the fuzzed safetensors bytes */
@@ -126,12 +105,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         index = data + 3;
         file = index + index_len;
         file_len = size - 3 - index_len;
-        write_file("model.safetensors.index.json", index, index_len);
-        write_file("s.safetensors", file, file_len);
-        remove_file("model.safetensors");
+        fuzz_put("model.safetensors.index.json", index, index_len);
+        fuzz_put("s.safetensors", file, file_len);
+        fuzz_drop("model.safetensors");
     } else {
-        remove_file("model.safetensors.index.json");
-        write_file("model.safetensors", file, file_len);
+        fuzz_drop("model.safetensors.index.json");
+        fuzz_put("model.safetensors", file, file_len);
     }
     /* An exact-size copy, so reading past the end is an ASan report. */
     uint8_t *copy = malloc(file_len ? file_len : 1);
@@ -139,7 +118,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     memcpy(copy, file, file_len);
     mdl_weights_t *w = NULL;
     char err[512] = "";
-    cm_status_t st = mdl_weights_open(g_dir, &w, err, sizeof err);
+    cm_status_t st = mdl_weights_open(fuzz_dir(), &w, err, sizeof err);
     if (st != CM_OK) {
         if (st > 0 || !err[0] || w) abort();
         free(copy);

@@ -15,19 +15,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fuzz_files.h"
 #include "tok.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static char g_dir[64];
-
-static void put(const char *name, const void *p, size_t n) {
-    char path[128];
-    snprintf(path, sizeof path, "%s/%s", g_dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(p, 1, n, f) != n) abort();
-    fclose(f);
-}
 
 static void exercise(const tok_t *t, const char *text, size_t len) {
     int32_t *ids;
@@ -50,22 +41,16 @@ static void exercise(const tok_t *t, const char *text, size_t len) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (!g_dir[0]) {
-        snprintf(g_dir, sizeof g_dir, "/tmp/fuzz_tok_load.XXXXXX");
-        if (!mkdtemp(g_dir)) abort();
-    }
     const uint8_t *z = memchr(data, 0, size);
     size_t n1 = z ? (size_t)(z - data) : size;
-    put("tokenizer.json", data, n1);
-    char path[128];
-    snprintf(path, sizeof path, "%s/tokenizer_config.json", g_dir);
+    fuzz_put("tokenizer.json", data, n1);
     if (z)
-        put("tokenizer_config.json", z + 1, size - n1 - 1);
+        fuzz_put("tokenizer_config.json", z + 1, size - n1 - 1);
     else
-        unlink(path);
+        fuzz_drop("tokenizer_config.json");
     tok_t *t;
     char err[512] = "";
-    if (tok_load(g_dir, &t, err, sizeof err) != CM_OK) {
+    if (tok_load(fuzz_dir(), &t, err, sizeof err) != CM_OK) {
         if (!err[0]) abort(); /* a refusal says why */
         return 0;
     }
