@@ -279,7 +279,10 @@ int dw_cmd_generate(int argc, char **argv) {
         cJSON *pi = cJSON_AddArrayToObject(o, "prompt_ids");
         for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(pi, cJSON_CreateNumber(ids[i]));
         cJSON_AddItemToObject(o, "token_ids", g.ids);
-        cJSON_AddStringToObject(o, "text", g.text ? g.text : "");
+        /* Escaped here: the text may hold U+0000, where a cJSON string ends. */
+        char *quoted = cm_json_quote(g.text ? g.text : "", g.len);
+        cJSON_AddItemToObject(o, "text", quoted ? cJSON_CreateRaw(quoted) : cJSON_CreateString(""));
+        cm_free(quoted);
         cJSON_AddItemToObject(o, "logprobs", g.lps);
         if (g_logprobs)
             cJSON_AddItemToObject(o, "top_logprobs", g.tops);

@@ -268,7 +268,8 @@ static void on_sched_event(void *ud, const dw_event_t *e) {
         v->n = v->ids ? e->n : 0;
     }
     if (e->text_len) {
-        v->text = cm_strndup(e->text, e->text_len);
+        v->text = cm_malloc(e->text_len);
+        if (v->text) memcpy(v->text, e->text, e->text_len);
         v->text_len = v->text ? e->text_len : 0;
     }
     if (e->logprobs && v->n) {
@@ -492,7 +493,8 @@ static void send_tokens(wk_t *w, const evt_t *v) {
     ts.request_id = v->id;
     ts.n_token_ids = v->n;
     ts.token_ids = v->ids;
-    ts.text = v->text ? v->text : "";
+    ts.text.data = (uint8_t *)v->text;
+    ts.text.len = v->text ? v->text_len : 0;
     if (v->logprobs) {
         ts.n_logprobs = v->n;
         ts.logprobs = v->logprobs;

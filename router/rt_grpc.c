@@ -157,11 +157,29 @@ static bool out_append(stream_t *st, const uint8_t *msg, size_t len) {
     return true;
 }
 
-static bool out_message(stream_t *st, const ProtobufCMessage *m) {
-    size_t len = protobuf_c_message_get_packed_size(m);
+/* Packs @m, with field 1 (`text`, a string in both GenerateChunk and
+ * GenerateResponse) set to @text[0..text_len) when @text is not NULL. The
+ * text is written here rather than by protobuf-c, whose strings end at the
+ * first NUL, so a text holding U+0000 arrives whole; a parser takes a
+ * message's fields in any order. */
+static bool out_message(stream_t *st, const ProtobufCMessage *m, const char *text,
+                        size_t text_len) {
+    uint8_t head[1 + 10];
+    size_t nhead = 0;
+    if (text) {
+        head[nhead++] = 1 << 3 | 2; /* field 1, length-delimited */
+        for (uint64_t v = text_len;; v >>= 7) {
+            head[nhead++] = (uint8_t)(v & 0x7f) | (v > 0x7f ? 0x80 : 0);
+            if (v <= 0x7f) break;
+        }
+    }
+    size_t body = protobuf_c_message_get_packed_size(m);
+    size_t len = nhead + (text ? text_len : 0) + body;
     uint8_t *buf = cm_malloc(len ? len : 1);
     if (!buf) return false;
-    protobuf_c_message_pack(m, buf);
+    memcpy(buf, head, nhead);
+    if (text) memcpy(buf + nhead, text, text_len);
+    protobuf_c_message_pack(m, buf + len - body);
     bool ok = out_append(st, buf, len);
     cm_free(buf);
     return ok;
@@ -256,8 +274,6 @@ static void on_delta(void *ud, const rt_delta_t *d) {
     stream_t *st = ud;
     if (st->streaming) {
         Tandem__Api__V1__GenerateChunk ch = TANDEM__API__V1__GENERATE_CHUNK__INIT;
-        char *text = cm_strndup(d->text, d->text_len);
-        ch.text = text;
         ch.n_token_ids = d->n;
         ch.token_ids = (int32_t *)d->ids;
         if (d->logprobs) {
@@ -281,8 +297,7 @@ static void on_delta(void *ud, const rt_delta_t *d) {
                 ch.top_logprobs = tlp;
             }
         }
-        bool ok = text && out_message(st, &ch.base);
-        cm_free(text);
+        bool ok = out_message(st, &ch.base, d->text ? d->text : "", d->text_len);
         cm_free(tl);
         cm_free(tlp);
         if (!ok) return;
@@ -328,10 +343,9 @@ static void on_done(void *ud, rt_finish_t why, uint32_t prompt, uint32_t complet
         ch.has_finish_reason = 1;
         ch.finish_reason = fr;
         ch.usage = &usage;
-        out_message(st, &ch.base);
+        out_message(st, &ch.base, NULL, 0);
     } else {
         Tandem__Api__V1__GenerateResponse r = TANDEM__API__V1__GENERATE_RESPONSE__INIT;
-        r.text = st->text ? st->text : "";
         r.n_token_ids = st->n_ids;
         r.token_ids = st->ids;
         if (st->want_logprobs) {
@@ -341,7 +355,7 @@ static void on_done(void *ud, rt_finish_t why, uint32_t prompt, uint32_t complet
         r.has_finish_reason = 1;
         r.finish_reason = fr;
         r.usage = &usage;
-        out_message(st, &r.base);
+        out_message(st, &r.base, st->text ? st->text : "", st->text_len);
     }
     finish(st, GRPC_OK, NULL);
 }
@@ -356,6 +370,60 @@ static const rt_req_cb_t k_req_cb = {on_delta, on_done, on_error};
 /* ------------------------------------------------------------------------ */
 /* Requests                                                                 */
 /* ------------------------------------------------------------------------ */
+
+/* Reads a varint at *@p (before @end); false when it runs past @end or
+ * beyond 10 bytes. */
+static bool wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
+    *v = 0;
+    for (int shift = 0; *p < end && shift < 70; shift += 7) {
+        uint8_t b = *(*p)++;
+        *v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) return true;
+    }
+    return false;
+}
+
+/* True when a string field of the message @d packed in @p[0..n), or of a
+ * message inside it, holds a NUL byte (U+0000). protobuf-c gives strings as
+ * C strings, so one would be cut there without a word; such requests are
+ * refused instead. Reads the wire format itself; malformed input (which
+ * unpack has already refused) reads as false. */
+static bool wire_has_nul(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t n,
+                         int depth) {
+    const uint8_t *end = p + n;
+    while (p < end && depth < 8) {
+        uint64_t key, len;
+        if (!wire_varint(&p, end, &key)) return false;
+        switch (key & 7) {
+        case 0:
+            if (!wire_varint(&p, end, &len)) return false;
+            break;
+        case 1:
+        case 5: {
+            size_t w = (key & 7) == 1 ? 8 : 4;
+            if ((size_t)(end - p) < w) return false;
+            p += w;
+            break;
+        }
+        case 2: {
+            if (!wire_varint(&p, end, &len) || len > (uint64_t)(end - p)) return false;
+            const ProtobufCFieldDescriptor *f =
+                key >> 3 <= UINT32_MAX
+                    ? protobuf_c_message_descriptor_get_field(d, (unsigned)(key >> 3))
+                    : NULL;
+            if (f && f->type == PROTOBUF_C_TYPE_STRING && memchr(p, 0, (size_t)len)) return true;
+            if (f && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+                wire_has_nul(f->descriptor, p, (size_t)len, depth + 1))
+                return true;
+            p += len;
+            break;
+        }
+        default:
+            return false;
+        }
+    }
+    return false;
+}
 
 /* Checks the sampling fields the core takes as validated. Returns NULL or
  * a reason naming the field. */
@@ -430,6 +498,11 @@ static void handle_request(stream_t *st) {
     }
     char why[256];
     const char *bad = NULL;
+    if (wire_has_nul(&tandem__api__v1__generate_request__descriptor, st->body + 5, mlen, 0)) {
+        respond_error(st, GRPC_INVALID_ARGUMENT, "strings holding U+0000 are not supported");
+        tandem__api__v1__generate_request__free_unpacked(rq, NULL);
+        return;
+    }
     int inputs = (rq->prompt != NULL) + (rq->n_prompt_ids > 0) + (rq->n_messages > 0);
     if (!rq->model || !rq->model[0])
         bad = "model is required";

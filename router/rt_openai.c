@@ -212,6 +212,20 @@ static cm_status_t parse_stop(rt_oai_req_t *r, const cJSON *s, rt_oai_error_t *e
 
 #define FIELD(name) cJSON_GetObjectItemCaseSensitive(root, name)
 
+/* True when the JSON text @s[0..n) holds the escape \u0000. cJSON's
+ * strings end at the first NUL, so a prompt "a\u0000b" would lose "b"
+ * without a word; such requests are refused instead. Every backslash in
+ * valid JSON starts a 2- or 6-character escape, so skipping the character
+ * after one keeps "\\u0000" (a backslash, then "u0000") apart. */
+static bool has_nul_escape(const char *s, size_t n) {
+    for (size_t i = 0; i + 1 < n; i++) {
+        if (s[i] != '\\') continue;
+        if (s[i + 1] == 'u' && n - i >= 6 && memcmp(s + i + 2, "0000", 4) == 0) return true;
+        i++;
+    }
+    return false;
+}
+
 cm_status_t rt_oai_parse(rt_oai_kind_t kind, const char *body, size_t len, rt_oai_req_t **out,
                          rt_oai_error_t *err) {
     rt_oai_req_t *r = cm_calloc(1, sizeof *r);
@@ -221,6 +235,10 @@ cm_status_t rt_oai_parse(rt_oai_kind_t kind, const char *body, size_t len, rt_oa
      * response (model, roles) must stay so. */
     if (!cm_utf8_valid(body, len)) {
         bad(err, NULL, "The request body is not valid UTF-8.");
+        goto fail;
+    }
+    if (has_nul_escape(body, len)) {
+        bad(err, NULL, "Strings holding U+0000 (\\u0000) are not supported.");
         goto fail;
     }
     cJSON *root = r->root = cJSON_ParseWithLength(body, len);
@@ -474,38 +492,51 @@ void rt_oai_resp_free(rt_oai_resp_t *r) {
     cm_free(r);
 }
 
-/* The printable name of token i of a delta: the delta's text when it holds
- * a single token, else "token_id:<id>" (vLLM's convention, also what
- * return_tokens_as_token_ids asks for). */
-static void token_name(const rt_oai_resp_t *r, const rt_delta_t *d, size_t i, char *buf,
-                       size_t cap) {
-    if (d->n == 1 && !r->ids_as_tokens)
-        snprintf(buf, cap, "%.*s", (int)d->text_len, d->text);
-    else
-        snprintf(buf, cap, "token_id:%d", d->ids[i]);
+/* A JSON string of the UTF-8 text @s[0..n), which may hold U+0000: cJSON's
+ * strings end at the first NUL, so the text goes in already escaped. */
+static cJSON *json_text(const char *s, size_t n) {
+    char *q = cm_json_quote(s, n);
+    if (!q) return NULL;
+    cJSON *v = cJSON_CreateRaw(q);
+    cm_free(q);
+    return v;
+}
+
+/* The printable name of token i of a delta (*@len bytes): the delta's text
+ * when it holds a single token, else "token_id:<id>" (vLLM's convention,
+ * also what return_tokens_as_token_ids asks for). */
+static void token_name(const rt_oai_resp_t *r, const rt_delta_t *d, size_t i, char *buf, size_t cap,
+                       size_t *len) {
+    if (d->n == 1 && !r->ids_as_tokens) {
+        *len = d->text_len < cap ? d->text_len : cm_utf8_trim(d->text, cap - 1);
+        memcpy(buf, d->text, *len);
+    } else {
+        int w = snprintf(buf, cap, "token_id:%d", d->ids[i]);
+        *len = w > 0 && (size_t)w < cap ? (size_t)w : 0;
+    }
 }
 
 static void top_name(int32_t id, char *buf, size_t cap) { snprintf(buf, cap, "token_id:%d", id); }
 
-static cJSON *bytes_of(const char *s) {
+static cJSON *bytes_of(const char *s, size_t n) {
     cJSON *a = cJSON_CreateArray();
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-        cJSON_AddItemToArray(a, cJSON_CreateNumber(*p));
+    for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber((unsigned char)s[i]));
     return a;
 }
 
 /* Appends the logprobs of @d to @lp in the format of @kind. */
 static void add_logprobs(rt_oai_resp_t *r, cJSON *lp, const rt_delta_t *d) {
     char name[512];
+    size_t name_len;
     for (size_t i = 0; i < d->n; i++) {
-        token_name(r, d, i, name, sizeof name);
+        token_name(r, d, i, name, sizeof name, &name_len);
         float l = d->logprobs ? d->logprobs[i] : 0.0f;
         if (r->kind == RT_OAI_CHAT) {
             cJSON *content = cJSON_GetObjectItemCaseSensitive(lp, "content");
             cJSON *e = cJSON_CreateObject();
-            cJSON_AddStringToObject(e, "token", name);
+            cJSON_AddItemToObject(e, "token", json_text(name, name_len));
             cJSON_AddNumberToObject(e, "logprob", l);
-            cJSON_AddItemToObject(e, "bytes", bytes_of(name));
+            cJSON_AddItemToObject(e, "bytes", bytes_of(name, name_len));
             cJSON *tops = cJSON_AddArrayToObject(e, "top_logprobs");
             for (size_t k = 0; d->top && k < d->top_per_token && k < r->top_n; k++) {
                 const rt_top_logprob_t *t = &d->top[i * d->top_per_token + k];
@@ -514,13 +545,13 @@ static void add_logprobs(rt_oai_resp_t *r, cJSON *lp, const rt_delta_t *d) {
                 cJSON *o = cJSON_CreateObject();
                 cJSON_AddStringToObject(o, "token", tn);
                 cJSON_AddNumberToObject(o, "logprob", t->logprob);
-                cJSON_AddItemToObject(o, "bytes", bytes_of(tn));
+                cJSON_AddItemToObject(o, "bytes", bytes_of(tn, strlen(tn)));
                 cJSON_AddItemToArray(tops, o);
             }
             cJSON_AddItemToArray(content, e);
         } else {
             cJSON_AddItemToArray(cJSON_GetObjectItemCaseSensitive(lp, "tokens"),
-                                 cJSON_CreateString(name));
+                                 json_text(name, name_len));
             cJSON_AddItemToArray(cJSON_GetObjectItemCaseSensitive(lp, "token_logprobs"),
                                  cJSON_CreateNumber(l));
             cJSON *tops = cJSON_CreateObject();
@@ -595,15 +626,13 @@ static cJSON *choice(const rt_oai_resp_t *r, const char *text, size_t len, cJSON
                      const char *finish, bool role) {
     cJSON *c = cJSON_CreateObject();
     cJSON_AddNumberToObject(c, "index", 0);
-    char *t = cm_strndup(text ? text : "", len);
     if (r->kind == RT_OAI_CHAT) {
         cJSON *delta = cJSON_AddObjectToObject(c, "delta");
         if (role) cJSON_AddStringToObject(delta, "role", "assistant");
-        if (text) cJSON_AddStringToObject(delta, "content", t ? t : "");
+        if (text) cJSON_AddItemToObject(delta, "content", json_text(text, len));
     } else {
-        cJSON_AddStringToObject(c, "text", t ? t : "");
+        cJSON_AddItemToObject(c, "text", json_text(text ? text : "", len));
     }
-    cm_free(t);
     if (lp)
         cJSON_AddItemToObject(c, "logprobs", lp);
     else
@@ -715,9 +744,9 @@ char *rt_oai_body(rt_oai_resp_t *r, rt_finish_t why, uint32_t prompt, uint32_t c
     if (r->kind == RT_OAI_CHAT) {
         cJSON *m = cJSON_AddObjectToObject(c, "message");
         cJSON_AddStringToObject(m, "role", "assistant");
-        cJSON_AddStringToObject(m, "content", r->text ? r->text : "");
+        cJSON_AddItemToObject(m, "content", json_text(r->text ? r->text : "", r->text_len));
     } else {
-        cJSON_AddStringToObject(c, "text", r->text ? r->text : "");
+        cJSON_AddItemToObject(c, "text", json_text(r->text ? r->text : "", r->text_len));
     }
     if (r->logprobs) {
         cJSON_AddItemToObject(c, "logprobs", r->lp ? r->lp : new_logprobs(r->kind));

@@ -361,7 +361,7 @@ static void on_tokens(rt_core_t *core, rt_req_t *r, const char *peer,
     const char *owner = r->colocated ? r->prefill_peer : r->decode_peer;
     if ((r->state != RT_REQ_DECODING && r->state != RT_REQ_RUNNING) || strcmp(peer, owner) != 0)
         return;
-    if (t->n_token_ids || t->text[0]) {
+    if (t->n_token_ids || t->text.len) {
         if (!r->t_first_token) r->t_first_token = cm_time_mono_ms();
         r->streamed = true;
         r->completion_tokens += (uint32_t)t->n_token_ids;
@@ -377,8 +377,8 @@ static void on_tokens(rt_core_t *core, rt_req_t *r, const char *peer,
         }
         rt_delta_t d = {.ids = t->token_ids,
                         .n = t->n_token_ids,
-                        .text = t->text,
-                        .text_len = strlen(t->text),
+                        .text = (const char *)t->text.data,
+                        .text_len = t->text.len,
                         .logprobs = t->n_logprobs ? t->logprobs : NULL,
                         .top = top,
                         .top_per_token = top ? per : 0};

@@ -246,6 +246,16 @@ bool cm_utf8_valid(const char *s, size_t len);
 /* Length of the longest prefix of @s[0..len) that does not end inside a
  * UTF-8 sequence (drops a character a fixed-size snprintf cut short). */
 size_t cm_utf8_trim(const char *s, size_t len);
+/* Writes @src[0..len) (UTF-8) escaped as the inside of a JSON string to
+ * @dst (capacity @cap, NUL-terminated): '"', '\\' and every control
+ * character, U+0000 included ("\\u0000"), escaped as cJSON does, other
+ * bytes as they are. Stops before an escape that would not fit. Returns the
+ * bytes written, NUL not counted; with @dst NULL, the bytes the whole
+ * escaping needs. */
+size_t cm_json_escape(char *dst, size_t cap, const char *src, size_t len);
+/* @src[0..len) as a whole JSON string literal, quotes included (cm_malloc'ed,
+ * NUL-terminated; NULL when out of memory). */
+char *cm_json_quote(const char *src, size_t len);
 
 /* ------------------------------------------------------------------------ */
 /* Files                                                                    */

@@ -53,27 +53,6 @@ bool cm_log_enabled(cm_log_level_t level) {
     return (int)level >= atomic_load_explicit(&g_level, memory_order_relaxed) && level < CM_LOG_OFF;
 }
 
-/* Appends @src to @dst (capacity @cap, used *@n) with JSON string escaping. */
-static void json_escape_append(char *dst, size_t cap, size_t *n, const char *src) {
-    for (const unsigned char *p = (const unsigned char *)src; *p && *n + 7 < cap; p++) {
-        unsigned char c = *p;
-        if (c == '"' || c == '\\') {
-            dst[(*n)++] = '\\';
-            dst[(*n)++] = (char)c;
-        } else if (c == '\n') {
-            dst[(*n)++] = '\\';
-            dst[(*n)++] = 'n';
-        } else if (c == '\t') {
-            dst[(*n)++] = '\\';
-            dst[(*n)++] = 't';
-        } else if (c < 0x20) {
-            *n += (size_t)snprintf(dst + *n, cap - *n, "\\u%04x", c);
-        } else {
-            dst[(*n)++] = (char)c;
-        }
-    }
-}
-
 void cm_log_vwrite(cm_log_level_t level, const char *subsys, const char *file, int line,
                    const char *fmt, va_list ap) {
     char msg[2048];
@@ -96,10 +75,11 @@ void cm_log_vwrite(cm_log_level_t level, const char *subsys, const char *file, i
     if (atomic_load(&g_format) == CM_LOG_FORMAT_JSON) {
         n = (size_t)snprintf(out, sizeof out, "{\"ts\":\"%s\",\"level\":\"%s\",\"subsys\":\"", when,
                              lvl);
-        json_escape_append(out, sizeof out - 64, &n, subsys ? subsys : "");
+        if (!subsys) subsys = "";
+        n += cm_json_escape(out + n, sizeof out - 64 - n, subsys, strlen(subsys));
         n += (size_t)snprintf(out + n, sizeof out - n, "\",\"src\":\"%s:%d\",\"msg\":\"", base,
                               line);
-        json_escape_append(out, sizeof out - 8, &n, msg);
+        n += cm_json_escape(out + n, sizeof out - 8 - n, msg, strlen(msg));
         n += (size_t)snprintf(out + n, sizeof out - n, "\"}\n");
     } else {
         int w = snprintf(out, sizeof out, "%s %-5s [%s] %s (%s:%d)\n", when, lvl,

@@ -1,4 +1,6 @@
-/* cm_utf8.c - strict UTF-8 validation (RFC 3629). */
+/* cm_utf8.c - strict UTF-8 validation (RFC 3629) and JSON string escaping. */
+#include <string.h>
+
 #include "cm_base.h"
 
 bool cm_utf8_valid(const char *s, size_t len) {
@@ -47,4 +49,48 @@ size_t cm_utf8_trim(const char *s, size_t len) {
     unsigned char c = p[i - 1];
     size_t need = c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : c >= 0xC0 ? 1 : 0;
     return need > back ? i - 1 : len;
+}
+
+size_t cm_json_escape(char *dst, size_t cap, const char *src, size_t len) {
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)src[i];
+        char esc[8];
+        size_t k = 0;
+        if (c == '"' || c == '\\') {
+            esc[k++] = '\\';
+            esc[k++] = (char)c;
+        } else if (c < 0x20) {
+            static const char named[] = "btn\0fr"; /* \b=8 \t=9 \n=10 \f=12 \r=13 */
+            esc[k++] = '\\';
+            if (c >= 8 && c <= 13 && c != 11) {
+                esc[k++] = named[c - 8];
+            } else {
+                static const char hex[] = "0123456789abcdef";
+                memcpy(esc + k, "u00", 3);
+                k += 3;
+                esc[k++] = hex[c >> 4];
+                esc[k++] = hex[c & 15];
+            }
+        } else {
+            esc[k++] = (char)c;
+        }
+        if (dst) {
+            if (n + k >= cap) break;
+            memcpy(dst + n, esc, k);
+        }
+        n += k;
+    }
+    if (dst && cap) dst[n] = '\0';
+    return n;
+}
+
+char *cm_json_quote(const char *src, size_t len) {
+    size_t need = cm_json_escape(NULL, 0, src, len);
+    char *q = cm_malloc(need + 3);
+    if (!q) return NULL;
+    q[0] = '"';
+    cm_json_escape(q + 1, need + 1, src, len);
+    memcpy(q + 1 + need, "\"", 2);
+    return q;
 }

@@ -393,7 +393,10 @@ static cm_status_t check_body(vctx_t *v, const cm_cp_msg_t *m) {
         if (!t) break;
         TRY(check_request_id(v, t->request_id));
         TRY(check_tokens(v, "token_ids", t->n_token_ids, t->token_ids, 0, CP_MAX_STREAM_TOKENS));
-        TRY(check_string(v, "text", t->text, 0, 64u * CP_MAX_STREAM_TOKENS));
+        RANGE(t->text.len <= 64u * CP_MAX_STREAM_TOKENS, "text: length %zu not in [0, %u]",
+              t->text.len, 64u * CP_MAX_STREAM_TOKENS);
+        if (!cm_utf8_valid((const char *)t->text.data, t->text.len))
+            FAIL(CM_ERR_INVALID_ARG, "text: not valid UTF-8");
         RANGE(t->n_logprobs == 0 || t->n_logprobs == t->n_token_ids,
               "logprobs: %zu entries for %zu tokens", t->n_logprobs, t->n_token_ids);
         for (size_t i = 0; i < t->n_logprobs; i++)

@@ -130,6 +130,24 @@ try:
         {"model": "tiny", "prompt": "x" * 70000})
     err("text prompt needs a tokenizer", 400, "POST", "/v1/completions",
         {"model": "tiny", "prompt": "hello"}, None, "no tokenizer")
+    # U+0000 in a request string would be cut there by the JSON parser:
+    # refused, never shortened without a word.
+    err("U+0000 in the prompt", 400, "POST", "/v1/completions",
+        {"model": "tiny", "prompt": "a\u0000b"}, None, "U+0000")
+    err("U+0000 in a stop string", 400, "POST", "/v1/completions",
+        {"model": "tiny", "prompt": [1], "stop": ["x\u0000"]}, None, "U+0000")
+    st, body, _ = request("POST", "/v1/completions",
+                          {"model": "tiny", "prompt": [1], "stop": ["\\u0000"], "max_tokens": 1})
+    check("an escaped backslash before u0000 is not U+0000", st == 200, (st, body))
+
+    # Generated text holding U+0000 (the scripted worker's token 777) comes
+    # back whole, escaped as \u0000, with the text after it.
+    st, body, _ = request("POST", "/v1/completions",
+                          {"model": "tiny", "prompt": [776], "max_tokens": 2, "logprobs": 0})
+    choice = body["choices"][0] if st == 200 else {}
+    check("U+0000 in generated text", choice.get("text") == "nul\x00777;778;", (st, body))
+    check("U+0000 in a logprobs token", (choice.get("logprobs") or {}).get("tokens") ==
+          ["nul\x00777;", "778;"], choice)
 
     # Keep-alive: several requests on one connection.
     c = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
@@ -204,6 +222,9 @@ try:
               chunks[-1].usage.total_tokens == 5 and chunks[-1].choices == [], chunks[-1])
         check("SDK stream finish reason", [c.choices[0].finish_reason for c in chunks
                                            if c.choices][-1] == "length")
+        chunks = client.completions.create(model="tiny", prompt=[775], max_tokens=3, stream=True)
+        text = "".join(c.choices[0].text for c in chunks if c.choices)
+        check("SDK stream keeps U+0000", text == "776;nul\x00777;778;", repr(text))
         try:
             client.chat.completions.create(model="tiny",
                                            messages=[{"role": "user", "content": "hi"}])

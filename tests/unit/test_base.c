@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include <cjson/cJSON.h>
+
 #include "cm_base.h"
 #include "tt.h"
 
@@ -143,6 +145,43 @@ TT_TEST(utf8, trim_drops_a_cut_character_only) {
         TT_ASSERT(cm_utf8_valid(s, cm_utf8_trim(s, len)));
     }
     TT_ASSERT_EQ_U64(cm_utf8_trim("\x80\x80", 2), 2); /* not UTF-8 at all: untouched */
+}
+
+/* cJSON's own printing is the reference for strings it can hold (no NUL). */
+static void expect_quote_as_cjson(const char *s) {
+    size_t n = strlen(s);
+    cJSON *v = cJSON_CreateString(s);
+    char *want = cJSON_PrintUnformatted(v);
+    char *got = cm_json_quote(s, n);
+    TT_ASSERT_STR_EQ(got, want);
+    TT_ASSERT_EQ_U64(cm_json_escape(NULL, 0, s, n), strlen(want) - 2);
+    cm_free(got);
+    cJSON_free(want);
+    cJSON_Delete(v);
+}
+
+TT_TEST(utf8, json_quote_escapes_as_cjson_and_keeps_nul) {
+    expect_quote_as_cjson("");
+    expect_quote_as_cjson("plain \"q\" back\\slash /");
+    expect_quote_as_cjson("\b\t\n\v\f\r\x01\x1f\x7f h\xc3\xa9 \xf0\x9f\x98\x80");
+    uint64_t rng = 7;
+    for (int round = 0; round < 500; round++) {
+        char s[64];
+        size_t n = tt_rng_next(&rng) % sizeof s;
+        for (size_t i = 0; i < n; i++) s[i] = (char)(1 + tt_rng_next(&rng) % 127);
+        s[n] = '\0';
+        expect_quote_as_cjson(s);
+    }
+    /* U+0000 is escaped, and what follows it kept. */
+    char *q = cm_json_quote("a\0b\0", 4);
+    TT_ASSERT_STR_EQ(q, "\"a\\u0000b\\u0000\"");
+    cm_free(q);
+    /* A small buffer takes whole escapes only, always NUL-terminated. */
+    char buf[8];
+    TT_ASSERT_EQ_U64(cm_json_escape(buf, sizeof buf, "ab\n\0", 4), 4);
+    TT_ASSERT_STR_EQ(buf, "ab\\n");
+    TT_ASSERT_EQ_U64(cm_json_escape(buf, 3, "abc", 3), 2);
+    TT_ASSERT_STR_EQ(buf, "ab");
 }
 
 TT_TEST(alloc, overflow_is_refused) {

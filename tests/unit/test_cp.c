@@ -145,7 +145,8 @@ static void init_msgs(msgs_t *m, Tandem__Cp__Envelope__BodyCase which) {
     m->ts.request_id = 77;
     m->ts.n_token_ids = 3;
     m->ts.token_ids = g_tokens;
-    m->ts.text = "h\xc3\xa9llo";
+    /* U+0000 inside: bytes, not a C string, so nothing after it is lost. */
+    m->ts.text = (ProtobufCBinaryData){8, (uint8_t *)"h\xc3\xa9l\0lo!"};
     m->ts.n_logprobs = 3;
     m->ts.logprobs = g_logprobs;
     m->ts.n_top_logprobs = 2;
@@ -259,6 +260,15 @@ TT_TEST(cp, round_trip_every_message) {
     TT_ASSERT_EQ_U64(j->sampling->seed, 1234);
     cm_free(buf);
     cm_cp_decoder_free(dec);
+    /* A text delta keeps every byte, U+0000 and what follows included. */
+    init_msgs(&m, TANDEM__CP__ENVELOPE__BODY_TOKENS);
+    dec = cm_cp_decoder_new(&g_lim);
+    buf = encode_ok(&m, &len);
+    TT_ASSERT_EQ_INT(cm_cp_decode(dec, buf, len, &out, NULL, 0), CM_OK);
+    TT_ASSERT_EQ_INT(out->tokens->text.len, 8);
+    TT_ASSERT(memcmp(out->tokens->text.data, "h\xc3\xa9l\0lo!", 8) == 0);
+    cm_free(buf);
+    cm_cp_decoder_free(dec);
 }
 
 /* Expects decoding the raw packing of @m to fail with @want and an error
@@ -345,7 +355,8 @@ TT_TEST(cp, out_of_range_fields_are_refused) {
     CASE(KV, m.kv.status = 3, CM_ERR_OUT_OF_RANGE, "status: 3");
     CASE(KV, m.kv.cached_tokens = 41, CM_ERR_OUT_OF_RANGE, "cached_tokens: 41");
     CASE(KV, g_tl[1].token_id = -5, CM_ERR_OUT_OF_RANGE, "first_top_logprobs[1].token_id: -5");
-    CASE(TS, m.ts.text = "ab\xe4\xb8", CM_ERR_INVALID_ARG, "tokens.text: not valid UTF-8");
+    CASE(TS, m.ts.text = ((ProtobufCBinaryData){4, (uint8_t *)"ab\xe4\xb8"}), CM_ERR_INVALID_ARG,
+         "tokens.text: not valid UTF-8");
     CASE(TS, m.ts.n_logprobs = 2, CM_ERR_OUT_OF_RANGE, "logprobs: 2 entries for 3 tokens");
     CASE(TS, m.ts.finish_reason = (Tandem__Cp__FinishReason)9, CM_ERR_OUT_OF_RANGE,
          "finish_reason");

@@ -8,7 +8,8 @@
  *
  * Scripted worker: on PrefillJob (colocated) or KvReady (decode) it streams
  * tokens t_i = (first + i) % 1000, one TokenStream per token with text
- * "<t_i>;", finishing with LENGTH after max_tokens. A prefill worker
+ * "<t_i>;" ("nul" U+0000 "777;" for 777: text holding U+0000), finishing with
+ * LENGTH after max_tokens. A prefill worker
  * answers PrefillJob with KvReady(first = prompt[0] + 1). Delays and
  * crashes are per-worker options. Cancels are reported to the parent
  * through a pipe as "C<id>\n".
@@ -67,11 +68,13 @@ static void stream_one(uv_timer_t *t) {
     Tandem__Cp__TokenStream ts = TANDEM__CP__TOKEN_STREAM__INIT;
     int32_t tok = j->next_token;
     char text[32];
-    snprintf(text, sizeof text, "%d;", tok);
+    int n = snprintf(text, sizeof text, "%d;", tok);
+    /* Token 777 says "nul", U+0000, "777;": text holding U+0000 and more after it. */
+    if (tok == 777) n = snprintf(text, sizeof text, "nul%c777;", 0);
     ts.request_id = j->id;
     ts.n_token_ids = 1;
     ts.token_ids = &tok;
-    ts.text = text;
+    ts.text = (ProtobufCBinaryData){(size_t)n, (uint8_t *)text};
     j->next_token = (j->next_token + 1) % 1000;
     j->left--;
     j->sent++;
@@ -262,6 +265,7 @@ typedef struct {
     int32_t ids[256];
     size_t n;
     char text[2048];
+    size_t text_len;
     int done, errors, http_status;
     rt_finish_t reason;
     uint32_t prompt_tokens, completion_tokens;
@@ -271,7 +275,11 @@ typedef struct {
 static void c_delta(void *ud, const rt_delta_t *d) {
     client_t *c = ud;
     for (size_t i = 0; i < d->n && c->n < 256; i++) c->ids[c->n++] = d->ids[i];
-    strncat(c->text, d->text, sizeof c->text - strlen(c->text) - 1);
+    size_t n = d->text_len < sizeof c->text - 1 - c->text_len ? d->text_len
+                                                              : sizeof c->text - 1 - c->text_len;
+    memcpy(c->text + c->text_len, d->text, n);
+    c->text_len += n;
+    c->text[c->text_len] = '\0';
 }
 
 static void c_done(void *ud, rt_finish_t why, uint32_t p, uint32_t n) {
@@ -409,6 +417,18 @@ TT_TEST_T(rt_sched, colocated_and_disaggregated_streams, 30) {
     TT_ASSERT_STR_EQ(c.text, "101;102;103;104;105;");
     TT_ASSERT_EQ_INT(c.prompt_tokens, 20);
     TT_ASSERT_EQ_INT(c.completion_tokens, 5);
+    /* Text holding U+0000 arrives whole, with what follows it. */
+    client_t z = {0};
+    prompt[0] = 776;
+    rt_gen_request_t nul = request(prompt, 20, 2);
+    TT_ASSERT_EQ_INT(rt_core_submit(core, &nul, &k_client, &z, &req, &err), CM_OK);
+    TT_ASSERT_MSG(run_until(&loop, pred_finished, &z, 5000), "request did not finish");
+    TT_ASSERT_EQ_INT(z.text_len, 12);
+    TT_ASSERT(memcmp(z.text,
+                     "nul\0"
+                     "777;778;",
+                     12) == 0);
+    prompt[0] = 100;
 
     /* Context limit (512 from the worker): refused before placement. */
     rt_gen_request_t big = request(prompt, 20, 500);
@@ -436,7 +456,7 @@ TT_TEST_T(rt_sched, colocated_and_disaggregated_streams, 30) {
     TT_ASSERT_STR_EQ(d.text, "8;9;10;11;");
     char m[8192];
     rt_core_metrics(core, m, sizeof m);
-    TT_ASSERT(strstr(m, "tandem_requests_finished_total{outcome=\"completed\"} 2"));
+    TT_ASSERT(strstr(m, "tandem_requests_finished_total{outcome=\"completed\"} 3"));
     TT_ASSERT(strstr(m, "tandem_requests_refused_total{code=\"400\"} 2"));
     TT_ASSERT(strstr(m, "tandem_requests_refused_total{code=\"503\"} 1"));
     teardown(&loop, &f, core);
