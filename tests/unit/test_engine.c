@@ -169,9 +169,13 @@ TT_TEST(engine, f16_checkpoint_matches_transformers) {
  * keys and values rounded to bf16 within 1e-3 (a K/V value next to a
  * rounding boundary may round the other way after a last-bit f32
  * difference, moving by one bf16 ulp, 2^-8: up to 5e-4 seen here, 1e-6
- * without such a flip), the same greedy tokens (qwen3moe's one-token
- * prompt continues differently from the f32-cache golden: the rounding is
- * checked, not only tolerated); the pool's rows are half the f32 size. */
+ * without such a flip), the same greedy tokens but near-ties within that
+ * 1e-3 (on an AVX2-only Zen 3 the cpu backend's f32 sums round K/V the
+ * other way at one qwen3moe step: its top logit 1.55041 beat
+ * transformers' token's 1.55006; the next step goes on from transformers'
+ * token); qwen3moe's one-token prompt continues differently from the
+ * f32-cache golden: the rounding is checked, not only tolerated; the
+ * pool's rows are half the f32 size. */
 TT_TEST(engine, kv_bf16_matches_transformers) {
     setenv("TANDEM_KV_DTYPE", "bf16", 1);
     for (size_t i = 0; i < sizeof k_models / sizeof k_models[0]; i++)
@@ -182,7 +186,7 @@ TT_TEST(engine, kv_bf16_matches_transformers) {
             TT_ASSERT_STR_EQ(eng_model_kv_dtype(r.m), "bf16");
             TT_ASSERT_EQ_INT(eng_kv_geom(r.kv)->dtype_bytes, 2);
             rig_close(&r);
-            check_model_tol(k_models[i], be, 1e-3);
+            check_model_tie(k_models[i], be, 1e-3, 1e-3);
         }
     unsetenv("TANDEM_KV_DTYPE");
 }
