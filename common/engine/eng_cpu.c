@@ -17,6 +17,7 @@
 #include "eng_backend.h"
 #include "eng_cpu_amx.h"
 #include "eng_cpu_dp.h"
+#include "eng_cpu_pk2.h"
 #include "eng_cpu_ops.h"
 #include "eng_cpu_tiles.h"
 
@@ -342,8 +343,8 @@ AVX512 static void mm512_bf16_pairs(const float *xp, size_t rows, size_t in, con
  * one line of halves that VCVTPH2PS widens exactly, or in two lines of
  * floats, into the lanes the bf16 shift and mask fill, so the same FMA
  * chains and interleave follow. */
-#define PK_W    32 /* outputs per panel */
-#define PK_TILE 48 /* rows per tile */
+#define PK_W    ENG_PK_W /* outputs per panel (32) */
+#define PK_TILE 48       /* rows per tile */
 #ifndef PK_PF
 #define PK_PF 16 /* lines of a panel prefetched ahead at one row */
 #endif
@@ -351,7 +352,10 @@ AVX512 static void mm512_bf16_pairs(const float *xp, size_t rows, size_t in, con
 
 static inline size_t pk_panels(size_t out) { return (out + PK_W - 1) / PK_W; }
 
-enum { PK_BF16, PK_F16, PK_F32 }; /* a panel's weight type */
+/* A panel's weight type. */
+#define PK_BF16 ENG_PK_BF16
+#define PK_F16  ENG_PK_F16
+#define PK_F32  ENG_PK_F32
 
 /* uint16_t units per input of a panel of type @T. */
 #define PK_LW(T) ((T) == PK_F32 ? 2 * PK_W : PK_W)
@@ -590,9 +594,9 @@ AVX2 static inline __m256 x8c(const float *xr, size_t c, size_t nfull, size_t in
 
 #define MM_R256 2
 
-#define ROW8_FMA(k) a##k = _mm256_fmadd_ps(xv, w8(w##k, c * 8, t), a##k)
-#define ROW8_TAIL(k) a##k = _mm256_fmadd_ps(xv, w8c(w##k, c, nfull, in, t, pad), a##k)
-#define ROW8_PF(k) _mm_prefetch(w##k + next + c * 8 * es, _MM_HINT_T0)
+#define ROW8_FMA(k)   a##k = _mm256_fmadd_ps(xv, w8(w##k, c * 8, t), a##k)
+#define ROW8_TAIL(k)  a##k = _mm256_fmadd_ps(xv, w8c(w##k, c, nfull, in, t, pad), a##k)
+#define ROW8_PF(k)    _mm_prefetch(w##k + next + c * 8 * es, _MM_HINT_T0)
 #define ROW8_STORE(k) yr[oo[k]] = hsum(a##k) + (bias ? bias[oo[k]] : 0.0f)
 
 /* Row @xr of x against the 8 weight rows @wr (outputs @oo) into row @yr of
@@ -604,8 +608,8 @@ AVX2 static inline __m256 x8c(const float *xr, size_t c, size_t nfull, size_t in
  * With @pf, fetches the 8 rows that follow these in memory (the next
  * block) while these stream; prefetches never fault past the end. */
 AVX2 __attribute__((always_inline)) static inline void
-mm256_row8(const float *xr, size_t in, const char *const *wr, const size_t *oo,
-           const float *bias, float *yr, mdl_dtype_t t, bool pf) {
+mm256_row8(const float *xr, size_t in, const char *const *wr, const size_t *oo, const float *bias,
+           float *yr, mdl_dtype_t t, bool pf) {
     const size_t es = mdl_dtype_size(t), nfull = in / 8, nch = (in + 7) / 8, next = 8 * in * es;
     const size_t pf_every = 64 / (8 * es) - 1; /* chunks per cache line of a row, minus 1 */
     const char *w0 = wr[0], *w1 = wr[1], *w2 = wr[2], *w3 = wr[3];
@@ -756,6 +760,7 @@ typedef struct {
     swiglu_fn swiglu;
     rms_fn rms;
     bool bf16_pairs; /* bf16 weights go through mm512_bf16_pairs */
+    bool pk2;        /* no AVX-512: panels (pk_fill) multiplied by eng_pk2_mm */
     bool dp;         /* TANDEM_CPU_PRECISION=bf16: eng_dp_mm for packed, non-exact bf16 */
     bool amx;        /* and TANDEM_CPU_AMX=1: eng_amx_mm instead */
     bool dp_fma;     /* or, from DP_FMA_ROWS rows, eng_dp_mm_fma (same bits) */
@@ -851,6 +856,7 @@ typedef struct {
     dot_fn dot;
     mm_fn mm;     /* blocked kernel, or NULL: one dot per (row, output) */
     bool panels;  /* w->packed holds mm512_panels' panels (bf16, f16 or f32) */
+    bool pk2;     /* ... multiplied by eng_pk2_mm (AVX2), else mm512_panels */
     bool dp;      /* w->packed holds eng_dp_mm's panels, x is in bf16 pairs */
     bool amx;     /* dp panels multiplied on AMX tiles (eng_amx_mm) */
     bool dp_fma;  /* dp panels by eng_dp_mm_fma, x rounded to bf16 as f32 */
@@ -924,6 +930,9 @@ static void run_slice(const void *arg, int part, int parts) {
                                                       m->w->packed, a - j->off[i], b - j->off[i],
                                                       m->bias, m->out, y);
 #if defined(__x86_64__)
+                else if (j->pk2)
+                    eng_pk2_mm(j->x, j->rows, j->in, m->w->packed, a - j->off[i], b - j->off[i],
+                               m->bias, m->out, y, pk_type(m->w->dtype));
                 else
                     mm512_panels(j->x, j->rows, j->in, m->w->packed, a - j->off[i], b - j->off[i],
                                  m->bias, m->out, y, m->w->dtype);
@@ -1009,7 +1018,7 @@ static bool dp_packed(const cpu_t *p, const mdl_tensor_t *w) {
 
 static mm_route_t mm_route(const cpu_t *p, const mdl_tensor_t *w) {
     if (!w->packed) return MM_PLAIN;
-    return dp_packed(p, w) ? MM_DP : p->bf16_pairs ? MM_PANELS : MM_PLAIN;
+    return dp_packed(p, w) ? MM_DP : p->bf16_pairs || p->pk2 ? MM_PANELS : MM_PLAIN;
 }
 
 #if defined(__x86_64__)
@@ -1023,6 +1032,7 @@ static void panel_matmuls(cpu_t *p, mm_route_t route, const float *x, size_t row
     j.dp = route == MM_DP;
     j.amx = j.dp && p->amx;
     j.panels = !j.dp;
+    j.pk2 = j.panels && p->pk2;
     for (size_t i = 0; i < n; i++)
         j.off[i + 1] = j.off[i] + (j.dp ? eng_dp_panels(mm[i].out) : pk_panels(mm[i].out));
     size_t ch = rows, nxp, work = 0;
@@ -1048,6 +1058,7 @@ static void panel_matmuls(cpu_t *p, mm_route_t route, const float *x, size_t row
         j.chunk = panel_chunk(j.off[n], j.rows, j.parts,
                               j.dp_fma ? eng_dp_fma_width(j.rows)
                               : j.dp   ? eng_dp_width(j.rows)
+                              : j.pk2  ? eng_pk2_width(j.rows)
                                        : pk_width(j.rows));
         atomic_store_explicit(&next, 0, memory_order_relaxed);
         if (j.dp) {
@@ -1274,7 +1285,7 @@ static cm_status_t cpu_pack(void *ctx, mdl_tensor_t *w) {
     cpu_t *p = ctx;
     w->packed = NULL;
 #if defined(__x86_64__)
-    if (!p->bf16_pairs || w->ndim != 2 || !w->shape[1]) return CM_OK;
+    if (!(p->bf16_pairs || p->pk2) || w->ndim != 2 || !w->shape[1]) return CM_OK;
     const bool dp = dp_packed(p, w);
     if (w->shape[0] < (dp ? DP_W : PK_W)) return CM_OK;
     size_t n, bytes;
@@ -1388,11 +1399,13 @@ cm_status_t eng_backend_cpu_new(eng_backend_t *out) {
         p->rms = eng_rmsnorm256;
         p->head_w = 8;
         p->isa = "avx2";
+        p->pk2 = true;
     }
     if (cap >= 2 && eng_cpu_isa_available("avx512")) {
         p->mms[MDL_F32] = mm_mm512_f32;
         p->mms[MDL_BF16] = NULL; /* mm512_bf16_pairs, see cpu_matmul */
         p->bf16_pairs = true;
+        p->pk2 = false;
         p->mms[MDL_F16] = mm_mm512_f16;
         p->head[0] = eng_head_avx512;
         p->head[1] = eng_head_avx512_bf16;

@@ -440,34 +440,41 @@ TT_TEST(engine, cpu_matmul_matches_ref_on_every_isa) {
     }
     ref.iface->free(ref.ctx);
     TT_ASSERT(tested >= 1);
-    /* Only the avx512 path packs: its cases with 32+ outputs (3 dtypes x
-     * 7 input sizes x 3 output counts x 7 row counts). */
-    if (eng_cpu_isa_available("avx512")) TT_ASSERT_EQ_INT(packed, 3 * 7 * 3 * 7);
+    /* The avx2 and avx512 paths pack: their cases with 32+ outputs (3
+     * dtypes x 7 input sizes x 3 output counts x 7 row counts) each. */
+    int with_panels = eng_cpu_isa_available("avx2") + eng_cpu_isa_available("avx512");
+    TT_ASSERT_EQ_INT(packed, with_panels * 3 * 7 * 3 * 7);
 }
 
-/* Every block shape and tile split of the packed kernels (AVX-512): each
- * row count from 1 to 26 (one block for up to 12 rows, blocks of 6 to 12
- * rows above), tiles of 48 split evenly (49, 61, 97 rows), chunks of
+/* Every block shape and tile split of the packed kernels, AVX2 and
+ * AVX-512 (AVX-512: one block for up to 12 rows, blocks of 6 to 12 rows
+ * above; AVX2: 1 row x 2 panels, 2 or 3 rows x 1 panel), each row count
+ * from 1 to 26, tiles of 48 split evenly (49, 61, 97 rows), chunks of
  * panels that end inside a block (out 100: 4 panels, the last one
  * partial; out 1000: 32 panels), all three weight dtypes: against the ref
- * backend, no output left unwritten (y starts as NaN), and every row
- * bit-identical alone. */
+ * backend, no output left unwritten (y starts as NaN), every row
+ * bit-identical alone, and the two instruction sets' bits the same (one
+ * FMA chain per output in the inputs' order on both). */
 TT_TEST(engine, cpu_packed_matmul_every_row_count) {
-    if (!eng_cpu_isa_available("avx512")) TT_SKIP("no AVX-512: the packed kernels do not run");
+    static const char *const isas[] = {"avx2", "avx512"};
     const char *cap = getenv("TANDEM_CPU_ISA");
-    if (cap && *cap && strcmp(cap, "avx512") != 0) TT_SKIP("TANDEM_CPU_ISA caps below avx512");
+    eng_backend_t ref, cpu[2];
+    int n_isa = 0;
+    for (int k = 0; k < 2; k++)
+        if (eng_cpu_isa_available(isas[k]) &&
+            (!cap || !*cap || !strcmp(cap, "avx512") || !strcmp(cap, isas[k])))
+            TT_ASSERT_EQ_INT(cpu_backend_on(isas[k], &cpu[n_isa++]), CM_OK);
+    if (!n_isa) TT_SKIP("no AVX2 (or TANDEM_CPU_ISA=scalar): the packed kernels do not run");
     static const mdl_dtype_t dts[] = {MDL_F32, MDL_BF16, MDL_F16};
     static const size_t outs[] = {100, 1000};
     size_t rows_[32], nrows = 0;
     for (size_t r = 1; r <= 26; r++) rows_[nrows++] = r;
     rows_[nrows++] = 49, rows_[nrows++] = 61, rows_[nrows++] = 97;
-    eng_backend_t ref, cpu;
     TT_ASSERT_EQ_INT(eng_backend_ref_new(&ref), CM_OK);
-    TT_ASSERT_EQ_INT(eng_backend_cpu_new(&cpu), CM_OK);
     uint64_t rng = 4242;
     const size_t in = 70, maxr = 97;
     float *x = malloc(maxr * in * 4), *bias = malloc(1000 * 4), *y0 = malloc(maxr * 1000 * 4);
-    float *y1 = malloc(maxr * 1000 * 4), *y2 = malloc(1000 * 4);
+    float *y1[2] = {malloc(maxr * 1000 * 4), malloc(maxr * 1000 * 4)}, *y2 = malloc(1000 * 4);
     void *wd = malloc(1000 * in * 4);
     for (size_t i = 0; i < maxr * in; i++) x[i] = (float)rnd(&rng) - 0.5f;
     for (size_t i = 0; i < 1000; i++) bias[i] = (float)rnd(&rng);
@@ -475,30 +482,39 @@ TT_TEST(engine, cpu_packed_matmul_every_row_count) {
         for (size_t b = 0; b < 2; b++) {
             size_t out = outs[b];
             rnd_weights(wd, out * in, dts[d], &rng);
-            mdl_tensor_t w = {"w", dts[d], 2, {out, in}, wd, 0, NULL, false};
-            TT_ASSERT_EQ_INT(cpu.iface->pack(cpu.ctx, &w), CM_OK);
-            TT_ASSERT(w.packed);
+            mdl_tensor_t w[2];
+            for (int k = 0; k < n_isa; k++) {
+                w[k] = (mdl_tensor_t){"w", dts[d], 2, {out, in}, wd, 0, NULL, false};
+                TT_ASSERT_EQ_INT(cpu[k].iface->pack(cpu[k].ctx, &w[k]), CM_OK);
+                TT_ASSERT(w[k].packed);
+            }
             for (size_t c = 0; c < nrows; c++) {
                 size_t nr = rows_[c];
                 const float *bs = (nr + b) % 2 ? bias : NULL;
-                for (size_t i = 0; i < nr * out; i++) y1[i] = NAN;
-                ref.iface->matmul(ref.ctx, x, nr, in, &w, bs, out, y0);
-                cpu.iface->matmul(cpu.ctx, x, nr, in, &w, bs, out, y1);
-                for (size_t i = 0; i < nr * out; i++)
-                    TT_ASSERT_MSG(fabs(y0[i] - y1[i]) <= 1e-5 * sqrt((double)in),
-                                  "dtype %d rows %zu out %zu: [%zu] %g vs ref %g", (int)dts[d], nr,
-                                  out, i, (double)y1[i], (double)y0[i]);
-                for (size_t r = 0; r < nr; r++) {
-                    cpu.iface->matmul(cpu.ctx, x + r * in, 1, in, &w, bs, out, y2);
-                    TT_ASSERT_MSG(memcmp(y2, y1 + r * out, out * 4) == 0,
-                                  "dtype %d: row %zu of %zu differs alone (out %zu)", (int)dts[d],
-                                  r, nr, out);
+                ref.iface->matmul(ref.ctx, x, nr, in, &w[0], bs, out, y0);
+                for (int k = 0; k < n_isa; k++) {
+                    const char *isa = eng_cpu_isa(&cpu[k]);
+                    for (size_t i = 0; i < nr * out; i++) y1[k][i] = NAN;
+                    cpu[k].iface->matmul(cpu[k].ctx, x, nr, in, &w[k], bs, out, y1[k]);
+                    for (size_t i = 0; i < nr * out; i++)
+                        TT_ASSERT_MSG(fabs(y0[i] - y1[k][i]) <= 1e-5 * sqrt((double)in),
+                                      "%s dtype %d rows %zu out %zu: [%zu] %g vs ref %g", isa,
+                                      (int)dts[d], nr, out, i, (double)y1[k][i], (double)y0[i]);
+                    for (size_t r = 0; r < nr; r++) {
+                        cpu[k].iface->matmul(cpu[k].ctx, x + r * in, 1, in, &w[k], bs, out, y2);
+                        TT_ASSERT_MSG(memcmp(y2, y1[k] + r * out, out * 4) == 0,
+                                      "%s dtype %d: row %zu of %zu differs alone (out %zu)", isa,
+                                      (int)dts[d], r, nr, out);
+                    }
+                    if (k)
+                        TT_ASSERT_MSG(memcmp(y1[k], y1[0], nr * out * 4) == 0,
+                                      "dtype %d rows %zu out %zu: avx512 and avx2 panels differ",
+                                      (int)dts[d], nr, out);
                 }
             }
-            w.packed = NULL;
         }
-    free(x), free(bias), free(y0), free(y1), free(y2), free(wd);
-    cpu.iface->free(cpu.ctx);
+    free(x), free(bias), free(y0), free(y1[0]), free(y1[1]), free(y2), free(wd);
+    for (int k = 0; k < n_isa; k++) cpu[k].iface->free(cpu[k].ctx);
     ref.iface->free(ref.ctx);
 }
 
