@@ -19,8 +19,8 @@ enum { ENG_PK_BF16, ENG_PK_F16, ENG_PK_F32 };
  * of @P (a [out][in] matrix's panels of type @T). Each output is one FMA
  * chain over the inputs in order from 0, as mm512_panels and the ref
  * backend sum it: the same bits alone or in any batch, on either ISA. */
-void eng_pk2_mm(const float *x, size_t rows, size_t in, const uint16_t *P, size_t p_lo,
-                size_t p_hi, const float *bias, size_t out, float *y, int T);
+void eng_pk2_mm(const float *x, size_t rows, size_t in, const uint16_t *P, size_t p_lo, size_t p_hi,
+                const float *bias, size_t out, float *y, int T);
 /* The panel width of eng_pk2_mm's blocks for @rows rows (chunks of panels
  * are multiples of it). */
 size_t eng_pk2_width(size_t rows);
