@@ -13,13 +13,14 @@
  *
  * Blocks (16 vector registers): one row against 3 panels (12 chains,
  * the decode case: 3 streams of lines fetched ahead; a range's last
- * panels in blocks of 2 and 1), 1 row x 2 panels (a tile of one row in a
- * decode batch's tiles never happens: tiles split evenly), 2 rows x 1
- * panel (8 chains), 3 rows x 1 panel (12); more rows go in blocks of 2 or
- * 3 rows, each panel's blocks one after another so the panel comes from
- * memory once per tile (eng_panel_tiles). On a Zen 3 core, decode at
- * batch 1 with 3 panels per block ran 1.1x the 2-panel block's tok/s (4
- * alternating rounds).
+ * panels in blocks of 2 and 1; 1.1x the 2-panel block's decode tok/s on a
+ * Zen 3 core); 2 to 6 rows against one panel, a half at a time (blkh: 2R
+ * chains, each widened half line used by R rows, the second half read
+ * again from cache; on Zen 3 prefill 1.4x and batched decode 1.2-1.4x
+ * what 2 and 3 rows x both halves did). A tile of up to 6 rows is one
+ * block per panel, a bigger one blocks of 3 to 6 rows, each panel's
+ * blocks one after another so the panel comes from memory once per tile
+ * (eng_panel_tiles).
  */
 #if defined(__x86_64__)
 #include "eng_cpu_pk2.h"
@@ -132,6 +133,63 @@ blk(const float *x, size_t in, const uint16_t *P, size_t r, size_t p, size_t p_h
     }
 }
 
+/* Rows [r, r + R) of x (R <= 6) against panel @p, one half of it at a
+ * time: 2R accumulators, one line half widened per input and used by R
+ * rows (the 6 x 16 outputs of a BLIS-style AVX2 kernel, 12 FMAs to 2
+ * widening uops per input), the panel's second half read again from
+ * cache. */
+AVX2 __attribute__((always_inline)) static inline void
+blkh(const float *x, size_t in, const uint16_t *P, size_t r, size_t p, size_t p_hi,
+     const float *bias, size_t out, float *y, bool nt, const int R, const int T) {
+    const __m256i mask = _mm256_set1_epi32((int)0xFFFF0000u);
+    const uint16_t *pp = P + (p < p_hi ? p : p_hi - 1) * in * LW(T);
+    const size_t o0 = p * ENG_PK_W, n = out - o0 < ENG_PK_W ? out - o0 : ENG_PK_W;
+    const float *xr = x + r * in;
+    for (int h = 0; h < 2; h++) {
+        __m256 ae[6], ao[6];
+#pragma GCC unroll 6
+        for (int i = 0; i < R; i++) ae[i] = ao[i] = _mm256_setzero_ps();
+        for (size_t k = 0; k < in; k++) {
+            if (!h) {
+                _mm_prefetch(pp + (k + PK2_PF) * LW(T), _MM_HINT_T0);
+                if (T == ENG_PK_F32) _mm_prefetch(pp + (k + PK2_PF) * LW(T) + 32, _MM_HINT_T0);
+            }
+            __m256 we, wo;
+            ld(pp, k, h, T, mask, &we, &wo);
+#pragma GCC unroll 6
+            for (int i = 0; i < R; i++) {
+                __m256 xb = _mm256_broadcast_ss(xr + (size_t)i * in + k);
+                ae[i] = _mm256_fmadd_ps(xb, we, ae[i]);
+                ao[i] = _mm256_fmadd_ps(xb, wo, ao[i]);
+            }
+        }
+        if (p >= p_hi || n <= (size_t)16 * h) continue;
+#pragma GCC unroll 6
+        for (int i = 0; i < R; i++)
+            put(y + (r + (size_t)i) * out + o0 + 16 * h, ae[i], ao[i],
+                bias ? bias + o0 + 16 * h : NULL, n - 16 * (size_t)h, nt);
+    }
+}
+
+#define PK2_HALF(R)                                                                                \
+    AVX2 static void b16_##R##x1h(const void *x, size_t in, const void *P, size_t r, size_t p,     \
+                                  size_t p_hi, const float *bias, size_t out, float *y, bool nt) { \
+        blkh(x, in, P, r, p, p_hi, bias, out, y, nt, R, ENG_PK_BF16);                              \
+    }                                                                                              \
+    AVX2 static void h16_##R##x1h(const void *x, size_t in, const void *P, size_t r, size_t p,     \
+                                  size_t p_hi, const float *bias, size_t out, float *y, bool nt) { \
+        blkh(x, in, P, r, p, p_hi, bias, out, y, nt, R, ENG_PK_F16);                               \
+    }                                                                                              \
+    AVX2 static void f32_##R##x1h(const void *x, size_t in, const void *P, size_t r, size_t p,     \
+                                  size_t p_hi, const float *bias, size_t out, float *y, bool nt) { \
+        blkh(x, in, P, r, p, p_hi, bias, out, y, nt, R, ENG_PK_F32);                               \
+    }
+PK2_HALF(2)
+PK2_HALF(3)
+PK2_HALF(4)
+PK2_HALF(5)
+PK2_HALF(6)
+
 #define PK2_SHAPE(R, NP)                                                                         \
     AVX2 static void b16_##R##x##NP(const void *x, size_t in, const void *P, size_t r, size_t p, \
                                     size_t p_hi, const float *bias, size_t out, float *y,        \
@@ -151,20 +209,20 @@ blk(const float *x, size_t in, const uint16_t *P, size_t r, size_t p, size_t p_h
 PK2_SHAPE(1, 3)
 PK2_SHAPE(1, 2)
 PK2_SHAPE(1, 1)
-PK2_SHAPE(2, 1)
-PK2_SHAPE(3, 1)
 
 #define BLK(R, NP, t) \
     { R, NP, t##_##R##x##NP }
+#define BLKH(R, t) \
+    { R, 1, t##_##R##x1h }
 #define ONE(t) \
-    { BLK(1, 2, t), BLK(2, 1, t), BLK(3, 1, t) }
+    { BLK(1, 1, t), BLKH(2, t), BLKH(3, t), BLKH(4, t), BLKH(5, t), BLKH(6, t) }
 #define MANY(t) \
-    { BLK(1, 1, t), BLK(2, 1, t), BLK(3, 1, t) }
-static const eng_blk_shape_t k_one[3][3] = {ONE(b16), ONE(h16), ONE(f32)};
-static const eng_blk_shape_t k_many[3][3] = {MANY(b16), MANY(h16), MANY(f32)};
-static const eng_panel_plan_t k_plan[3] = {{k_one[0], k_many[0], 3, 3, PK2_TILE},
-                                           {k_one[1], k_many[1], 3, 3, PK2_TILE},
-                                           {k_one[2], k_many[2], 3, 3, PK2_TILE}};
+    { BLKH(3, t), BLKH(4, t), BLKH(5, t), BLKH(6, t) }
+static const eng_blk_shape_t k_one[3][6] = {ONE(b16), ONE(h16), ONE(f32)};
+static const eng_blk_shape_t k_many[3][4] = {MANY(b16), MANY(h16), MANY(f32)};
+static const eng_panel_plan_t k_plan[3] = {{k_one[0], k_many[0], 6, 6, PK2_TILE},
+                                           {k_one[1], k_many[1], 6, 6, PK2_TILE},
+                                           {k_one[2], k_many[2], 6, 6, PK2_TILE}};
 static const eng_blk_shape_t k_row[3][3] = {{BLK(1, 3, b16), BLK(1, 2, b16), BLK(1, 1, b16)},
                                             {BLK(1, 3, h16), BLK(1, 2, h16), BLK(1, 1, h16)},
                                             {BLK(1, 3, f32), BLK(1, 2, f32), BLK(1, 1, f32)}};
