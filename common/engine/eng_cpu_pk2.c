@@ -83,53 +83,45 @@ AVX2 __attribute__((always_inline)) static inline void put(float *yr, __m256 e, 
     }
 }
 
-/* Rows [r, r + R) of x against panels p .. p + NP - 1 (indexes past
- * @p_hi clamped to its last panel: computed, not stored). */
+/* Row @r of x against panels p .. p + NP - 1 (NP <= 3; indexes past
+ * @p_hi clamped to its last panel: computed, not stored): the decode
+ * block, NP streams of lines fetched ahead of the hardware prefetcher
+ * (prefetches never fault), each half line widened and used at once. */
 AVX2 __attribute__((always_inline)) static inline void
-blk(const float *x, size_t in, const uint16_t *P, size_t r, size_t p, size_t p_hi,
-    const float *bias, size_t out, float *y, bool nt, const int R, const int NP, const int T) {
+row(const float *x, size_t in, const uint16_t *P, size_t r, size_t p, size_t p_hi,
+    const float *bias, size_t out, float *y, bool nt, const int NP, const int T) {
     const __m256i mask = _mm256_set1_epi32((int)0xFFFF0000u);
-    const uint16_t *pp[3];
+    const uint16_t *src[3];
+    __m256 se[3][2], so[3][2]; /* [panel][half]: even / odd outputs */
 #pragma GCC unroll 3
-    for (int q = 0; q < NP; q++)
-        pp[q] = P + (p + (size_t)q < p_hi ? p + (size_t)q : p_hi - 1) * in * LW(T);
-    __m256 ae[3][3][2], ao[3][3][2]; /* [row][panel][half] */
-#pragma GCC unroll 3
-    for (int i = 0; i < R; i++)
-#pragma GCC unroll 3
-        for (int q = 0; q < NP; q++)
-            ae[i][q][0] = ae[i][q][1] = ao[i][q][0] = ao[i][q][1] = _mm256_setzero_ps();
+    for (int q = 0; q < NP; q++) {
+        size_t pq = p + (size_t)q < p_hi ? p + (size_t)q : p_hi - 1;
+        src[q] = P + pq * in * LW(T);
+        se[q][0] = se[q][1] = so[q][0] = so[q][1] = _mm256_setzero_ps();
+    }
     const float *xr = x + r * in;
     for (size_t k = 0; k < in; k++) {
+        const __m256 xb = _mm256_broadcast_ss(xr + k);
 #pragma GCC unroll 3
         for (int q = 0; q < NP; q++) {
-            /* Fetch ahead of the hardware prefetcher (never faults). */
-            _mm_prefetch(pp[q] + (k + PK2_PF) * LW(T), _MM_HINT_T0);
-            if (T == ENG_PK_F32) _mm_prefetch(pp[q] + (k + PK2_PF) * LW(T) + 32, _MM_HINT_T0);
+            _mm_prefetch(src[q] + (k + PK2_PF) * LW(T), _MM_HINT_T0);
+            if (T == ENG_PK_F32) _mm_prefetch(src[q] + (k + PK2_PF) * LW(T) + 32, _MM_HINT_T0);
 #pragma GCC unroll 2
             for (int h = 0; h < 2; h++) {
                 __m256 we, wo;
-                ld(pp[q], k, h, T, mask, &we, &wo);
-#pragma GCC unroll 3
-                for (int i = 0; i < R; i++) {
-                    __m256 xb = _mm256_broadcast_ss(xr + (size_t)i * in + k);
-                    ae[i][q][h] = _mm256_fmadd_ps(xb, we, ae[i][q][h]);
-                    ao[i][q][h] = _mm256_fmadd_ps(xb, wo, ao[i][q][h]);
-                }
+                ld(src[q], k, h, T, mask, &we, &wo);
+                se[q][h] = _mm256_fmadd_ps(xb, we, se[q][h]);
+                so[q][h] = _mm256_fmadd_ps(xb, wo, so[q][h]);
             }
         }
     }
+    float *yr = y + r * out;
 #pragma GCC unroll 3
     for (int q = 0; q < NP; q++) {
         if (p + (size_t)q >= p_hi) break;
         size_t o0 = (p + (size_t)q) * ENG_PK_W, n = out - o0 < ENG_PK_W ? out - o0 : ENG_PK_W;
-#pragma GCC unroll 3
-        for (int i = 0; i < R; i++) {
-            float *yr = y + (r + (size_t)i) * out + o0;
-            put(yr, ae[i][q][0], ao[i][q][0], bias ? bias + o0 : NULL, n, nt);
-            if (n > 16)
-                put(yr + 16, ae[i][q][1], ao[i][q][1], bias ? bias + o0 + 16 : NULL, n - 16, nt);
-        }
+        put(yr + o0, se[q][0], so[q][0], bias ? bias + o0 : NULL, n, nt);
+        if (n > 16) put(yr + o0 + 16, se[q][1], so[q][1], bias ? bias + o0 + 16 : NULL, n - 16, nt);
     }
 }
 
@@ -171,44 +163,28 @@ blkh(const float *x, size_t in, const uint16_t *P, size_t r, size_t p, size_t p_
     }
 }
 
-#define PK2_HALF(R)                                                                                \
-    AVX2 static void b16_##R##x1h(const void *x, size_t in, const void *P, size_t r, size_t p,     \
-                                  size_t p_hi, const float *bias, size_t out, float *y, bool nt) { \
-        blkh(x, in, P, r, p, p_hi, bias, out, y, nt, R, ENG_PK_BF16);                              \
-    }                                                                                              \
-    AVX2 static void h16_##R##x1h(const void *x, size_t in, const void *P, size_t r, size_t p,     \
-                                  size_t p_hi, const float *bias, size_t out, float *y, bool nt) { \
-        blkh(x, in, P, r, p, p_hi, bias, out, y, nt, R, ENG_PK_F16);                               \
-    }                                                                                              \
-    AVX2 static void f32_##R##x1h(const void *x, size_t in, const void *P, size_t r, size_t p,     \
-                                  size_t p_hi, const float *bias, size_t out, float *y, bool nt) { \
-        blkh(x, in, P, r, p, p_hi, bias, out, y, nt, R, ENG_PK_F32);                               \
-    }
-PK2_HALF(2)
-PK2_HALF(3)
-PK2_HALF(4)
-PK2_HALF(5)
-PK2_HALF(6)
-
-#define PK2_SHAPE(R, NP)                                                                         \
-    AVX2 static void b16_##R##x##NP(const void *x, size_t in, const void *P, size_t r, size_t p, \
-                                    size_t p_hi, const float *bias, size_t out, float *y,        \
-                                    bool nt) {                                                   \
-        blk(x, in, P, r, p, p_hi, bias, out, y, nt, R, NP, ENG_PK_BF16);                         \
+/* The block @name of each panel type: @fn(..., args, type). */
+#define PK2_BLOCK(name, fn, ...)                                                                 \
+    AVX2 static void b16_##name(const void *x, size_t in, const void *P, size_t r, size_t p,     \
+                                size_t p_hi, const float *bias, size_t out, float *y, bool nt) { \
+        fn(x, in, P, r, p, p_hi, bias, out, y, nt, __VA_ARGS__, ENG_PK_BF16);                    \
     }                                                                                            \
-    AVX2 static void h16_##R##x##NP(const void *x, size_t in, const void *P, size_t r, size_t p, \
-                                    size_t p_hi, const float *bias, size_t out, float *y,        \
-                                    bool nt) {                                                   \
-        blk(x, in, P, r, p, p_hi, bias, out, y, nt, R, NP, ENG_PK_F16);                          \
+    AVX2 static void h16_##name(const void *x, size_t in, const void *P, size_t r, size_t p,     \
+                                size_t p_hi, const float *bias, size_t out, float *y, bool nt) { \
+        fn(x, in, P, r, p, p_hi, bias, out, y, nt, __VA_ARGS__, ENG_PK_F16);                     \
     }                                                                                            \
-    AVX2 static void f32_##R##x##NP(const void *x, size_t in, const void *P, size_t r, size_t p, \
-                                    size_t p_hi, const float *bias, size_t out, float *y,        \
-                                    bool nt) {                                                   \
-        blk(x, in, P, r, p, p_hi, bias, out, y, nt, R, NP, ENG_PK_F32);                          \
+    AVX2 static void f32_##name(const void *x, size_t in, const void *P, size_t r, size_t p,     \
+                                size_t p_hi, const float *bias, size_t out, float *y, bool nt) { \
+        fn(x, in, P, r, p, p_hi, bias, out, y, nt, __VA_ARGS__, ENG_PK_F32);                     \
     }
-PK2_SHAPE(1, 3)
-PK2_SHAPE(1, 2)
-PK2_SHAPE(1, 1)
+PK2_BLOCK(1x3, row, 3)
+PK2_BLOCK(1x2, row, 2)
+PK2_BLOCK(1x1, row, 1)
+PK2_BLOCK(2x1h, blkh, 2)
+PK2_BLOCK(3x1h, blkh, 3)
+PK2_BLOCK(4x1h, blkh, 4)
+PK2_BLOCK(5x1h, blkh, 5)
+PK2_BLOCK(6x1h, blkh, 6)
 
 #define BLK(R, NP, t) \
     { R, NP, t##_##R##x##NP }
