@@ -377,7 +377,7 @@ static void on_tokens(rt_core_t *core, rt_req_t *r, const char *peer,
         }
         rt_delta_t d = {.ids = t->token_ids,
                         .n = t->n_token_ids,
-                        .text = (const char *)t->text.data,
+                        .text = t->text.len ? (const char *)t->text.data : "",
                         .text_len = t->text.len,
                         .logprobs = t->n_logprobs ? t->logprobs : NULL,
                         .top = top,

@@ -1277,7 +1277,8 @@ static void dp_pack_slice(const void *arg, int part, int parts) {
 #endif
 
 /* Matrices of 32 outputs or more (bf16, f16, f32) go into mm512_panels'
- * layout on the AVX-512 path, or bf16 ones of 16 or more into eng_dp_mm's
+ * layout on the AVX-512 and AVX2 paths (AVX2: eng_pk2_mm multiplies them),
+ * or bf16 ones of 16 or more into eng_dp_mm's
  * with TANDEM_CPU_PRECISION=bf16 (not w->exact ones; f16 weights keep f32
  * inputs: rounding them to bf16 would lose 3 bits of the weights' own
  * precision); everything else stays as it is (w->packed NULL). */

@@ -409,7 +409,7 @@ TT_TEST(engine, cpu_matmul_matches_ref_on_every_isa) {
                         bool with_bias = (a + b + c) % 2;
                         ref.iface->matmul(ref.ctx, x, nr, in, &w, with_bias ? bias : NULL, out, y0);
                         /* As given, then in the backend's packed layout
-                         * where it has one (AVX-512): the same checks. */
+                         * where it has one (AVX2, AVX-512): the same checks. */
                         for (int pk = 0; pk < 2; pk++) {
                             if (pk) {
                                 TT_ASSERT_EQ_INT(cpu.iface->pack(cpu.ctx, &w), CM_OK);
